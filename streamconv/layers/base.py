@@ -1,0 +1,251 @@
+"""`Layer`: the streaming vocabulary every layer speaks, and `Output`, a bundle of named outputs.
+
+A layer processes one chunk of frames at a time and carries its temporal state to the next
+chunk. The state lives in two forms:
+
+* inside the module, as non-persistent buffers (so `.to(device)` moves it and `state_dict()`
+  holds only weights), used by `forward`, `run` and `fit`;
+* outside the module, as a plain nested dict passed to and returned by the pure `step(x, state)`,
+  so that many streams can share one layer's weights, each with its own state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from streamconv.errors import ShapeError
+
+State = dict[str, Any]
+"""Temporal state: {state_name: Tensor | None, child_name: State}."""
+
+
+class Output:
+    """Several named outputs of one layer (e.g. every stage of a Sequential).
+
+    Indexable by position (`out[-1]`) and by name (`out["conv"]`); iterates over the tensors.
+    """
+
+    def __init__(self, items: Iterable[tuple[str, Tensor]]) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key: int | str) -> Tensor:
+        if isinstance(key, int):
+            return list(self._items.values())[key]
+        return self._items[key]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self._items.values())
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in self._items.items())
+        return f"Output({shapes})"
+
+    def keys(self) -> list[str]:
+        return list(self._items)
+
+    def items(self) -> list[tuple[str, Tensor]]:
+        return list(self._items.items())
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Output:
+        return Output((k, fn(v)) for k, v in self._items.items())
+
+    @staticmethod
+    def cat(outputs: list[Output], dim: int = 2) -> Output:
+        names = outputs[0].keys()
+        return Output((n, torch.cat([o[n] for o in outputs], dim=dim)) for n in names)
+
+
+def to_5d(x: Tensor | np.ndarray) -> Tensor:
+    """Broadcast (T,), (T,H,W), (C,T,H,W) or (N,C,T,H,W) input to (N,C,T,H,W)."""
+    t = torch.as_tensor(x)
+    if t.ndim == 1:
+        return t[None, None, :, None, None]
+    if t.ndim == 3:
+        return t[None, None]
+    if t.ndim == 4:
+        return t[None]
+    if t.ndim == 5:
+        return t
+    msg = f"input must be (T,), (T,H,W), (C,T,H,W) or (N,C,T,H,W); got shape {tuple(t.shape)}"
+    raise ShapeError(msg)
+
+
+def detach_state(state: State | None) -> State | None:
+    if state is None:
+        return None
+    return {k: _map_state(v, lambda t: t.detach()) for k, v in state.items()}
+
+
+def clone_state(state: State | None) -> State | None:
+    if state is None:
+        return None
+    return {k: _map_state(v, lambda t: t.detach().clone()) for k, v in state.items()}
+
+
+def _map_state(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_state(v, fn) for k, v in value.items()}
+    return value
+
+
+class Layer(nn.Module):
+    """A streaming torch module: chunk in, chunk out, temporal state carried in between.
+
+    Subclasses name their state buffers in `state_names` and implement the pure `step`.
+    """
+
+    state_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in self.state_names:
+            self.register_buffer(name, None, persistent=False)
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # -- the pure streaming step ---------------------------------------------------------
+    def step(self, x: Tensor, state: State | None) -> tuple[Tensor | Output, State]:
+        """Process one chunk `x` (N,C,T,H,W) from `state` (None: a fresh stream).
+
+        Returns the output and the new state; touches no state held by the module.
+        """
+        raise NotImplementedError
+
+    def layer_children(self) -> Iterator[tuple[str, Layer]]:
+        for name, child in self.named_children():
+            if isinstance(child, Layer):
+                yield name, child
+
+    # -- state held by the module ----------------------------------------------------------
+    def _live_state(self) -> State:
+        state: State = {name: getattr(self, name) for name in self.state_names}
+        for name, child in self.layer_children():
+            state[name] = child._live_state()
+        return state
+
+    def _store_state(self, state: State | None) -> None:
+        state = state or {}
+        for name in self.state_names:
+            setattr(self, name, state.get(name))
+        for name, child in self.layer_children():
+            child._store_state(state.get(name))
+
+    def reset(self) -> None:
+        """Forget all temporal state, recursively: the next chunk starts a new stream."""
+        self._store_state(None)
+
+    def get_state(self) -> State:
+        """A deep copy of all temporal state (never references to the live buffers)."""
+        return clone_state(self._live_state()) or {}
+
+    def set_state(self, state: State | None) -> None:
+        """Restore state from `get_state()` (copied, so the argument stays untouched)."""
+        if state is not None:
+            self._check_state_keys(state)
+        self._store_state(clone_state(state))
+
+    def _check_state_keys(self, state: State) -> None:
+        expected = set(self.state_names) | {name for name, _ in self.layer_children()}
+        if set(state) != expected:
+            msg = f"state keys {sorted(state)} do not match this layer's {sorted(expected)}"
+            raise ValueError(msg)
+        for name, child in self.layer_children():
+            if state[name] is not None:
+                child._check_state_keys(state[name])
+
+    # -- torch entry points ---------------------------------------------------------------
+    def prepare(self, x: Tensor | np.ndarray) -> Tensor:
+        """Input as a 5-D tensor on this layer's device, in its floating dtype."""
+        t = to_5d(x)
+        ref = next(iter([*self.parameters(), *self.buffers()]), None)
+        if ref is not None and ref.is_floating_point():
+            return t.to(device=ref.device, dtype=ref.dtype)
+        return t if t.is_floating_point() else t.float()
+
+    def forward(self, x: Tensor | np.ndarray) -> Tensor | Output:
+        y, state = self.step(self.prepare(x), self._live_state())
+        # Truncated backpropagation: the state carried to the next chunk is detached.
+        self._store_state(detach_state(state))
+        return y
+
+    @torch.no_grad()
+    def run(self, x: Tensor | np.ndarray, dt: int | None = None) -> Tensor | Output:
+        """Process a long input chunk by chunk (`dt` frames each) and return the whole output.
+
+        Equals one call on the whole input. Chunks are gathered on the CPU so that device
+        memory does not grow with the length of the stream. State carries on afterwards.
+        """
+        x5 = to_5d(x)
+        total = x5.shape[2]
+        dt = total if dt is None else dt
+        if dt < 1:
+            msg = f"chunk length dt must be >= 1, got {dt}"
+            raise ValueError(msg)
+        pieces = [_to_cpu(self(x5[:, :, start : start + dt])) for start in range(0, total, dt)]
+        if isinstance(pieces[0], Output):
+            return Output.cat([p for p in pieces if isinstance(p, Output)])
+        return torch.cat([p for p in pieces if isinstance(p, Tensor)], dim=2)
+
+    # -- fitting --------------------------------------------------------------------------
+    def make_optimizer(self, name: str = "Adam", **kwargs: Any) -> torch.optim.Optimizer:
+        """Create (and keep) a torch.optim optimizer over this layer's parameters."""
+        cls = getattr(torch.optim, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+            msg = f"unknown optimizer {name!r}; use a class name from torch.optim, e.g. 'Adam'"
+            raise ValueError(msg)
+        self.optimizer = cls(self.parameters(), **kwargs)
+        return self.optimizer
+
+    def fit(
+        self,
+        x: Tensor | np.ndarray,
+        target: Tensor | np.ndarray,
+        *,
+        dt: int | None = None,
+        epochs: int = 1,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> list[float]:
+        """Fit the parameters so that the output follows `target`; returns the loss per epoch.
+
+        Each epoch starts a fresh stream and runs it in chunks of `dt` frames; the state is
+        carried across chunks but detached (truncated backpropagation through time).
+        """
+        optimizer = self.optimizer or self.make_optimizer("Adam")
+        loss_fn = loss_fn or nn.functional.mse_loss
+        x5, y5 = to_5d(x), to_5d(target)
+        total = x5.shape[2]
+        if y5.shape[2] != total:
+            msg = f"target has {y5.shape[2]} frames, input has {total}"
+            raise ShapeError(msg)
+        dt = total if dt is None else dt
+        losses = []
+        for _ in range(epochs):
+            self.reset()
+            running = 0.0
+            for start in range(0, total, dt):
+                optimizer.zero_grad()
+                out = self(x5[:, :, start : start + dt])
+                y = out[-1] if isinstance(out, Output) else out
+                chunk_target = y5[:, :, start : start + dt].to(device=y.device, dtype=y.dtype)
+                loss = loss_fn(y, chunk_target)
+                loss.backward()
+                optimizer.step()
+                running += float(loss.detach()) * y.shape[2]
+            losses.append(running / total)
+        self.reset()
+        return losses
+
+
+def _to_cpu(y: Tensor | Output) -> Tensor | Output:
+    if isinstance(y, Output):
+        return y.map(lambda t: t.detach().cpu())
+    return y.detach().cpu()

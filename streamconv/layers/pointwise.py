@@ -1,0 +1,42 @@
+"""`Nonlinearity`: stateless pointwise functions (rectification and friends)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from streamconv.layers.base import Layer, State
+
+NonlinearityKind = Literal["relu", "abs", "square", "sigmoid", "tanh", "identity"]
+
+_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": torch.relu,
+    "abs": torch.abs,
+    "square": torch.square,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "identity": lambda v: v,
+}
+
+
+class Nonlinearity(Layer):
+    """y = gain * f(x - threshold), frame by frame; no temporal state."""
+
+    def __init__(
+        self, kind: NonlinearityKind = "relu", *, threshold: float = 0.0, gain: float = 1.0
+    ) -> None:
+        super().__init__()
+        if kind not in _FUNCTIONS:
+            msg = f"nonlinearity must be one of {sorted(_FUNCTIONS)}, got {kind!r}"
+            raise ValueError(msg)
+        self.kind, self.threshold, self.gain = kind, float(threshold), float(gain)
+        self._fn = _FUNCTIONS[kind]
+
+    def extra_repr(self) -> str:
+        return f"{self.kind!r}, threshold={self.threshold}, gain={self.gain}"
+
+    def step(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
+        return self.gain * self._fn(x - self.threshold), {}
