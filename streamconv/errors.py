@@ -19,3 +19,7 @@ class SourceError(StreamconvError):
 
 class ShapeError(StreamconvError, ValueError):
     """An input's shape does not fit a layer or its carried temporal state."""
+
+
+class StartupError(StreamconvError):
+    """A role could not start, e.g. its endpoint is already in use."""

@@ -1,0 +1,142 @@
+"""Config -> a ready layer pipeline on its device: the only place config meets torch."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from streamconv.config import (
+    ConvLayer,
+    DogKernel,
+    FileKernel,
+    FilterLayer,
+    GaussianKernel,
+    LayerSpec,
+    NonlinearityLayer,
+    Settings,
+    WorkerSettings,
+)
+from streamconv.errors import ConfigError
+from streamconv.layers import (
+    Layer,
+    MemoryConv3d,
+    Nonlinearity,
+    Sequential,
+    TemporalHighPass,
+    TemporalLowPass,
+    dog_kernel,
+    exponential_kernel,
+    gaussian_kernel,
+    random_kernel,
+)
+
+log = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        msg = "device 'cuda' requested but torch sees no CUDA GPU; use device = 'auto' or 'cpu'"
+        raise ConfigError(msg)
+    return torch.device(name)
+
+
+def input_channels(worker: WorkerSettings) -> int:
+    return {"gray": 1, "rgb": 3}.get(worker.color, worker.in_channels)
+
+
+def load_weights(path: Path) -> Tensor:
+    try:
+        if path.suffix == ".npy":
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        if path.suffix == ".pt":
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(loaded, Tensor):
+                return loaded
+            msg = f"weights file {path} holds a {type(loaded).__name__}, not a tensor"
+            raise ConfigError(msg)
+    except (OSError, ValueError, RuntimeError) as e:
+        msg = f"cannot load weights file {path}: {e}"
+        raise ConfigError(msg) from e
+    msg = f"weights file {path} must end in .npy or .pt"
+    raise ConfigError(msg)
+
+
+def conv_kernel(spec: ConvLayer) -> Tensor:
+    """The kernel a conv layer spec describes, as given to `MemoryConv3d.set_weight`."""
+    if spec.kernel is not None:
+        if isinstance(spec.kernel, FileKernel):
+            return load_weights(spec.kernel.path)
+        return random_kernel(spec.kernel.size, spec.kernel.seed, scale=spec.kernel.scale)
+    spatial = torch.ones(1, 1, dtype=torch.float64)
+    if isinstance(spec.spatial, GaussianKernel):
+        spatial = gaussian_kernel(spec.spatial.sigma, spec.spatial.size)
+    elif isinstance(spec.spatial, DogKernel):
+        spatial = dog_kernel(
+            spec.spatial.sigma_center,
+            spec.spatial.sigma_surround,
+            surround_weight=spec.spatial.surround_weight,
+            size=spec.spatial.size,
+        )
+    temporal = torch.ones(1, dtype=torch.float64)
+    if spec.temporal is not None:
+        temporal = exponential_kernel(spec.temporal.tau, spec.temporal.n, spec.temporal.length)
+    return temporal[:, None, None] * spatial[None]
+
+
+def build_layer(spec: LayerSpec, channels: int) -> tuple[Layer, int]:
+    """One streaming layer and the channel count it outputs."""
+    if isinstance(spec, ConvLayer):
+        try:
+            conv = MemoryConv3d(
+                channels,
+                spec.out_channels,
+                1,
+                stride=spec.stride,
+                bias=spec.bias,
+                padding_mode=spec.padding_mode,
+                temporal_fill=spec.temporal_fill,
+                dilation=spec.dilation,
+                groups=spec.groups,
+            )
+            conv.set_weight(conv_kernel(spec), normalize=spec.normalize, flip=spec.flip)
+        except ValueError as e:
+            msg = f"layer {spec.name!r}: {e}"
+            raise ConfigError(msg) from e
+        if conv.bias is not None:
+            torch.nn.init.zeros_(conv.bias)
+        return conv, spec.out_channels
+    if isinstance(spec, FilterLayer):
+        cls = TemporalLowPass if spec.type == "lowpass" else TemporalHighPass
+        return cls(spec.tau, spec.n, temporal_fill=spec.temporal_fill), channels
+    if isinstance(spec, NonlinearityLayer):
+        return Nonlinearity(spec.kind, threshold=spec.threshold, gain=spec.gain), channels
+    msg = f"unknown layer spec {spec!r}"
+    raise ConfigError(msg)
+
+
+def build_model(settings: Settings, device: torch.device | None = None) -> Sequential:
+    """The whole pipeline, returning every stage (an Output), on its device and dtype."""
+    channels = input_channels(settings.worker)
+    stages: OrderedDict[str, Layer] = OrderedDict()
+    for spec in settings.layers:
+        stages[spec.name], channels = build_layer(spec, channels)
+    model = Sequential(stages, return_all=True)
+    device = device or resolve_device(settings.worker.device)
+    model.to(device=device, dtype=DTYPES[settings.worker.dtype])
+    model.eval()
+    log.info("model: %s on %s (%s)", " -> ".join(stages), device, settings.worker.dtype)
+    return model

@@ -1,0 +1,163 @@
+"""The worker role: PULL frames -> decode -> engine -> publisher -> PUB.
+
+`Worker(settings).run()` does startup(), serve(), shutdown(). Bad input never stops it: each
+bad message is dropped with one log line naming the reason and counted. SIGTERM/SIGINT only
+set a flag; the loop polls with a short timeout, finishes the chunks in hand and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from types import FrameType
+from typing import Any
+
+import zmq
+
+from streamconv import transport
+from streamconv.config import Settings
+from streamconv.engine import Engine
+from streamconv.errors import ProtocolError, StartupError, StreamconvError
+from streamconv.model import DTYPES, build_model, input_channels, resolve_device
+from streamconv.protocol import decode_input
+from streamconv.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 50  # how quickly a stop request is noticed when no input arrives
+BATCH = 256  # messages drained per wake-up before partial chunks are checked
+
+
+class Worker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self.dropped: Counter[str] = Counter()
+        self.engine: Engine | None = None
+        self.publisher: Publisher | None = None
+        self._ctx: transport.Context | None = None
+        self._pull: transport.Socket | None = None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> None:
+        self.startup()
+        restore = self._install_signals()
+        try:
+            self.serve()
+        finally:
+            restore()
+            self.shutdown()
+
+    def startup(self) -> None:
+        w = self.settings.worker
+        device = resolve_device(w.device)
+        model = build_model(self.settings, device)
+        publish = [spec.name for spec in self.settings.layers if spec.publish]
+        self.engine = Engine(
+            model,
+            device=device,
+            dtype=DTYPES[w.dtype],
+            chunk=w.chunk,
+            max_wait_s=w.max_wait_ms / 1000,
+            color=w.color,
+            in_channels=input_channels(w),
+            max_streams=w.max_streams,
+            publish=publish,
+        )
+        self._ctx = zmq.Context()
+        try:
+            # The socket limit is a backstop (a larger part disconnects its sender); the
+            # configured limit itself is checked per message below, so it is counted.
+            self._pull = transport.pull_socket(
+                self._ctx, w.input, hwm=w.input_hwm, max_msg_bytes=2 * w.max_message_bytes
+            )
+            pub = transport.pub_socket(self._ctx, w.output, hwm=w.output_hwm)
+        except zmq.ZMQError as e:
+            self._ctx.destroy(linger=0)
+            msg = f"cannot bind worker sockets ({w.input}, {w.output}): {e}"
+            raise StartupError(msg) from e
+        self.publisher = Publisher(pub, publish, w.output_dtype)
+        log.info(
+            "worker ready on input %s output %s (layers: %s)",
+            transport.endpoint(self._pull),
+            transport.endpoint(pub),
+            ", ".join(publish),
+        )
+
+    def _started(self) -> tuple[Engine, Publisher, transport.Socket]:
+        if self.engine is None or self.publisher is None or self._pull is None:
+            msg = "call startup() before serve()"
+            raise StreamconvError(msg)
+        return self.engine, self.publisher, self._pull
+
+    def serve(self) -> None:
+        engine, publisher, pull = self._started()
+        while not self.stop_event.is_set():
+            deadline = engine.next_deadline()
+            timeout = POLL_MS
+            if deadline is not None:
+                timeout = max(0, min(POLL_MS, int((deadline - time.monotonic()) * 1000) + 1))
+            if pull.poll(timeout, zmq.POLLIN):
+                for _ in range(BATCH):
+                    try:
+                        parts = pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    publisher.publish(self._handle(parts))
+            publisher.publish(self._guard(lambda: engine.due(time.monotonic())))
+
+    def _handle(self, parts: list[zmq.Frame]) -> list[Any]:
+        size = sum(len(p) for p in parts)
+        limit = self.settings.worker.max_message_bytes
+        if size > limit:
+            self._drop(f"message of {size} bytes exceeds max_message_bytes {limit}")
+            return []
+        try:
+            msg = decode_input([p.buffer for p in parts])
+        except ProtocolError as e:
+            self._drop(str(e))
+            return []
+        engine = self._started()[0]
+        return self._guard(lambda: engine.submit(msg, time.monotonic()))
+
+    def _guard(self, step: Any) -> list[Any]:
+        try:
+            return list(step())
+        except StreamconvError as e:
+            self._drop(str(e))
+            return []
+
+    def _drop(self, reason: str) -> None:
+        kind = reason.split(":")[0][:60]
+        self.dropped[kind] += 1
+        log.warning("dropped input: %s (%d dropped so far)", reason, sum(self.dropped.values()))
+
+    def shutdown(self) -> None:
+        log.info("shutting down")
+        if self.engine is not None and self.publisher is not None:
+            self.publisher.publish(self._guard(self.engine.flush_all))
+            stats = dict(self.engine.stats)
+            log.info("worker stats: %s; dropped: %s", stats, dict(self.dropped) or "none")
+        if self._ctx is not None:
+            self._ctx.destroy(linger=0)
+        log.info("worker stopped")
+
+    def _install_signals(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.stop_event.set()
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+        return restore

@@ -1,0 +1,233 @@
+"""The wire format: round trips, and every malformed message rejected with a named fault."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from streamconv import protocol
+from streamconv.errors import ProtocolError
+
+SESSION = "s" * 32
+
+
+def header(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "v": 1,
+        "kind": "frame",
+        "stream": "cam0",
+        "session": SESSION,
+        "seq": 3,
+        "t_ns": 1000,
+        "shape": [2, 3],
+        "dtype": "uint8",
+    }
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not ...}
+
+
+def message(payload: bytes = bytes(6), **changes: Any) -> list[Any]:
+    return [json.dumps(header(**changes)).encode(), payload]
+
+
+def wire(parts: list[Any]) -> list[bytes]:
+    """What a receiver gets: every part as bytes."""
+    return [bytes(memoryview(p)) for p in parts]
+
+
+frames = hnp.arrays(
+    dtype=st.sampled_from([np.uint8, np.uint16, np.float32]),
+    shape=hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=6),
+    elements={"allow_nan": False},
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(frame=frames, seq=st.integers(0, 2**40), fps=st.none() | st.floats(0.1, 240.0))
+def test_frame_round_trip(frame: np.ndarray, seq: int, fps: float | None) -> None:
+    msg = protocol.decode_input(
+        wire(protocol.encode_frame("cam-0.a_b", SESSION, seq, frame, 7, fps))
+    )
+    assert (msg.kind, msg.stream, msg.session, msg.seq, msg.t_ns, msg.fps) == (
+        "frame", "cam-0.a_b", SESSION, seq, 7, fps,
+    )  # fmt: skip
+    assert msg.frame is not None
+    assert msg.frame.dtype == frame.dtype
+    np.testing.assert_array_equal(msg.frame, frame)
+
+
+def test_non_contiguous_frame_is_sent_in_c_order() -> None:
+    frame = np.arange(24, dtype=np.uint8).reshape(4, 6)[:, ::2]
+    msg = protocol.decode_input(wire(protocol.encode_frame("cam0", SESSION, 0, frame)))
+    np.testing.assert_array_equal(msg.frame, frame)
+
+
+def test_eos_round_trip() -> None:
+    msg = protocol.decode_input(wire(protocol.encode_eos("cam0", SESSION, 12, t_ns=5)))
+    assert (msg.kind, msg.seq, msg.t_ns, msg.frame) == ("eos", 12, 5, None)
+
+
+def test_to_float_scales_by_dtype() -> None:
+    assert protocol.to_float(np.array([0, 255], np.uint8)).tolist() == [0.0, 1.0]
+    assert protocol.to_float(np.array([0, 65535], np.uint16)).tolist() == [0.0, 1.0]
+    assert protocol.to_float(np.array([-2.5], np.float32)).tolist() == [-2.5]
+
+
+@pytest.mark.parametrize(
+    ("parts", "fault"),
+    [
+        ([b"{}"], "2 parts"),
+        ([b"{}", b"", b""], "2 parts"),
+        ([b"not json", b""], "not UTF-8 JSON"),
+        ([b"\xff\xfe", b""], "not UTF-8 JSON"),
+        ([b"[1, 2]", b""], "JSON object, got list"),
+        (message(v=...), "version None"),
+        (message(v=2), "version 2"),
+        (message(v="1"), "version '1'"),
+        (message(kind="frames"), "'kind'"),
+        (message(kind=...), "'kind'"),
+        (message(stream="a/b"), "'stream'"),
+        (message(stream=""), "'stream'"),
+        (message(stream="x" * 65), "'stream'"),
+        (message(stream=7), "'stream'"),
+        (message(session=""), "'session'"),
+        (message(session=5), "'session'"),
+        (message(session="x" * 129), "'session'"),
+        (message(seq=-1), "'seq'"),
+        (message(seq=1.0), "'seq'"),
+        (message(seq=True), "'seq'"),
+        (message(seq=...), "'seq'"),
+        (message(t_ns="5"), "'t_ns'"),
+        (message(dtype="int8"), "'dtype'"),
+        (message(dtype=...), "'dtype'"),
+        (message(shape=[6]), "'shape'"),
+        (message(shape=[1, 2, 3, 1]), "'shape'"),
+        (message(shape=[2, 0]), "'shape'"),
+        (message(shape=[2, "3"]), "'shape'"),
+        (message(shape=[2, True]), "'shape'"),
+        (message(shape="2x3"), "'shape'"),
+        (message(fps=0), "'fps'"),
+        (message(fps="30"), "'fps'"),
+        (message(fps=True), "'fps'"),
+        (message(payload=bytes(5)), "payload is 5 bytes"),
+        (message(payload=bytes(7)), "needs 6"),
+        (message(payload=bytes(6), dtype="uint16"), "needs 12"),
+    ],
+)
+def test_malformed_input_is_rejected_naming_the_fault(parts: list[Any], fault: str) -> None:
+    with pytest.raises(ProtocolError, match=fault):
+        protocol.decode_input(parts)
+
+
+def test_encode_frame_rejects_unsupported_arrays() -> None:
+    with pytest.raises(ProtocolError, match="dtype int64"):
+        protocol.encode_frame("cam0", SESSION, 0, np.zeros((2, 2), np.int64))
+    with pytest.raises(ProtocolError, match="shape"):
+        protocol.encode_frame("cam0", SESSION, 0, np.zeros((2,), np.uint8))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_output_float_round_trip(dtype: str) -> None:
+    array = np.linspace(-3, 3, 2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    parts = protocol.encode_output("cam0", "conv1", SESSION, 4, 9, array, dtype=dtype)
+    assert parts[0] == b"cam0/conv1/"
+    head, out = protocol.decode_output(wire(parts))
+    assert (head["layer"], head["seq"], head["t_ns"], head["shape"]) == ("conv1", 4, 9, [2, 3, 4])
+    assert "discontinuity" not in head
+    assert out is not None
+    np.testing.assert_allclose(out, array, rtol=1e-3 if dtype == "float16" else 0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    array=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=3, max_dims=3, max_side=5),
+        elements=st.floats(-1e3, 1e3, width=32),
+    )
+)
+def test_output_uint8_round_trip_within_one_step(array: np.ndarray) -> None:
+    parts = protocol.encode_output("cam0", "c", SESSION, 0, 0, array, dtype="uint8")
+    head, out = protocol.decode_output(wire(parts))
+    assert out is not None
+    assert out.dtype == np.float32
+    step = head["scale"]
+    np.testing.assert_allclose(
+        out, array, atol=step * 0.5 + 1e-3 * max(1.0, float(np.abs(array).max()))
+    )
+
+
+def test_output_flags_and_eos() -> None:
+    array = np.zeros((1, 2, 2), np.float32)
+    head, _ = protocol.decode_output(
+        wire(protocol.encode_output("cam0", "c", SESSION, 0, 0, array, discontinuity=True))
+    )
+    assert head["discontinuity"] is True
+    eos = wire(protocol.encode_output_eos("cam0", "c", SESSION, 8))
+    assert eos[0] == protocol.topic("cam0", "c")
+    head, out = protocol.decode_output(eos)
+    assert (head["kind"], head["seq"], out) == ("eos", 8, None)
+
+
+def test_topics_do_not_collide_by_prefix() -> None:
+    assert not protocol.topic("cam0", "conv10").startswith(protocol.topic("cam0", "conv1"))
+    assert not protocol.topic("cam10", "c").startswith(protocol.stream_topic("cam1"))
+    assert protocol.topic("cam1", "c").startswith(protocol.stream_topic("cam1"))
+
+
+def test_output_encode_rejects_bad_arrays() -> None:
+    with pytest.raises(ProtocolError, match=r"\[C, H, W\]"):
+        protocol.encode_output("cam0", "c", SESSION, 0, 0, np.zeros((2, 2), np.float32))
+    with pytest.raises(ProtocolError, match="output dtype"):
+        protocol.encode_output("cam0", "c", SESSION, 0, 0, np.zeros((1, 2, 2)), dtype="int8")
+
+
+@pytest.mark.parametrize(
+    ("parts", "fault"),
+    [
+        ([b"t/", b"{}"], "3 parts"),
+        ([b"t/", b"nope", b""], "not UTF-8 JSON"),
+        ([b"t/", b'{"v": 1, "kind": "frame"}', b""], "'kind'"),
+        ([b"t/", b'{"v": 1, "kind": "output", "dtype": "int8"}', b""], "'dtype'"),
+        (
+            [b"t/", b'{"v": 1, "kind": "output", "dtype": "float32", "shape": [2, 2]}', b""],
+            "'shape'",
+        ),
+        (
+            [b"t/", b'{"v": 1, "kind": "output", "dtype": "float32", "shape": [1, 1, 2]}', b"1234"],
+            "needs 8",
+        ),
+        ([b"t/", b'{"v": 9, "kind": "output"}', b""], "version 9"),
+    ],
+)
+def test_malformed_output_is_rejected_naming_the_fault(parts: list[Any], fault: str) -> None:
+    with pytest.raises(ProtocolError, match=fault):
+        protocol.decode_output(parts)
+
+
+@pytest.mark.xfail(
+    strict=True, raises=KeyError, reason="decode_output indexes scale/offset unchecked"
+)
+def test_uint8_output_without_scale_is_a_protocol_error() -> None:
+    head = {"v": 1, "kind": "output", "dtype": "uint8", "shape": [1, 1, 1]}
+    with pytest.raises(ProtocolError, match="scale"):
+        protocol.decode_output([b"t/", json.dumps(head).encode(), b"\x00"])
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="np.prod of the shape overflows int64")
+def test_huge_shape_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="payload"):
+        protocol.decode_input(message(payload=b"", shape=[2**32, 2**32, 1]))
+
+
+@pytest.mark.xfail(strict=True, reason="json accepts NaN, and NaN <= 0 is False")
+def test_nan_fps_is_a_protocol_error() -> None:
+    parts = [json.dumps(header(fps=float("nan"))).encode(), bytes(6)]
+    with pytest.raises(ProtocolError, match="'fps'"):
+        protocol.decode_input(parts)
