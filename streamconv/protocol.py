@@ -7,6 +7,7 @@ Arrays travel as a JSON header plus the raw C-order buffer; nothing is ever pick
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
@@ -19,8 +20,17 @@ from streamconv.errors import ProtocolError
 
 VERSION = 1
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-INPUT_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "float32": np.float32}
-OUTPUT_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
+# Multi-byte values are little-endian on the wire, whatever the machine.
+INPUT_DTYPES: dict[str, np.dtype[Any]] = {
+    "uint8": np.dtype("u1"),
+    "uint16": np.dtype("<u2"),
+    "float32": np.dtype("<f4"),
+}
+OUTPUT_DTYPES: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "uint8": np.dtype("u1"),
+}
 INPUT_KINDS = ("frame", "eos")
 OUTPUT_KINDS = ("output", "eos")
 
@@ -91,7 +101,7 @@ def encode_frame(
     }
     if fps is not None:
         header["fps"] = float(fps)
-    return [json.dumps(header).encode(), np.ascontiguousarray(frame)]
+    return [json.dumps(header).encode(), np.ascontiguousarray(frame, dtype=INPUT_DTYPES[dtype])]
 
 
 def encode_eos(stream: str, session: str, seq: int, t_ns: int | None = None) -> list[Any]:
@@ -144,7 +154,7 @@ def _shape(value: Any, ndims: tuple[int, ...]) -> tuple[int, ...]:
 
 def _array(payload: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
     buf = memoryview(payload)
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # exact: np.prod would overflow
     if buf.nbytes != expected:
         msg = f"payload is {buf.nbytes} bytes, shape {list(shape)} of {dtype.name} needs {expected}"
         raise ProtocolError(msg)
@@ -176,10 +186,11 @@ def decode_input(parts: list[Any]) -> InputMessage:
         raise ProtocolError(msg)
     shape = _shape(header.get("shape"), (2, 3))
     fps = header.get("fps")
-    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, int | float) or fps <= 0):
+    bad_fps = isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < math.inf
+    if fps is not None and bad_fps:
         msg = f"field 'fps' must be a positive number, got {fps!r}"
         raise ProtocolError(msg)
-    frame = _array(parts[1], shape, np.dtype(INPUT_DTYPES[dtype_name]))
+    frame = _array(parts[1], shape, INPUT_DTYPES[dtype_name])
     return InputMessage("frame", stream, session, seq, t_ns, frame, fps)
 
 
@@ -264,9 +275,11 @@ def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
         msg = f"field 'dtype' must be one of {sorted(OUTPUT_DTYPES)}, got {dtype_name!r}"
         raise ProtocolError(msg)
     shape = _shape(header.get("shape"), (3,))
-    array = _array(parts[2], shape, np.dtype(OUTPUT_DTYPES[dtype_name]))
+    array = _array(parts[2], shape, OUTPUT_DTYPES[dtype_name])
     if dtype_name == "uint8":
-        array = array.astype(np.float32) * np.float32(header["scale"]) + np.float32(
-            header["offset"]
-        )
+        scale, offset = header.get("scale"), header.get("offset")
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in (scale, offset)):
+            msg = f"uint8 output needs finite 'scale' and 'offset', got {scale!r}, {offset!r}"
+            raise ProtocolError(msg)
+        array = array.astype(np.float32) * np.float32(scale) + np.float32(offset)
     return header, array
