@@ -48,6 +48,39 @@ def causal_history(x: Tensor, frames: int, fill: TemporalFill) -> Tensor:
     return x.new_zeros((n, c, frames, h, w))
 
 
+def _onednn_ok(x: Tensor, weight: Tensor) -> bool:
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not needs_grad
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.aten, "mkldnn_convolution")
+    )
+
+
+def conv3d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int, int],
+    dilation: tuple[int, int, int],
+    groups: int,
+) -> Tensor:
+    """F.conv3d without padding, but on the CPU always through oneDNN for float32 inference.
+
+    F.conv3d picks its CPU kernel by input size: small chunks with small kernels fall to
+    the native slow_conv3d, 3-5x slower per frame than oneDNN on the same data (see
+    BENCHMARKS.md). Forcing oneDNN keeps short chunks as fast as the offline pass, and the
+    same kernel for every chunk size (so streamed and offline results agree bit for bit).
+    """
+    if _onednn_ok(x, weight):
+        return torch.ops.aten.mkldnn_convolution(
+            x.contiguous(), weight.contiguous(), bias, [0, 0, 0], stride, dilation, groups
+        )
+    return F.conv3d(x, weight, bias, stride=stride, dilation=dilation, groups=groups)
+
+
 class MemoryConv3d(Layer):
     """Causal, stateful Conv3d: one output frame per input frame, same H and W at stride 1.
 
@@ -183,14 +216,7 @@ class MemoryConv3d(Layer):
         if self.channels_last:
             padded = padded.contiguous(memory_format=torch.channels_last_3d)
             weight = weight.contiguous(memory_format=torch.channels_last_3d)
-        return F.conv3d(
-            padded,
-            weight,
-            self.bias,
-            stride=(1, *self.stride),
-            dilation=self.dilation,
-            groups=self.groups,
-        )
+        return conv3d(padded, weight, self.bias, (1, *self.stride), self.dilation, self.groups)
 
     @torch.no_grad()
     def set_weight(
