@@ -52,6 +52,3 @@ def test_engine_on_cuda_equals_cpu_through_pinned_staging() -> None:
         )
     assert results["cuda"].shape == (20, 1, 48, 64)
     assert rel_err(results["cuda"], results["cpu"]) < 1e-4
-    assert isinstance(
-        build_model(settings, torch.device("cpu")).run(frames[None, None] / 255.0), Output
-    )
