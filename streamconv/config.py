@@ -216,11 +216,11 @@ def load_settings(
     """Read a TOML config, apply environment then explicit overrides, and validate."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         msg = f"config file {path} not found; see config/default.toml for an example"
         raise ConfigError(msg) from e
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         msg = f"cannot read config file {path}: {e}"
         raise ConfigError(msg) from e
     raw = merge(raw, env_overrides(os.environ if environ is None else environ))

@@ -157,11 +157,17 @@ class Engine:
         return results
 
     def _end(self, msg: InputMessage) -> list[Result]:
-        st = self.streams.pop(msg.stream, None)
+        st = self.streams.get(msg.stream)
         results: list[Result] = []
+        if st is not None and st.session != msg.session:
+            # A late eos of an earlier session (a restarted capture): the current one goes on.
+            self.stats["stale_eos"] += 1
+            log.info("stream %s: eos of an earlier session ignored", msg.stream)
+            return [EndResult(msg.stream, msg.session, msg.seq)]
         if st is not None:
+            del self.streams[msg.stream]
             results += self._flush(st)
-            if st.session == msg.session and msg.seq != st.next_seq:
+            if msg.seq != st.next_seq:
                 missing = max(0, msg.seq - st.next_seq)
                 self.stats["frames_missing"] += missing
                 log.warning(

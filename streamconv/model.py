@@ -63,7 +63,13 @@ def load_weights(path: Path) -> Tensor:
         if path.suffix == ".npy":
             return torch.from_numpy(np.load(path, allow_pickle=False))
         if path.suffix == ".pt":
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+            except OSError:
+                raise
+            except Exception as e:  # a corrupt file raises EOFError, IndexError, pickle errors
+                msg = f"cannot load weights file {path}: {e!r}"
+                raise ConfigError(msg) from e
             if isinstance(loaded, Tensor):
                 return loaded
             msg = f"weights file {path} holds a {type(loaded).__name__}, not a tensor"
@@ -111,6 +117,7 @@ def build_layer(spec: LayerSpec, channels: int) -> tuple[Layer, int]:
                 temporal_fill=spec.temporal_fill,
                 dilation=spec.dilation,
                 groups=spec.groups,
+                dtype=torch.float64,  # kernels rounded once, by build_model's .to(dtype)
             )
             conv.set_weight(conv_kernel(spec), normalize=spec.normalize, flip=spec.flip)
         except ValueError as e:

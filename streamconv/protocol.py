@@ -120,7 +120,7 @@ def encode_eos(stream: str, session: str, seq: int, t_ns: int | None = None) -> 
 def _header(raw: Any) -> dict[str, Any]:
     try:
         header = json.loads(bytes(raw))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         msg = f"header is not UTF-8 JSON: {e}"
         raise ProtocolError(msg) from e
     if not isinstance(header, dict):
@@ -181,7 +181,7 @@ def decode_input(parts: list[Any]) -> InputMessage:
     if kind == "eos":
         return InputMessage("eos", stream, session, seq, t_ns)
     dtype_name = header.get("dtype")
-    if dtype_name not in INPUT_DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in INPUT_DTYPES:
         msg = f"field 'dtype' must be one of {sorted(INPUT_DTYPES)}, got {dtype_name!r}"
         raise ProtocolError(msg)
     shape = _shape(header.get("shape"), (2, 3))
@@ -271,7 +271,7 @@ def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
     if header["kind"] == "eos":
         return header, None
     dtype_name = header.get("dtype")
-    if dtype_name not in OUTPUT_DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in OUTPUT_DTYPES:
         msg = f"field 'dtype' must be one of {sorted(OUTPUT_DTYPES)}, got {dtype_name!r}"
         raise ProtocolError(msg)
     shape = _shape(header.get("shape"), (3,))

@@ -8,6 +8,7 @@ set a flag; the loop polls with a short timeout, finishes the chunks in hand and
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -28,7 +29,8 @@ from streamconv.publisher import Publisher
 log = logging.getLogger(__name__)
 
 POLL_MS = 50  # how quickly a stop request is noticed when no input arrives
-BATCH = 256  # messages drained per wake-up before partial chunks are checked
+BATCH = 256
+MAX_DROP_KINDS = 64  # messages drained per wake-up before partial chunks are checked
 
 
 class Worker:
@@ -122,6 +124,10 @@ class Worker:
         except ProtocolError as e:
             self._drop(str(e))
             return []
+        except Exception as e:  # a decoder bug must not take the daemon down with it
+            log.exception("decoder failed on a message")
+            self._drop(f"undecodable message: {type(e).__name__}")
+            return []
         engine = self._started()[0]
         return self._guard(lambda: engine.submit(msg, time.monotonic()))
 
@@ -133,7 +139,10 @@ class Worker:
             return []
 
     def _drop(self, reason: str) -> None:
-        kind = reason.split(":")[0][:60]
+        # Count by kind of fault, not by the offending value, so the counter stays small.
+        kind = re.sub(r"\d+", "N", reason.split(", got ")[0].split(": ")[0])[:80]
+        if kind not in self.dropped and len(self.dropped) >= MAX_DROP_KINDS:
+            kind = "other"
         self.dropped[kind] += 1
         log.warning("dropped input: %s (%d dropped so far)", reason, sum(self.dropped.values()))
 

@@ -1,0 +1,315 @@
+"""Engine: chunking and timing, streamed-equals-offline for any arrival, resets, eos, bad frames."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamconv.config import Settings
+from streamconv.engine import ChunkResult, EndResult, Engine, Result, frame_to_chw
+from streamconv.errors import ShapeError, StreamconvError
+from streamconv.layers import Output, Sequential
+from streamconv.model import build_model
+from streamconv.protocol import InputMessage
+from tests.unit.reference import rel_err
+
+CPU = torch.device("cpu")
+WAIT = 0.0625  # exact in binary, so deadlines compare exactly
+LAYERS = [
+    {"type": "conv", "name": "conv", "kernel": {"kind": "random", "seed": 1, "size": [3, 3, 3]}},
+    {"type": "lowpass", "name": "lp", "tau": 2.0, "n": 2},
+    {"type": "nonlinearity", "name": "nl", "kind": "tanh", "gain": 3.0},
+]
+NAMES = ["conv", "lp", "nl"]
+
+
+def make_model(color: str = "gray", in_channels: int = 1) -> Sequential:
+    worker = {"device": "cpu", "color": color, "in_channels": in_channels}
+    return build_model(Settings.model_validate({"worker": worker, "layers": LAYERS}), CPU)
+
+
+MODEL = make_model()
+
+
+def engine(chunk: int = 4, model: Sequential = MODEL, **kw: object) -> Engine:
+    return Engine(model, device=CPU, dtype=torch.float32, chunk=chunk, max_wait_s=WAIT, **kw)  # type: ignore[arg-type]
+
+
+def clip(n: int, h: int = 6, w: int = 7, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w), dtype=np.uint8)
+
+
+def frame(seq: int, pixels: np.ndarray, stream: str = "a", session: str = "s1") -> InputMessage:
+    return InputMessage("frame", stream, session, seq, 1000 + seq, pixels)
+
+
+def eos(seq: int, stream: str = "a", session: str = "s1") -> InputMessage:
+    return InputMessage("eos", stream, session, seq, 0)
+
+
+def offline(frames: np.ndarray, model: Sequential = MODEL) -> dict[str, np.ndarray]:
+    """The whole clip in one model.run from a fresh state: name -> (T, C, H, W)."""
+    x = np.stack([frame_to_chw(f, "gray") for f in frames], axis=1)[None]
+    model.reset()
+    out = model.run(torch.from_numpy(x))
+    model.reset()
+    assert isinstance(out, Output)
+    return {name: t[0].transpose(0, 1).numpy() for name, t in out.items()}
+
+
+def chunks(results: list[Result], stream: str = "a") -> list[ChunkResult]:
+    return [r for r in results if isinstance(r, ChunkResult) and r.stream == stream]
+
+
+def joined(results: list[ChunkResult]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([r.layers[name] for r in results]) for name in results[0].layers}
+
+
+def assert_matches(results: list[ChunkResult], frames: np.ndarray) -> None:
+    got, want = joined(results), offline(frames)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name].shape == want[name].shape
+        assert got[name].dtype == np.float32
+        assert rel_err(got[name], want[name]) < 1e-5, name
+
+
+def test_outputs_only_after_a_full_chunk() -> None:
+    eng, frames = engine(chunk=4), clip(9)
+    got = [eng.submit(frame(i, f), now=0.0) for i, f in enumerate(frames)]
+    assert [len(r) for r in got] == [0, 0, 0, 1, 0, 0, 0, 1, 0]
+    results = chunks([r for rs in got for r in rs])
+    assert [r.seqs for r in results] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [r.t_ns for r in results] == [[1000, 1001, 1002, 1003], [1004, 1005, 1006, 1007]]
+    assert eng.flush_all()[0].seqs == [8]  # type: ignore[union-attr]
+    assert eng.flush_all() == []
+
+
+def test_partial_chunk_runs_when_due_and_not_before() -> None:
+    eng, frames = engine(chunk=4), clip(6)
+    assert eng.next_deadline() is None
+    assert eng.submit(frame(0, frames[0]), now=10.0) == []
+    assert eng.submit(frame(1, frames[1]), now=10.03) == []
+    assert eng.next_deadline() == pytest.approx(10.0 + WAIT)
+    assert eng.submit(frame(0, frames[0], stream="b"), now=10.02) == []
+    assert eng.next_deadline() == pytest.approx(10.0 + WAIT)  # the earliest waiting stream
+    assert eng.due(10.0 + WAIT * 0.99) == []
+    due = chunks(eng.due(10.0 + WAIT))
+    assert [r.seqs for r in due] == [[0, 1]]
+    assert eng.next_deadline() == pytest.approx(10.02 + WAIT)
+    assert [r.stream for r in chunks(eng.due(10.1), "b")] == ["b"]
+    assert eng.next_deadline() is None
+    assert eng.submit(frame(2, frames[2]), now=11.0) == []
+    assert eng.next_deadline() == pytest.approx(11.0 + WAIT)  # the clock restarts per chunk
+    assert [r.seqs for r in chunks(eng.flush_all())] == [[2]]
+
+
+@st.composite
+def arrivals(draw: st.DrawFn) -> tuple[int, int, list[bool]]:
+    chunk = draw(st.sampled_from([1, 3, 7, 16]))
+    n = draw(st.integers(1, 40))
+    return chunk, n, draw(st.lists(st.booleans(), min_size=n, max_size=n))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arrivals(), st.integers(0, 2**16))
+def test_any_chunking_equals_one_offline_run(case: tuple[int, int, list[bool]], seed: int) -> None:
+    chunk, n, waits = case
+    eng, frames, now = engine(chunk), clip(n, seed=seed), 0.0
+    results: list[Result] = []
+    for i, f in enumerate(frames):
+        results += eng.submit(frame(i, f), now)
+        now += WAIT if waits[i] else WAIT / 10
+        results += eng.due(now)
+    results += eng.submit(eos(n), now)
+    assert isinstance(results[-1], EndResult)
+    out = chunks(results)
+    assert all(1 <= len(r.seqs) <= chunk for r in out)
+    assert [s for r in out for s in r.seqs] == list(range(n))
+    assert [r.discontinuity for r in out] == [True] + [False] * (len(out) - 1)
+    assert all(r.layers[k].shape[0] == len(r.seqs) for r in out for k in NAMES)
+    assert_matches(out, frames)
+    assert eng.stats["frames_in"] == eng.stats["frames_out"] == n
+
+
+def test_interleaved_streams_keep_separate_state() -> None:
+    eng, a, b = engine(chunk=3), clip(11, seed=1), clip(11, seed=2)
+    results: list[Result] = []
+    for i in range(11):
+        results += eng.submit(frame(i, a[i], stream="a"), 0.0)
+        results += eng.submit(frame(i, b[i], stream="b", session="other"), 0.0)
+    results += eng.flush_all()
+    assert_matches(chunks(results, "a"), a)
+    assert_matches(chunks(results, "b"), b)
+    assert {r.session for r in chunks(results, "b")} == {"other"}
+
+
+def test_new_session_resets_state_and_marks_discontinuity() -> None:
+    eng, frames = engine(chunk=4), clip(11)
+    results = [r for i in range(5) for r in eng.submit(frame(i, frames[i]), 0.0)]
+    for j, f in enumerate(frames[5:]):
+        results += eng.submit(frame(j, f, session="s2"), 0.0)
+    results += eng.flush_all()
+    old, new = chunks(results)[:2], chunks(results)[2:]
+    assert [r.session for r in old] == ["s1", "s1"]  # the partial chunk ran before the reset
+    assert_matches(old, frames[:5])
+    assert [r.session for r in new] == ["s2", "s2"]
+    assert [r.discontinuity for r in new] == [True, False]
+    assert_matches(new, frames[5:])
+    assert (eng.stats["resets"], eng.stats["seq_gaps"]) == (1, 0)
+
+
+def test_seq_gap_resets_and_counts_missing_frames() -> None:
+    eng, frames = engine(chunk=3), clip(12)
+    seqs = [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13]
+    results = [r for s, f in zip(seqs, frames, strict=True) for r in eng.submit(frame(s, f), 0.0)]
+    results += eng.flush_all()
+    out = chunks(results)
+    assert [s for r in out for s in r.seqs] == seqs
+    assert [r.discontinuity for r in out] == [True, False, True, False, False]
+    assert_matches(out[:2], frames[:5])
+    assert_matches(out[2:], frames[5:])
+    assert (eng.stats["seq_gaps"], eng.stats["frames_missing"], eng.stats["resets"]) == (1, 2, 1)
+
+
+def test_frame_size_change_resets() -> None:
+    eng, small, big = engine(chunk=4), clip(6), clip(5, h=8, w=5, seed=3)
+    results = [r for i, f in enumerate(small) for r in eng.submit(frame(i, f), 0.0)]
+    results += [r for i, f in enumerate(big) for r in eng.submit(frame(6 + i, f), 0.0)]
+    results += eng.flush_all()
+    out = chunks(results)
+    assert [r.seqs for r in out] == [[0, 1, 2, 3], [4, 5], [6, 7, 8, 9], [10]]
+    assert [r.discontinuity for r in out] == [True, False, True, False]
+    assert_matches(out[:2], small)
+    assert_matches(out[2:], big)
+    assert eng.stats["seq_gaps"] == 0
+
+
+def test_eos_flushes_and_frees_the_stream() -> None:
+    eng, frames = engine(chunk=4), clip(6)
+    results = [r for i, f in enumerate(frames) for r in eng.submit(frame(i, f), 0.0)]
+    end = eng.submit(eos(6), 0.0)
+    assert [type(r) for r in end] == [ChunkResult, EndResult]
+    assert end[0].seqs == [4, 5]  # type: ignore[union-attr]
+    assert end[1] == EndResult("a", "s1", 6)
+    assert "a" not in eng.streams
+    assert eng.next_deadline() is None
+    assert eng.stats["frames_missing"] == 0
+    assert_matches(chunks(results + end), frames)
+    again = eng.submit(frame(0, frames[0], session="s2"), 0.0) + eng.flush_all()
+    assert chunks(again)[0].discontinuity
+
+
+def test_eos_with_a_higher_seq_counts_missing_frames() -> None:
+    eng, frames = engine(chunk=4), clip(3)
+    for i, f in enumerate(frames):
+        eng.submit(frame(i, f), 0.0)
+    assert [type(r) for r in eng.submit(eos(8), 0.0)] == [ChunkResult, EndResult]
+    assert eng.stats["frames_missing"] == 5
+    assert eng.submit(eos(3, stream="never-seen"), 0.0) == [EndResult("never-seen", "s1", 3)]
+
+
+def test_stale_eos_does_not_end_the_current_session() -> None:
+    eng, frames = engine(chunk=3), clip(8)
+    results = [
+        r for i, f in enumerate(frames[:4]) for r in eng.submit(frame(i, f, session="s2"), 0)
+    ]
+    results += eng.submit(eos(10, session="s1"), 0.0)  # the old sender's eos, arriving late
+    assert "a" in eng.streams
+    results += [
+        r for i, f in enumerate(frames[4:], 4) for r in eng.submit(frame(i, f, session="s2"), 0)
+    ]
+    out = chunks(results + eng.flush_all())
+    assert [r.discontinuity for r in out] == [True] + [False] * (len(out) - 1)
+    assert_matches(out, frames)
+
+
+def snapshot(eng: Engine) -> tuple[object, ...]:
+    streams = {
+        k: (s.session, s.next_seq, s.shape, len(s.frames), id(s.state), s.discontinuity, s.since)
+        for k, s in eng.streams.items()
+    }
+    return streams, dict(eng.stats)
+
+
+@pytest.mark.parametrize(
+    ("color", "channels", "bad"),
+    [
+        ("as-is", 1, np.zeros((6, 7, 3), np.uint8)),
+        ("as-is", 3, np.zeros((6, 7), np.uint8)),
+        ("rgb", 3, np.zeros((6, 7, 1), np.uint8)),
+        ("gray", 1, np.zeros((6, 7, 2), np.uint8)),
+    ],
+)
+def test_bad_frame_raises_and_changes_nothing(color: str, channels: int, bad: np.ndarray) -> None:
+    model = make_model(color, channels)
+    eng = engine(chunk=3, model=model, color=color, in_channels=channels)
+    shape = (6, 7) if channels == 1 and color != "rgb" else (6, 7, 3)
+    frames = np.random.default_rng(5).integers(0, 256, (8, *shape), dtype=np.uint8)
+    results = [r for i, f in enumerate(frames[:4]) for r in eng.submit(frame(i, f), 0.0)]
+    before = snapshot(eng)
+    with pytest.raises(ShapeError):
+        eng.submit(frame(4, bad), 1.0)
+    with pytest.raises(StreamconvError):
+        eng.submit(InputMessage("frame", "a", "s1", 4, 0, None), 1.0)
+    assert snapshot(eng) == before
+    results += [r for i, f in enumerate(frames[4:], 4) for r in eng.submit(frame(i, f), 0.0)]
+    results += eng.flush_all()
+    out = chunks(results)
+    assert [s for r in out for s in r.seqs] == list(range(8))
+    ref = Engine(model, device=CPU, dtype=torch.float32, chunk=8, color=color, in_channels=channels)
+    whole = [r for i, f in enumerate(frames) for r in ref.submit(frame(i, f), 0.0)]
+    for name in NAMES:
+        assert rel_err(joined(out)[name], joined(chunks(whole))[name]) < 1e-5
+
+
+def test_max_streams_is_enforced_without_side_effects() -> None:
+    eng, frames = engine(chunk=4, max_streams=1), clip(2)
+    eng.submit(frame(0, frames[0]), 0.0)
+    before = snapshot(eng)
+    with pytest.raises(StreamconvError, match="too many streams"):
+        eng.submit(frame(0, frames[0], stream="b"), 0.0)
+    assert snapshot(eng) == before
+    eng.submit(eos(1), 0.0)
+    assert eng.submit(frame(0, frames[1], stream="b"), 0.0) == []
+    assert list(eng.streams) == ["b"]
+
+
+def test_publish_list_limits_the_layers() -> None:
+    eng, frames = engine(chunk=2, publish=["lp"]), clip(2)
+    out = chunks([r for i, f in enumerate(frames) for r in eng.submit(frame(i, f), 0.0)])
+    assert list(out[0].layers) == ["lp"]
+    assert rel_err(out[0].layers["lp"], offline(frames)["lp"]) < 1e-5
+
+
+def test_frame_to_chw_scales_by_dtype() -> None:
+    rng = np.random.default_rng(7)
+    u8 = rng.integers(0, 256, (4, 5), dtype=np.uint8)
+    u16 = rng.integers(0, 65536, (4, 5, 2), dtype=np.uint16)
+    f32 = rng.standard_normal((4, 5, 1)).astype(np.float32) * 3
+    np.testing.assert_array_equal(frame_to_chw(u8, "gray"), (u8 / np.float32(255))[None])
+    got = frame_to_chw(u16, "as-is", 2)
+    np.testing.assert_allclose(got, u16.transpose(2, 0, 1) / 65535.0, rtol=1e-7)
+    np.testing.assert_array_equal(frame_to_chw(f32, "as-is"), f32.transpose(2, 0, 1))
+    assert all(a.dtype == np.float32 for a in (frame_to_chw(u8, "gray"), got))
+
+
+def test_gray_from_bgr_matches_opencv() -> None:
+    bgr = np.random.default_rng(8).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    ref = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) / 255.0
+    got = frame_to_chw(bgr, "gray")
+    assert got.shape == (1, 16, 20)
+    assert np.abs(got[0] - ref).max() <= 1 / 255 + 1e-6
+    bgra = np.concatenate([bgr, np.full((16, 20, 1), 7, np.uint8)], axis=2)
+    np.testing.assert_allclose(frame_to_chw(bgra, "gray"), got, rtol=0, atol=1e-6)
+
+
+def test_rgb_reverses_channel_order() -> None:
+    bgr = np.random.default_rng(9).integers(0, 256, (3, 4, 3), dtype=np.uint8)
+    got = frame_to_chw(bgr, "rgb")
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(got, (bgr[:, :, ::-1] / np.float32(255)).transpose(2, 0, 1))

@@ -1,0 +1,147 @@
+"""The import and ownership rules of STYLE.md, checked on the parsed source, not the text."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PKG = REPO / "streamconv"
+
+
+def modules(*names: str) -> list[Path]:
+    """Files of the package: a module name ('engine') or a subpackage ('sources/')."""
+    out: list[Path] = []
+    for name in names:
+        out += sorted((PKG / name).rglob("*.py")) if name.endswith("/") else [PKG / f"{name}.py"]
+    assert out, names
+    assert all(p.is_file() for p in out), out
+    return out
+
+
+def tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def imported(path: Path) -> set[str]:
+    """Top-level packages a module imports, anywhere in it (lazy imports in functions too)."""
+    names: set[str] = set()
+    for node in ast.walk(tree(path)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def dotted(node: ast.expr) -> str:
+    """'os.environ.get' for an attribute chain on a name; '' for anything else."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        return ".".join([node.id, *reversed(parts)])
+    return ""
+
+
+def uses(path: Path) -> Iterator[str]:
+    """Every dotted name used, and every name imported from a module ('os.getenv')."""
+    for node in ast.walk(tree(path)):
+        if isinstance(node, ast.Attribute | ast.Name):
+            name = dotted(node)
+            if name:
+                yield name
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+ALL = sorted(PKG.rglob("*.py"))
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(REPO).as_posix()
+
+
+@pytest.mark.parametrize(
+    ("files", "banned"),
+    [
+        (["protocol"], {"zmq", "torch"}),
+        (["layers/", "engine"], {"zmq"}),
+        (["capture", "sources/"], {"torch"}),
+    ],
+    ids=["protocol", "layers+engine", "capture+sources"],
+)
+def test_import_rules(files: list[str], banned: set[str]) -> None:
+    bad = {rel(p): sorted(imported(p) & banned) for p in modules(*files)}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_the_checker_sees_imports_and_ignores_comments(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("# import torch\ndef f():\n    from zmq import Context\n    import os.path\n")
+    assert imported(probe) == {"zmq", "os"}
+
+
+def test_only_config_reads_the_environment() -> None:
+    readers = {
+        rel(p)
+        for p in ALL
+        for name in uses(p)
+        if name in ("os.environ", "os.getenv", "os.environb", "os.putenv")
+        or name.startswith(("os.environ.", "os.getenv."))
+    }
+    assert readers == {"streamconv/config.py"}
+
+
+def exits(path: Path) -> bool:
+    """Calls sys.exit / os._exit / exit / quit, or imports sys.exit under any name."""
+    calls = {dotted(node.func) for node in ast.walk(tree(path)) if isinstance(node, ast.Call)} & {
+        "sys.exit",
+        "os._exit",
+        "exit",
+        "quit",
+    }
+    return bool(calls) or any(name in ("sys.exit", "os._exit") for name in uses(path))
+
+
+def test_only_cli_and_main_exit() -> None:
+    exiters = {rel(p) for p in ALL if exits(p)}
+    assert exiters <= {"streamconv/cli.py", "streamconv/__main__.py"}
+    assert "streamconv/cli.py" in exiters or "streamconv/__main__.py" in exiters
+
+
+def socket_calls(path: Path) -> list[int]:
+    """Lines that call `<something>.socket(...)`, except the stdlib's `socket.socket(...)`."""
+    lines = []
+    for node in ast.walk(tree(path)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "socket"
+            and dotted(node.func) != "socket.socket"
+        ):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_only_transport_creates_zmq_sockets() -> None:
+    creators = {rel(p): socket_calls(p) for p in ALL}
+    assert {k for k, v in creators.items() if v} == {"streamconv/transport.py"}
+
+
+def test_capture_does_not_import_torch_at_runtime() -> None:
+    code = (
+        "import sys\nimport streamconv.capture, streamconv.sources, streamconv.protocol\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
