@@ -31,6 +31,7 @@ from typing import Any
 import zmq
 
 from streamconv import protocol, transport
+from streamconv.config import CaptureSettings
 from streamconv.errors import ConfigError, ProtocolError
 from streamconv.sources import Size, Source, open_source
 
@@ -270,3 +271,26 @@ class Capture:
                 signal.signal(s, h if h is not None else signal.SIG_DFL)
 
         return restore
+
+
+def capture_kwargs(s: CaptureSettings, progress: bool = False) -> dict[str, Any]:
+    """Capture() keyword arguments from validated settings (the CLI and `run` share them)."""
+    return {
+        "source": s.source,
+        "stream": s.stream,
+        "endpoint": s.connect,
+        "mode": s.mode,
+        "resize": s.resize,
+        "gray": s.gray,
+        "limit": s.limit,
+        "loop": s.loop,
+        "realtime": s.realtime,
+        "queue_size": s.queue,
+        "progress": progress,
+    }
+
+
+def capture_main(settings: CaptureSettings, level: int) -> None:
+    """Child process entry: push every frame of the source, then eos."""
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    Capture(**capture_kwargs(settings)).run()

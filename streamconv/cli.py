@@ -108,8 +108,7 @@ def dispatch(args: argparse.Namespace) -> int:
         Worker(load_settings(args.config, _worker_overrides(args))).run()
         return 0
     if args.command == "capture":
-        from streamconv.capture import Capture
-        from streamconv.run import capture_kwargs
+        from streamconv.capture import Capture, capture_kwargs
 
         settings = _capture(args, args.connect)
         stats = Capture(**capture_kwargs(settings, progress=True)).run()

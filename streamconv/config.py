@@ -139,6 +139,15 @@ class WorkerSettings(Strict):
     output_dtype: Literal["float32", "float16", "uint8"] = "float32"
     max_message_bytes: int = Field(default=64 * 2**20, ge=1024)
     max_streams: int = Field(default=64, ge=1)
+    idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="free a stream's state after this long without input"
+    )
+    threads: int = Field(
+        default=1,
+        ge=0,
+        description="torch CPU threads; 0 keeps torch's default (all cores). One leaves the "
+        "cores to capture and subscribers and keeps live latency low (BENCHMARKS.md)",
+    )
     input_hwm: int = Field(default=64, ge=1)
     output_hwm: int = Field(default=10_000, ge=0)
 

@@ -15,36 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from streamconv.errors import ShapeError, StreamconvError
+from streamconv.errors import StreamconvError
 from streamconv.layers import Output, Sequential, State
-from streamconv.protocol import InputMessage, to_float
+from streamconv.pixels import chw_shape, frame_to_chw
+from streamconv.protocol import InputMessage, quantize
 
 log = logging.getLogger(__name__)
-
-# OpenCV delivers BGR; luma weights in that order (ITU-R BT.601, as cv2.cvtColor uses).
-_BGR_TO_GRAY = np.array([0.114, 0.587, 0.299], dtype=np.float32)
-
-
-def frame_to_chw(frame: np.ndarray, color: str, in_channels: int = 1) -> np.ndarray:
-    """The colour step: a decoded frame (H,W) or (H,W,C) as float32 (C,H,W) for the model."""
-    f = to_float(frame)
-    f = f[:, :, None] if f.ndim == 2 else f
-    c = f.shape[2]
-    if color == "gray":
-        if c in (3, 4):
-            f = (f[:, :, :3] @ _BGR_TO_GRAY)[:, :, None]
-        elif c != 1:
-            msg = f"color 'gray' takes 1, 3 (BGR) or 4 (BGRA) channels, frame has {c}"
-            raise ShapeError(msg)
-    elif color == "rgb":
-        if c not in (3, 4):
-            msg = f"color 'rgb' takes 3 (BGR) or 4 (BGRA) channels, frame has {c}"
-            raise ShapeError(msg)
-        f = f[:, :, 2::-1]
-    elif c != in_channels:
-        msg = f"frame has {c} channels, the model takes {in_channels} (color 'as-is')"
-        raise ShapeError(msg)
-    return np.ascontiguousarray(f.transpose(2, 0, 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +33,8 @@ class ChunkResult:
     t_ns: list[int]
     discontinuity: bool
     layers: dict[str, np.ndarray]
+    # For uint8 output: per layer, each frame's (scales, offsets): value = byte*scale+offset.
+    quant: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +57,12 @@ class _Stream:
     shape: tuple[int, ...] | None = None
     state: State | None = None
     discontinuity: bool = True
-    frames: list[np.ndarray] = field(default_factory=list)
+    buffer: np.ndarray | None = None  # (C, chunk, H, W), a fresh one for every chunk
+    count: int = 0
     seqs: list[int] = field(default_factory=list)
     t_ns: list[int] = field(default_factory=list)
     since: float = 0.0
+    last_seen: float = 0.0
 
     def restart(self, session: str) -> None:
         self.session, self.state, self.shape, self.discontinuity = session, None, None, True
@@ -103,11 +83,14 @@ class Engine:
         in_channels: int = 1,
         max_streams: int = 64,
         publish: list[str] | None = None,
+        output_dtype: str = "float32",
     ) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         self.chunk, self.max_wait_s = chunk, max_wait_s
         self.color, self.in_channels, self.max_streams = color, in_channels, max_streams
         self.publish = publish if publish is not None else model.stage_names()
+        self.output_dtype = output_dtype
+        self.failures: list[str] = []  # chunks the model rejected, for the caller to report
         self.streams: dict[str, _Stream] = {}
         self.stats: Counter[str] = Counter()
         self._staging: dict[tuple[int, ...], torch.Tensor] = {}
@@ -123,7 +106,7 @@ class Engine:
         if msg.frame is None:
             err = f"frame message of stream {msg.stream!r} carries no pixels"
             raise StreamconvError(err)
-        chw = frame_to_chw(msg.frame, self.color, self.in_channels)
+        shape = chw_shape(msg.frame, self.color, self.in_channels)
         st = self.streams.get(msg.stream)
         results: list[Result] = []
         if st is None:
@@ -131,7 +114,7 @@ class Engine:
                 err = f"too many streams ({self.max_streams}); end one with eos first"
                 raise StreamconvError(err)
             st = self.streams[msg.stream] = _Stream(msg.stream, msg.session)
-        elif st.session != msg.session or msg.seq != st.next_seq or chw.shape != st.shape:
+        elif st.session != msg.session or msg.seq != st.next_seq or shape != st.shape:
             results += self._flush(st)
             why = (
                 "new session"
@@ -144,15 +127,19 @@ class Engine:
             log.info("stream %s: %s at seq %d, state reset", msg.stream, why, msg.seq)
             self.stats["resets"] += 1
             st.restart(msg.session)
-        if not st.frames:
+        if st.buffer is None:
             st.since = now
-        st.shape = chw.shape
-        st.frames.append(chw)
+            # Fresh, never reused: outputs may alias it and are sent zero-copy.
+            st.buffer = np.empty((shape[0], self.chunk, *shape[1:]), dtype=np.float32)
+        st.shape = shape
+        frame_to_chw(msg.frame, self.color, self.in_channels, out=st.buffer[:, st.count])
+        st.count += 1
         st.seqs.append(msg.seq)
         st.t_ns.append(msg.t_ns)
         st.next_seq = msg.seq + 1
+        st.last_seen = now
         self.stats["frames_in"] += 1
-        if len(st.frames) >= self.chunk:
+        if st.count >= self.chunk:
             results += self._flush(st)
         return results
 
@@ -183,15 +170,32 @@ class Engine:
     # -- timing ---------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
         """The earliest time at which a partial chunk is due, or None if none waits."""
-        pending = [st.since for st in self.streams.values() if st.frames]
+        pending = [st.since for st in self.streams.values() if st.count]
         return min(pending) + self.max_wait_s if pending else None
 
     def due(self, now: float) -> list[Result]:
         """Run every partial chunk that has waited `max_wait_s`."""
         results: list[Result] = []
         for st in self.streams.values():
-            if st.frames and now - st.since >= self.max_wait_s:
+            if st.count and now - st.since >= self.max_wait_s:
                 results += self._flush(st)
+        return results
+
+    def take_failures(self) -> list[str]:
+        """Chunks that failed in the model since the last call (their frames are lost)."""
+        failures, self.failures = self.failures, []
+        return failures
+
+    def evict_idle(self, now: float, idle_s: float) -> list[Result]:
+        """End streams that sent nothing for `idle_s` (a sender gone without eos)."""
+        results: list[Result] = []
+        for name, st in list(self.streams.items()):
+            if now - st.last_seen >= idle_s:
+                log.info("stream %s: idle for %.0f s, state freed", name, now - st.last_seen)
+                results += self._flush(st)
+                results.append(EndResult(name, st.session, st.next_seq))
+                del self.streams[name]
+                self.stats["evicted"] += 1
         return results
 
     def flush_all(self) -> list[Result]:
@@ -202,30 +206,26 @@ class Engine:
 
     # -- compute --------------------------------------------------------------------------
     def _flush(self, st: _Stream) -> list[Result]:
-        if not st.frames:
+        if st.buffer is None or not st.count:
             return []
-        frames, seqs, t_ns = st.frames, st.seqs, st.t_ns
-        st.frames, st.seqs, st.t_ns = [], [], []
-        x = self._to_device(np.stack(frames, axis=1)[None])
+        batch, seqs, t_ns = st.buffer[None, :, : st.count], st.seqs, st.t_ns
+        st.buffer, st.count, st.seqs, st.t_ns = None, 0, [], []
+        x = self._to_device(batch)
         try:
             with torch.inference_mode():
                 out, st.state = self.model.step(x, st.state)
         except (StreamconvError, RuntimeError) as e:
+            # Recorded, not raised: the other streams' results of this call must go out.
             st.restart(st.session)
-            self.stats["frames_failed"] += len(frames)
-            msg = f"{len(frames)} frames of stream {st.name!r} failed in the model: {e}"
-            raise StreamconvError(msg) from e
-        layers = _gather(out, self.publish)
-        result = ChunkResult(
-            stream=st.name,
-            session=st.session,
-            seqs=seqs,
-            t_ns=t_ns,
-            discontinuity=st.discontinuity,
-            layers=layers,
-        )
+            self.stats["frames_failed"] += len(seqs)
+            self.failures.append(
+                f"{len(seqs)} frames of stream {st.name!r} failed in the model: {e}"
+            )
+            return []
+        layers, quant = _gather(out, self.publish, self.output_dtype)
+        result = ChunkResult(st.name, st.session, seqs, t_ns, st.discontinuity, layers, quant)
         st.discontinuity = False
-        self.stats["frames_out"] += len(frames)
+        self.stats["frames_out"] += len(seqs)
         return [result]
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
@@ -241,7 +241,50 @@ class Engine:
         return staging.to(self.device, non_blocking=True).to(self.dtype)
 
 
-def _gather(out: object, names: list[str]) -> dict[str, np.ndarray]:
-    """(T, C, H, W) float32 numpy per published stage, one device->host copy each."""
-    stages = out.items() if isinstance(out, Output) else []
-    return {name: t[0].transpose(0, 1).float().cpu().numpy() for name, t in stages if name in names}
+def _gather(
+    out: object, names: list[str], output_dtype: str
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[list[float], list[float]]]]:
+    """(T, C, H, W) numpy arrays in the wire dtype per published stage.
+
+    The conversion happens where the tensor lives (on the GPU: fewer bytes to copy back),
+    with one device->host copy per stage and chunk.
+    """
+    layers: dict[str, np.ndarray] = {}
+    quant: dict[str, tuple[list[float], list[float]]] = {}
+    for name, t in out.items() if isinstance(out, Output) else []:
+        if name not in names:
+            continue
+        frames = t[0].transpose(0, 1)
+        if output_dtype == "uint8":
+            layers[name], quant[name] = _quantize(frames)
+        elif output_dtype == "float16":
+            layers[name] = frames.to(torch.float16).cpu().numpy()
+        else:
+            layers[name] = frames.float().cpu().numpy()
+    return layers, quant
+
+
+def _quantize(frames: torch.Tensor) -> tuple[np.ndarray, tuple[list[float], list[float]]]:
+    """Each frame to uint8 over its own range: value = byte * scale + offset."""
+    if frames.device.type == "cpu":  # numpy's passes are the faster ones on the CPU
+        values = frames.float().numpy()
+        data = np.empty(values.shape, dtype=np.uint8)
+        scales, offsets = [], []
+        for i, frame in enumerate(values):
+            _, scale, offset = quantize(frame, out=data[i])
+            scales.append(scale)
+            offsets.append(offset)
+        return data, (scales, offsets)
+    return quantize_torch(frames)
+
+
+def quantize_torch(frames: torch.Tensor) -> tuple[np.ndarray, tuple[list[float], list[float]]]:
+    """The same quantisation in torch, on the tensor's device (4x fewer bytes to copy back)."""
+    flat = frames.reshape(frames.shape[0], -1).float()
+    # amin + amax: torch.aminmax(dim=...) is ~20x slower on the CPU (torch 2.13)
+    lo, hi = torch.amin(flat, dim=1), torch.amax(flat, dim=1)
+    span = hi - lo
+    step = torch.where(span > 0, span / 255.0, torch.ones_like(span))
+    # >= 0 after subtracting the minimum, so +0.5 then truncation rounds to nearest.
+    q = (flat - lo[:, None]).mul_((1.0 / step)[:, None]).add_(0.5).to(torch.uint8)
+    return q.reshape(frames.shape).cpu().numpy(), (step.tolist(), lo.tolist())

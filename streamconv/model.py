@@ -54,6 +54,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def configure_torch(worker: WorkerSettings) -> None:
+    """Process-wide torch settings for a worker."""
+    if worker.threads:
+        torch.set_num_threads(worker.threads)
+
+
 def input_channels(worker: WorkerSettings) -> int:
     return {"gray": 1, "rgb": 3}.get(worker.color, worker.in_channels)
 

@@ -213,8 +213,15 @@ def encode_output(
     *,
     dtype: str = "float32",
     discontinuity: bool = False,
+    scale: float | None = None,
+    offset: float | None = None,
 ) -> list[Any]:
-    """[topic, header, payload] for one output frame (C, H, W) of one layer."""
+    """[topic, header, payload] for one output frame (C, H, W) of one layer.
+
+    For dtype "uint8" a float frame is quantised here (value = byte * scale + offset); a
+    uint8 frame with its `scale` and `offset` (quantised by the sender, e.g. on the GPU) is
+    sent as is.
+    """
     if array.ndim != 3:
         msg = f"output frame must be [C, H, W], got shape {array.shape}"
         raise ProtocolError(msg)
@@ -233,16 +240,31 @@ def encode_output(
     if discontinuity:
         header["discontinuity"] = True
     if dtype == "uint8":
-        lo, hi = float(array.min()), float(array.max())
-        scale = (hi - lo) / 255.0 if hi > lo else 1.0
-        header["scale"], header["offset"] = scale, lo
-        payload = np.clip(np.rint((array - lo) / scale), 0, 255).astype(np.uint8)
+        if array.dtype != np.uint8 or scale is None or offset is None:
+            array, scale, offset = quantize(array)
+        header["scale"], header["offset"] = scale, offset
+        payload = np.ascontiguousarray(array)
     elif dtype in OUTPUT_DTYPES:
         payload = np.ascontiguousarray(array, dtype=OUTPUT_DTYPES[dtype])
     else:
         msg = f"output dtype must be one of {sorted(OUTPUT_DTYPES)}, got {dtype!r}"
         raise ProtocolError(msg)
     return [topic(stream, layer), json.dumps(header).encode(), payload]
+
+
+def quantize(array: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+    """uint8 bytes, scale and offset spanning the frame's range (value = byte*scale+offset);
+    the bytes go into `out` when given."""
+    lo, hi = float(array.min()), float(array.max())
+    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    # Values are >= 0 after subtracting the minimum, so +0.5 then truncation rounds.
+    q = np.subtract(array, np.float32(lo), dtype=np.float32)
+    q *= np.float32(1.0 / scale)
+    q += np.float32(0.5)
+    if out is None:
+        return q.astype(np.uint8), scale, lo
+    out[...] = q  # the float -> uint8 cast truncates, which rounds here
+    return out, scale, lo
 
 
 def encode_output_eos(stream: str, layer: str, session: str, seq: int) -> list[Any]:
@@ -281,5 +303,6 @@ def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
         if not all(isinstance(v, int | float) and math.isfinite(v) for v in (scale, offset)):
             msg = f"uint8 output needs finite 'scale' and 'offset', got {scale!r}, {offset!r}"
             raise ProtocolError(msg)
-        array = array.astype(np.float32) * np.float32(scale) + np.float32(offset)
+        array = np.multiply(array, np.float32(scale), dtype=np.float32)
+        array += np.float32(offset)
     return header, array

@@ -25,6 +25,7 @@ class Publisher:
     def _chunk(self, r: ChunkResult) -> None:
         for i, (seq, t_ns) in enumerate(zip(r.seqs, r.t_ns, strict=True)):
             for name, frames in r.layers.items():
+                scales, offsets = r.quant.get(name, (None, None))
                 parts = protocol.encode_output(
                     r.stream,
                     name,
@@ -34,6 +35,8 @@ class Publisher:
                     frames[i],
                     dtype=self.output_dtype,
                     discontinuity=r.discontinuity and i == 0,
+                    scale=scales[i] if scales else None,
+                    offset=offsets[i] if offsets else None,
                 )
                 transport.send(self.sock, parts)
                 self.stats["messages"] += 1

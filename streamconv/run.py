@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamconv.capture import Capture, derive_stream
+from streamconv.capture import capture_main, derive_stream
 from streamconv.client import Subscriber
 from streamconv.config import CaptureSettings, Settings
-from streamconv.engine import frame_to_chw
 from streamconv.errors import StartupError, StreamconvError
 from streamconv.layers import Output
 from streamconv.model import build_model, input_channels
 from streamconv.monitor import Monitor, PreviewWriter
+from streamconv.pixels import frame_to_chw
 from streamconv.sources import open_source, write_sample_video
 
 log = logging.getLogger(__name__)
@@ -47,28 +47,6 @@ def worker_main(settings: Settings, level: int) -> None:
 
     _configure_logging(level)
     Worker(settings).run()
-
-
-def capture_main(settings: CaptureSettings, level: int) -> None:
-    """Child process entry: push every frame of the source, then eos."""
-    _configure_logging(level)
-    Capture(**capture_kwargs(settings)).run()
-
-
-def capture_kwargs(s: CaptureSettings, progress: bool = False) -> dict[str, Any]:
-    return {
-        "source": s.source,
-        "stream": s.stream,
-        "endpoint": s.connect,
-        "mode": s.mode,
-        "resize": s.resize,
-        "gray": s.gray,
-        "limit": s.limit,
-        "loop": s.loop,
-        "realtime": s.realtime,
-        "queue_size": s.queue,
-        "progress": progress,
-    }
 
 
 def resolve_sample(source: str, out: Path) -> str:

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -20,17 +21,24 @@ import zmq
 
 from streamconv import transport
 from streamconv.config import Settings
-from streamconv.engine import Engine
+from streamconv.engine import Engine, Result
 from streamconv.errors import ProtocolError, StartupError, StreamconvError
-from streamconv.model import DTYPES, build_model, input_channels, resolve_device
+from streamconv.model import (
+    DTYPES,
+    build_model,
+    configure_torch,
+    input_channels,
+    resolve_device,
+)
 from streamconv.protocol import decode_input
 from streamconv.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 50  # how quickly a stop request is noticed when no input arrives
-BATCH = 256
-MAX_DROP_KINDS = 64  # messages drained per wake-up before partial chunks are checked
+BATCH = 256  # messages drained per wake-up before partial chunks are checked
+MAX_DROP_KINDS = 64  # distinct drop reasons counted before the rest go under "other"
+SHUTDOWN_LINGER_MS = 2000  # time to deliver the outputs flushed at shutdown
 
 
 class Worker:
@@ -47,9 +55,9 @@ class Worker:
         self.stop_event.set()
 
     def run(self) -> None:
-        self.startup()
-        restore = self._install_signals()
+        restore = self._install_signals()  # before startup: a signal then ends it cleanly
         try:
+            self.startup()
             self.serve()
         finally:
             restore()
@@ -57,6 +65,7 @@ class Worker:
 
     def startup(self) -> None:
         w = self.settings.worker
+        configure_torch(w)
         device = resolve_device(w.device)
         model = build_model(self.settings, device)
         publish = [spec.name for spec in self.settings.layers if spec.publish]
@@ -70,6 +79,7 @@ class Worker:
             in_channels=input_channels(w),
             max_streams=w.max_streams,
             publish=publish,
+            output_dtype=w.output_dtype,
         )
         self._ctx = zmq.Context()
         try:
@@ -99,6 +109,7 @@ class Worker:
 
     def serve(self) -> None:
         engine, publisher, pull = self._started()
+        last_evict = time.monotonic()
         while not self.stop_event.is_set():
             deadline = engine.next_deadline()
             timeout = POLL_MS
@@ -111,9 +122,14 @@ class Worker:
                     except zmq.Again:
                         break
                     publisher.publish(self._handle(parts))
-            publisher.publish(self._guard(lambda: engine.due(time.monotonic())))
+            now = time.monotonic()
+            publisher.publish(self._guard(engine.due, now))
+            if now - last_evict > 1.0:
+                last_evict = now
+                idle_s = self.settings.worker.idle_timeout_s
+                publisher.publish(self._guard(engine.evict_idle, now, idle_s))
 
-    def _handle(self, parts: list[zmq.Frame]) -> list[Any]:
+    def _handle(self, parts: list[zmq.Frame]) -> list[Result]:
         size = sum(len(p) for p in parts)
         limit = self.settings.worker.max_message_bytes
         if size > limit:
@@ -125,18 +141,24 @@ class Worker:
             self._drop(str(e))
             return []
         except Exception as e:  # a decoder bug must not take the daemon down with it
-            log.exception("decoder failed on a message")
+            if not self.dropped[f"undecodable message: {type(e).__name__}"]:
+                log.exception("decoder failed on a message")  # the traceback, once per kind
             self._drop(f"undecodable message: {type(e).__name__}")
             return []
         engine = self._started()[0]
-        return self._guard(lambda: engine.submit(msg, time.monotonic()))
+        return self._guard(engine.submit, msg, time.monotonic())
 
-    def _guard(self, step: Any) -> list[Any]:
+    def _guard(self, step: Callable[..., list[Result]], *args: Any) -> list[Result]:
+        """Run an engine step; its errors and failed chunks become counted drops."""
         try:
-            return list(step())
+            results = step(*args)
         except StreamconvError as e:
             self._drop(str(e))
-            return []
+            results = []
+        if self.engine is not None:
+            for reason in self.engine.take_failures():
+                self._drop(reason)
+        return results
 
     def _drop(self, reason: str) -> None:
         # Count by kind of fault, not by the offending value, so the counter stays small.
@@ -152,6 +174,9 @@ class Worker:
             self.publisher.publish(self._guard(self.engine.flush_all))
             stats = dict(self.engine.stats)
             log.info("worker stats: %s; dropped: %s", stats, dict(self.dropped) or "none")
+        if self.publisher is not None:
+            # PUB sends are asynchronous: linger 0 would discard the outputs just flushed.
+            transport.close(self.publisher.sock, SHUTDOWN_LINGER_MS)
         if self._ctx is not None:
             self._ctx.destroy(linger=0)
         log.info("worker stopped")

@@ -39,4 +39,8 @@ class Nonlinearity(Layer):
         return f"{self.kind!r}, threshold={self.threshold}, gain={self.gain}"
 
     def step(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
-        return self.gain * self._fn(x - self.threshold), {}
+        # Skip the no-op arithmetic: each op is a full pass over the frames (and an
+        # identity stage then costs nothing). Never in place: x may be another stage's output.
+        y = x - self.threshold if self.threshold else x
+        y = self._fn(y)
+        return (self.gain * y if self.gain != 1.0 else y), {}

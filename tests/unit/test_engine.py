@@ -230,7 +230,7 @@ def test_stale_eos_does_not_end_the_current_session() -> None:
 
 def snapshot(eng: Engine) -> tuple[object, ...]:
     streams = {
-        k: (s.session, s.next_seq, s.shape, len(s.frames), id(s.state), s.discontinuity, s.since)
+        k: (s.session, s.next_seq, s.shape, s.count, id(s.state), s.discontinuity, s.since)
         for k, s in eng.streams.items()
     }
     return streams, dict(eng.stats)
@@ -313,3 +313,32 @@ def test_rgb_reverses_channel_order() -> None:
     got = frame_to_chw(bgr, "rgb")
     assert got.flags.c_contiguous
     np.testing.assert_array_equal(got, (bgr[:, :, ::-1] / np.float32(255)).transpose(2, 0, 1))
+
+
+def test_idle_streams_are_evicted_with_an_eos_and_others_stay() -> None:
+    eng = engine(chunk=4)
+    frames = clip(3)
+    for i in range(3):
+        eng.submit(frame(i, frames[i], stream="gone"), now=0.0)
+    eng.submit(frame(0, frames[0], stream="busy"), now=9.0)
+    results = eng.evict_idle(now=10.0, idle_s=5.0)
+    assert "gone" not in eng.streams
+    assert "busy" in eng.streams
+    assert [type(r) for r in results] == [ChunkResult, EndResult]  # pending frames flushed
+    assert results[1] == EndResult("gone", "s1", 3)
+    assert eng.stats["evicted"] == 1
+
+
+def test_a_chunk_failing_in_the_model_is_reported_and_spares_other_streams() -> None:
+    layer = {**LAYERS[0], "padding_mode": "reflect"}  # reflect needs frames over 1x1
+    model = build_model(Settings.model_validate({"worker": {}, "layers": [layer]}), CPU)
+    eng = engine(chunk=4, model=model)
+    eng.submit(frame(0, clip(1, h=6, w=7)[0], stream="ok"), now=0.0)
+    eng.submit(frame(0, np.zeros((1, 1), np.uint8), stream="tiny"), now=0.0)
+    results = eng.flush_all()
+    assert [r.stream for r in chunks(results, "ok")] == ["ok"]
+    failures = eng.take_failures()
+    assert len(failures) == 1
+    assert "'tiny' failed in the model" in failures[0]
+    assert eng.take_failures() == []
+    assert eng.stats["frames_failed"] == 1

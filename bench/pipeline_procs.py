@@ -1,0 +1,136 @@
+"""Child processes for bench/pipeline.py: their entry points and how they are started and ended.
+
+Every entry point is a module-level function so the spawn context can import it, and none of
+this module's top-level imports pulls in torch: the senders must start light, like a real
+capture client. Each child makes its own sockets and configures its own logging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import zmq
+
+WIDTH, HEIGHT = 640, 480
+DISTINCT = 16  # distinct frames, cycled: same bytes in every variant, little memory
+STREAM = "bench"
+SPAWN = multiprocessing.get_context("spawn")
+log = logging.getLogger(__name__)
+
+
+def free_endpoint() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def bench_frames(n: int) -> list[np.ndarray]:
+    """n gray 640x480 uint8 frames of the synthetic pattern, decoded once, before any clock."""
+    from streamconv.sources import synthetic_frame
+
+    base = [synthetic_frame(i, WIDTH, HEIGHT, channels=1) for i in range(DISTINCT)]
+    return [base[i % DISTINCT] for i in range(n)]
+
+
+def _quiet() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(processName)s %(name)s %(message)s")
+
+
+def worker_entry(settings: Any) -> None:
+    """A streamconv worker until SIGTERM (which it handles: it finishes and exits 0)."""
+    from streamconv.worker import Worker
+
+    _quiet()
+    Worker(settings).run()
+
+
+def capture_entry(endpoint: str, n: int, mode: str, fps: float | None, realtime: bool) -> None:
+    """The reference capture client over an in-memory source: no decoding cost anywhere."""
+    from streamconv.capture import Capture
+    from streamconv.sources import ArraySource
+
+    _quiet()
+    source = ArraySource(bench_frames(n), fps=fps)
+    Capture(source, stream=STREAM, endpoint=endpoint, mode=mode, realtime=realtime).run()
+
+
+def _pace(t0: float, index: int, fps: float | None) -> None:
+    # Same pacing rule as Capture._pump: frame i is due at t0 + i / fps.
+    if fps is not None:
+        delay = t0 + index / fps - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def relay_sender_entry(endpoint: str, n: int, fps: float | None) -> None:
+    """Plain pyzmq PUSH: a small JSON header and the raw frame, zero-copy, then an end marker.
+
+    With `fps` it is paced and never blocks (a frame that cannot be queued is dropped), like
+    the capture's live mode; without, it sends as fast as the receiver takes them.
+    """
+    _quiet()
+    frames = bench_frames(n)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 5000)
+    sock.connect(endpoint)
+    sent, t0 = 0, time.monotonic()
+    try:
+        for i, frame in enumerate(frames):
+            _pace(t0, i, fps)
+            head = {"seq": sent, "t_ns": time.time_ns(), "shape": list(frame.shape)}
+            try:
+                sock.send_multipart(
+                    [json.dumps(head).encode(), frame], copy=False, flags=zmq.NOBLOCK if fps else 0
+                )
+                sent += 1
+            except zmq.Again:
+                pass
+        sock.send_multipart([json.dumps({"end": True, "sent": sent}).encode(), b""])
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def imagezmq_sender_entry(endpoint: str, n: int) -> None:
+    """imagezmq's ImageSender (REQ): each send waits for the hub's reply."""
+    import imagezmq
+
+    _quiet()
+    sender = imagezmq.ImageSender(connect_to=endpoint)
+    try:
+        for frame in bench_frames(n):
+            sender.send_image(str(time.time_ns()), frame)
+    finally:
+        sender.zmq_socket.close(linger=0)
+        sender.zmq_context.term()
+
+
+def stop(proc: multiprocessing.process.BaseProcess, timeout_s: float = 10.0) -> None:
+    """SIGTERM, a bounded join, then SIGKILL: no child outlives the benchmark."""
+    if proc.is_alive():
+        proc.terminate()
+    proc.join(timeout_s)
+    if proc.is_alive():
+        log.warning("%s did not stop within %.0f s: killed", proc.name, timeout_s)
+        proc.kill()
+        proc.join(timeout_s)
+
+
+@contextmanager
+def child(target: Any, *args: Any, name: str) -> Iterator[multiprocessing.process.BaseProcess]:
+    """A started spawn child that is stopped on the way out, even on error."""
+    proc = SPAWN.Process(target=target, args=args, name=name, daemon=True)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        stop(proc)

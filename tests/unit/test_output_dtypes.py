@@ -1,0 +1,94 @@
+"""Output dtypes: the engine converts where the tensor lives; the wire decodes back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from streamconv import protocol
+from streamconv.config import load_settings
+from streamconv.engine import ChunkResult, Engine, quantize_torch
+from streamconv.model import build_model
+from streamconv.protocol import InputMessage
+from streamconv.publisher import Publisher
+from tests.conftest import REPO
+
+FRAMES = np.random.default_rng(1).integers(0, 255, (10, 24, 32, 3), dtype=np.uint8)
+
+
+def run(output_dtype: str) -> list[ChunkResult]:
+    model = build_model(load_settings(REPO / "config/retina.toml"), torch.device("cpu"))
+    eng = Engine(
+        model, device=torch.device("cpu"), dtype=torch.float32, chunk=4, output_dtype=output_dtype
+    )
+    out = []
+    for i, f in enumerate(FRAMES):
+        out += eng.submit(InputMessage("frame", "s", "x", i, 0, f), 0.0)
+    return [r for r in out + eng.flush_all() if isinstance(r, ChunkResult)]
+
+
+def stacked(results: list[ChunkResult], layer: str) -> np.ndarray:
+    return np.concatenate([r.layers[layer] for r in results])
+
+
+def test_float16_output_is_converted_in_the_engine() -> None:
+    exact = stacked(run("float32"), "opl")
+    half = stacked(run("float16"), "opl")
+    assert half.dtype == np.float16
+    np.testing.assert_allclose(half.astype(np.float32), exact, rtol=1e-3, atol=1e-3)
+
+
+def test_uint8_output_decodes_within_half_a_step_per_frame() -> None:
+    exact = run("float32")
+    quant = run("uint8")
+    for layer in ("opl", "ganglion"):
+        for r_exact, r_q in zip(exact, quant, strict=True):
+            scales, offsets = r_q.quant[layer]
+            assert r_q.layers[layer].dtype == np.uint8
+            for i in range(len(r_q.seqs)):
+                decoded = r_q.layers[layer][i] * np.float32(scales[i]) + np.float32(offsets[i])
+                err = np.abs(decoded - r_exact.layers[layer][i]).max()
+                assert err <= scales[i] * 0.5 + 1e-6, (layer, i)
+
+
+class _Capture:
+    """A stand-in PUB socket that keeps what is sent (the real one is tested end to end)."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[object]] = []
+
+    def send_multipart(self, parts: list[object], flags: int = 0, copy: bool = True) -> None:
+        self.sent.append([bytes(memoryview(p)) for p in parts])
+
+
+@pytest.mark.parametrize("output_dtype", ["float32", "float16", "uint8"])
+def test_published_messages_decode_to_the_engine_output(output_dtype: str) -> None:
+    exact = run("float32")
+    sock = _Capture()
+    Publisher(sock, ["opl", "bipolar", "amacrine", "ganglion"], output_dtype).publish(  # type: ignore[arg-type]
+        run(output_dtype)
+    )
+    assert len(sock.sent) == 4 * len(FRAMES)
+    for parts in sock.sent:
+        header, array = protocol.decode_output(parts)
+        assert header["dtype"] == output_dtype
+        assert array is not None
+        expected = stacked(exact, header["layer"])[header["seq"]]
+        bound = {"float32": 0.0, "float16": 2e-3}.get(output_dtype)
+        if bound is None:
+            bound = header["scale"] * 0.5 + 1e-6  # half a quantisation step
+        assert np.abs(array - expected).max() <= bound
+
+
+def test_the_gpu_quantiser_agrees_with_the_cpu_one() -> None:
+    # The torch path runs on CUDA in production; here it runs on the CPU against numpy's.
+    frames = torch.rand(5, 2, 16, 20) * 3 - 1
+    frames[3] = 0.25  # a flat frame: scale 1, every byte 0
+    q_t, (scales_t, offsets_t) = quantize_torch(frames)
+    for i, frame in enumerate(frames.numpy()):
+        q_n, scale_n, offset_n = protocol.quantize(frame)
+        assert scales_t[i] == pytest.approx(scale_n, rel=1e-6)
+        assert offsets_t[i] == pytest.approx(offset_n, rel=1e-6)
+        assert np.abs(q_t[i].astype(int) - q_n.astype(int)).max() <= 1
+    assert np.all(q_t[3] == 0)
