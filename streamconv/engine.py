@@ -12,13 +12,14 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 
 from streamconv.errors import StreamconvError
 from streamconv.layers import Output, Sequential, State
 from streamconv.pixels import chw_shape, frame_to_chw
-from streamconv.protocol import InputMessage, quantize
+from streamconv.protocol import InputMessage
 
 log = logging.getLogger(__name__)
 
@@ -266,16 +267,21 @@ def _gather(
 
 def _quantize(frames: torch.Tensor) -> tuple[np.ndarray, tuple[list[float], list[float]]]:
     """Each frame to uint8 over its own range: value = byte * scale + offset."""
-    if frames.device.type == "cpu":  # numpy's passes are the faster ones on the CPU
-        values = frames.float().numpy()
-        data = np.empty(values.shape, dtype=np.uint8)
-        scales, offsets = [], []
-        for i, frame in enumerate(values):
-            _, scale, offset = quantize(frame, out=data[i])
-            scales.append(scale)
-            offsets.append(offset)
-        return data, (scales, offsets)
-    return quantize_torch(frames)
+    if frames.device.type != "cpu":
+        return quantize_torch(frames)
+    # On the CPU OpenCV does it in two passes (min/max, then scale-round-saturate), twice
+    # as fast as numpy's five; both round to nearest.
+    values = frames.float().numpy()
+    data = np.empty(values.shape, dtype=np.uint8)
+    scales, offsets = [], []
+    for i, frame in enumerate(values):
+        plane = frame.reshape(-1, frame.shape[-1])  # (C*H, W): OpenCV takes 2-D
+        lo, hi, _, _ = cv2.minMaxLoc(plane)
+        scale = (hi - lo) / 255.0 if hi > lo else 1.0
+        cv2.convertScaleAbs(plane, data[i].reshape(plane.shape), 1.0 / scale, -lo / scale)
+        scales.append(scale)
+        offsets.append(lo)
+    return data, (scales, offsets)
 
 
 def quantize_torch(frames: torch.Tensor) -> tuple[np.ndarray, tuple[list[float], list[float]]]:
