@@ -148,7 +148,7 @@ class WorkerSettings(Strict):
         description="torch CPU threads; 0 keeps torch's default (all cores). One leaves the "
         "cores to capture and subscribers and keeps live latency low (BENCHMARKS.md)",
     )
-    input_hwm: int = Field(default=64, ge=1)
+    input_hwm: int = Field(default=8, ge=1, description="frames queued per sender connection")
     output_hwm: int = Field(default=10_000, ge=0)
 
 
