@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from streamconv.errors import ShapeError
 from streamconv.layers.base import Layer, State
+from streamconv.layers.separable import Factors, factorize, separable_conv3d
 
 PaddingMode = Literal["zeros", "replicate", "reflect", "circular"]
 TemporalFill = Literal["first", "zeros"]
@@ -150,6 +151,8 @@ class MemoryConv3d(Layer):
             nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
         )
         self._init_parameters()
+        self._factor_key: tuple[int, int, torch.dtype] | None = None
+        self._factor_cache: Factors | None = None
 
     def _init_parameters(self) -> None:
         # The same default as nn.Conv3d, so swapping one for the other changes nothing.
@@ -216,7 +219,22 @@ class MemoryConv3d(Layer):
         if self.channels_last:
             padded = padded.contiguous(memory_format=torch.channels_last_3d)
             weight = weight.contiguous(memory_format=torch.channels_last_3d)
+        factors = self._factors(padded)
+        if factors is not None:
+            return separable_conv3d(padded, factors, self.bias, self.stride, self.dilation)
         return conv3d(padded, weight, self.bias, (1, *self.stride), self.dilation, self.groups)
+
+    def _factors(self, x: Tensor) -> Factors | None:
+        """Separable factors of the weight for inference (cached until the weight changes).
+
+        Training keeps the direct convolution: gradients must flow into `weight` itself.
+        """
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return None
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
+        if self._factor_key != key:
+            self._factor_key, self._factor_cache = key, factorize(self.weight)
+        return self._factor_cache
 
     @torch.no_grad()
     def set_weight(

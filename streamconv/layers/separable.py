@@ -1,0 +1,89 @@
+"""A fast path for separable kernels: temporal x (a few) spatially separable terms.
+
+Kernels built from the helpers are of this form (gaussian = one term, difference of
+gaussians = two, times an exponential in time). A k_t x k_h x k_w convolution then costs
+k_t + R (k_h + k_w) multiply-adds per pixel instead of k_t k_h k_w: 10-30x less for the
+shipped configs. The passes are plain shifted multiply-adds, which the CPU vectorises well
+(oneDNN is slow on single-channel 3-D convolution). The factors come from SVDs of the weight,
+kept only when they reproduce it to the dtype's rounding, and are cached until the weight
+changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+MAX_TERMS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Factors:
+    """weight[t, y, x] = temporal[t] * sum_r rows[r, y] * cols[r, x]."""
+
+    temporal: tuple[float, ...]
+    rows: tuple[tuple[float, ...], ...]
+    cols: tuple[tuple[float, ...], ...]
+
+    def cost(self) -> int:
+        return len(self.temporal) + len(self.rows) * (len(self.rows[0]) + len(self.cols[0]))
+
+
+def factorize(weight: Tensor) -> Factors | None:
+    """Factors of a (1, 1, kt, kh, kw) weight, or None if it is not (cheaply) separable."""
+    if weight.shape[:2] != (1, 1):
+        return None
+    w = weight[0, 0].detach().to("cpu", torch.float64)
+    kt, kh, kw = w.shape
+    tol = 10 * torch.finfo(weight.dtype).eps
+    time_space = w.reshape(kt, kh * kw)
+    u, s, vh = torch.linalg.svd(time_space, full_matrices=False)
+    if s[0] == 0 or s[1:].norm() > tol * s[0]:
+        return None
+    spatial = vh[0].reshape(kh, kw) * s[0]
+    u2, s2, vh2 = torch.linalg.svd(spatial, full_matrices=False)
+    # The fewest terms whose dropped singular values stay below the rounding level.
+    tails = torch.flip(torch.cumsum(torch.flip(s2**2, [0]), 0), [0]).sqrt()
+    rank = next(r for r in range(1, len(s2) + 1) if r == len(s2) or tails[r] <= tol * s2[0])
+    if rank > MAX_TERMS:
+        return None
+    factors = Factors(
+        tuple(u[:, 0].tolist()),
+        tuple(tuple((u2[:, r] * s2[r]).tolist()) for r in range(rank)),
+        tuple(tuple(vh2[r].tolist()) for r in range(rank)),
+    )
+    return factors if 2 * factors.cost() <= kt * kh * kw else None
+
+
+def _taps(x: Tensor, kernel: tuple[float, ...], dim: int, dilation: int, stride: int) -> Tensor:
+    """Valid cross-correlation of `x` with a 1-D kernel along `dim`."""
+    span = (len(kernel) - 1) * dilation
+    length = x.shape[dim] - span
+    out = x.narrow(dim, 0, length) * kernel[0]
+    for j in range(1, len(kernel)):
+        out.add_(x.narrow(dim, j * dilation, length), alpha=kernel[j])
+    if stride > 1:
+        index = torch.arange(0, length, stride, device=x.device)
+        out = out.index_select(dim, index)
+    return out
+
+
+def separable_conv3d(
+    padded: Tensor,
+    factors: Factors,
+    bias: Tensor | None,
+    stride: tuple[int, int],
+    dilation: tuple[int, int, int],
+) -> Tensor:
+    """The same result as F.conv3d(padded, weight, bias, (1, *stride), dilation)."""
+    y = _taps(padded, factors.temporal, 2, dilation[0], 1)
+    out: Tensor | None = None
+    for rows, cols in zip(factors.rows, factors.cols, strict=True):
+        term = _taps(_taps(y, rows, 3, dilation[1], stride[0]), cols, 4, dilation[2], stride[1])
+        out = term if out is None else out.add_(term)
+    if out is None:
+        msg = "factors without spatial terms"
+        raise ValueError(msg)
+    return out if bias is None else out + bias.view(1, -1, 1, 1, 1)
