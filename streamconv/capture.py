@@ -42,6 +42,8 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_QUEUE = {"lossless": 8, "live": 2}
 DEFAULT_LINGER_MS = {"lossless": 5000, "live": 1000}
 POLL_MS = 100
+STALL_WARN_S = 5.0  # a lossless send blocked this long is reported once
+STOP_WAIT_MS = 1000  # after a stop request: the most time spent on eos, then on linger
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +187,9 @@ class Capture:
                 self._pump(sock)
             finally:
                 eos_sent = self._send_eos(sock)
-                transport.close(sock)
+                # Once asked to stop, do not hold on to unsent frames for long.
+                stopping = self._stop.is_set()
+                transport.close(sock, min(self.linger_ms, STOP_WAIT_MS) if stopping else None)
         finally:
             ctx.term()  # bounded: every socket was closed with a finite linger
             restore()
@@ -235,14 +239,26 @@ class Capture:
             log.info("capture: stop requested, finishing")
 
     def _send_lossless(self, sock: transport.Socket, parts: list[Any]) -> bool:
+        waited_since = time.monotonic()
+        warned = False
         while not self._stop.is_set():
             if transport.wait_writable(sock, POLL_MS) and transport.send(sock, parts, block=False):
                 return True
+            if not warned and time.monotonic() - waited_since > STALL_WARN_S:
+                warned = True
+                log.warning(
+                    "capture: %s has taken no frame for %.0f s; still waiting (is the worker up?)",
+                    self.endpoint,
+                    STALL_WARN_S,
+                )
         return False
 
     def _send_eos(self, sock: transport.Socket) -> bool:
         parts = protocol.encode_eos(self.stream, self.session, seq=self.sent)
-        deadline = time.monotonic() + self.eos_timeout_s
+        wait_s = self.eos_timeout_s
+        if self._stop.is_set():
+            wait_s = min(wait_s, STOP_WAIT_MS / 1000)
+        deadline = time.monotonic() + wait_s
         try:
             while time.monotonic() < deadline:
                 if transport.wait_writable(sock, POLL_MS) and transport.send(
@@ -252,7 +268,7 @@ class Capture:
         except zmq.ZMQError as e:
             log.warning("capture: could not send eos: %s", e)
             return False
-        log.warning("capture: eos not queued within %.1f s; is the worker up?", self.eos_timeout_s)
+        log.warning("capture: eos not queued within %.1f s; is the worker up?", wait_s)
         return False
 
     def _install_signals(self) -> Callable[[], None]:

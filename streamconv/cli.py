@@ -44,7 +44,7 @@ def _capture_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="stop after this many frames")
     p.add_argument("--loop", action="store_true", help="replay a file or folder forever")
     p.add_argument("--realtime", action="store_true", help="pace frames at the source fps")
-    p.add_argument("--queue", type=int, default=4, help="frames queued before wait/drop")
+    p.add_argument("--queue", type=int, help="frames queued before wait/drop (8 lossless, 2 live)")
 
 
 def _worker_args(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ discontinuity (a subscriber too slow for the PUB high-water mark) are counted in
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import Counter
@@ -21,8 +22,10 @@ import numpy as np
 import zmq
 
 from streamconv import protocol, transport
+from streamconv.errors import ProtocolError
+from streamconv.protocol import PROBE_STREAM
 
-PROBE_STREAM = "_probe"
+log = logging.getLogger(__name__)
 
 
 class Subscriber:
@@ -33,7 +36,7 @@ class Subscriber:
         stream: str | None = None,
         layers: Iterable[str] | None = None,
         timeout_s: float = 10.0,
-        hwm: int = 100_000,
+        hwm: int = 1000,
         ctx: transport.Context | None = None,
     ) -> None:
         self.stream, self.layers, self.timeout_s = stream, set(layers or []), timeout_s
@@ -47,6 +50,7 @@ class Subscriber:
         self._ctx: transport.Context = ctx or zmq.Context()
         self.sock = transport.sub_socket(self._ctx, endpoint, topics, hwm=hwm)
         self.gaps: Counter[tuple[str, str]] = Counter()
+        self.bad_messages = 0
         self._last: dict[tuple[str, str], tuple[str, int]] = {}
 
     def recv(self, timeout_s: float | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
@@ -59,7 +63,12 @@ class Subscriber:
             if frames is None:
                 msg = f"no output within {timeout} s"
                 raise TimeoutError(msg)
-            header, array = protocol.decode_output([f.buffer for f in frames])
+            try:
+                header, array = protocol.decode_output([f.buffer for f in frames])
+            except ProtocolError as e:
+                self.bad_messages += 1
+                log.warning("subscriber: skipped a bad message: %s", e)
+                continue
             if header["stream"] == PROBE_STREAM:
                 continue
             if self.layers and header.get("layer") not in self.layers:

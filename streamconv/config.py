@@ -142,6 +142,10 @@ class WorkerSettings(Strict):
     idle_timeout_s: float = Field(
         default=60.0, gt=0, description="free a stream's state after this long without input"
     )
+    tf32: bool = Field(
+        default=False,
+        description="let CUDA convolutions use TF32 (faster on Ampere+, ~1e-3 relative error)",
+    )
     threads: int = Field(
         default=1,
         ge=0,
@@ -149,7 +153,11 @@ class WorkerSettings(Strict):
         "cores to capture and subscribers and keeps live latency low (BENCHMARKS.md)",
     )
     input_hwm: int = Field(default=8, ge=1, description="frames queued per sender connection")
-    output_hwm: int = Field(default=10_000, ge=0)
+    output_hwm: int = Field(
+        default=1000,
+        ge=1,
+        description="output messages queued per subscriber before a slow one loses some",
+    )
 
 
 class Settings(Strict):
@@ -178,7 +186,7 @@ class CaptureSettings(Strict):
     limit: int | None = Field(default=None, ge=1)
     loop: bool = False
     realtime: bool = False
-    queue: int = Field(default=4, ge=1)
+    queue: int | None = Field(default=None, ge=1, description="None: 8 lossless, 2 live")
 
 
 def _format_error(err: ValidationError, origin: str) -> str:

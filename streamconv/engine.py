@@ -9,7 +9,7 @@ marks the next output as a discontinuity; eos flushes the stream and frees its s
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import cv2
@@ -19,9 +19,12 @@ import torch
 from streamconv.errors import StreamconvError
 from streamconv.layers import Output, Sequential, State
 from streamconv.pixels import chw_shape, frame_to_chw
-from streamconv.protocol import InputMessage
+from streamconv.protocol import PROBE_STREAM, InputMessage
 
 log = logging.getLogger(__name__)
+
+RESET_LOG_LINES = 10  # state resets logged at INFO per stream; later ones at DEBUG
+STAGING_SHAPES = 4  # pinned staging buffers kept (one per recent chunk shape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,8 @@ class _Stream:
     t_ns: list[int] = field(default_factory=list)
     since: float = 0.0
     last_seen: float = 0.0
+    resets: int = 0
+    recent_sessions: deque[str] = field(default_factory=lambda: deque(maxlen=4))
 
     def restart(self, session: str) -> None:
         self.session, self.state, self.shape, self.discontinuity = session, None, None, True
@@ -95,6 +100,7 @@ class Engine:
         self.streams: dict[str, _Stream] = {}
         self.stats: Counter[str] = Counter()
         self._staging: dict[tuple[int, ...], torch.Tensor] = {}
+        self._copied: torch.cuda.Event | None = None
 
     # -- input ----------------------------------------------------------------------------
     def submit(self, msg: InputMessage, now: float) -> list[Result]:
@@ -115,7 +121,11 @@ class Engine:
                 err = f"too many streams ({self.max_streams}); end one with eos first"
                 raise StreamconvError(err)
             st = self.streams[msg.stream] = _Stream(msg.stream, msg.session)
-        elif st.session != msg.session or msg.seq != st.next_seq or shape != st.shape:
+        elif (
+            st.session != msg.session
+            or msg.seq != st.next_seq
+            or (st.shape is not None and shape != st.shape)
+        ):
             results += self._flush(st)
             why = (
                 "new session"
@@ -125,7 +135,19 @@ class Engine:
             if why == "seq gap":
                 self.stats["seq_gaps"] += 1
                 self.stats["frames_missing"] += max(0, msg.seq - st.next_seq)
-            log.info("stream %s: %s at seq %d, state reset", msg.stream, why, msg.seq)
+            st.resets += 1
+            # A few lines per stream, not one per frame when something keeps resetting it.
+            level = logging.INFO if st.resets <= RESET_LOG_LINES else logging.DEBUG
+            log.log(level, "stream %s: %s at seq %d, state reset", msg.stream, why, msg.seq)
+            if why == "new session" and msg.session in st.recent_sessions:
+                self.stats["session_flips"] += 1
+                if self.stats["session_flips"] == 1 or st.resets == RESET_LOG_LINES:
+                    log.warning(
+                        "stream %s: frames of two sessions alternate (two captures with one "
+                        "stream id?); every switch resets the state",
+                        msg.stream,
+                    )
+            st.recent_sessions.append(st.session)
             self.stats["resets"] += 1
             st.restart(msg.session)
         if st.buffer is None:
@@ -165,7 +187,7 @@ class Engine:
                     st.next_seq,
                 )
         results.append(EndResult(msg.stream, msg.session, msg.seq))
-        self.stats["eos"] += 1
+        self.stats["probes" if msg.stream == PROBE_STREAM else "eos"] += 1
         return results
 
     # -- timing ---------------------------------------------------------------------------
@@ -233,13 +255,19 @@ class Engine:
         host = torch.from_numpy(batch)
         if self.device.type != "cuda":
             return host.to(self.dtype)
-        # Pinned staging makes the copy asynchronous. Reusing it is safe: the previous
-        # chunk's outputs were copied back (a synchronising .cpu()) before this call.
+        # Pinned staging makes the host-to-device copy asynchronous; an event guards reuse.
+        if self._copied is not None:
+            self._copied.synchronize()  # the previous copy out of a staging buffer is done
         staging = self._staging.get(batch.shape)
         if staging is None:
+            if len(self._staging) >= STAGING_SHAPES:
+                self._staging.clear()
             staging = self._staging[batch.shape] = torch.empty(batch.shape).pin_memory()
         staging.copy_(host)
-        return staging.to(self.device, non_blocking=True).to(self.dtype)
+        on_device = staging.to(self.device, non_blocking=True)
+        self._copied = torch.cuda.Event()
+        self._copied.record()
+        return on_device.to(self.dtype)
 
 
 def _gather(

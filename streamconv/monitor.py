@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,13 +11,15 @@ from typing import Any
 import cv2
 import numpy as np
 
+LATENCY_SAMPLES = 100_000  # the most recent latencies kept per layer for percentiles
+
 
 @dataclass
 class LayerStats:
     frames: int = 0
     first_ns: int = 0
     last_ns: int = 0
-    latency_ms: list[float] = field(default_factory=list)
+    latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
     def add(self, header: dict[str, Any], now_ns: int) -> None:
         if not self.frames:
@@ -89,12 +91,15 @@ class PreviewWriter:
 
 
 class NpyWriter:
-    """One .npy per output frame: {stream}_{layer}_{seq:06d}.npy, (C, H, W) float32."""
+    """One .npy per output frame: {stream}_{layer}_{session8}_{seq:06d}.npy, (C, H, W)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
     def add(self, header: dict[str, Any], frame: np.ndarray) -> None:
-        name = f"{header['stream']}_{header['layer']}_{header['seq']:06d}.npy"
+        # The session keeps a second run (or a looped file) from overwriting the first.
+        name = (
+            f"{header['stream']}_{header['layer']}_{header['session'][:8]}_{header['seq']:06d}.npy"
+        )
         np.save(self.folder / name, frame)

@@ -19,6 +19,7 @@ import numpy as np
 from streamconv.errors import ProtocolError
 
 VERSION = 1
+PROBE_STREAM = "_probe"  # eos on this stream asks the worker for an eos back (readiness)
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # Multi-byte values are little-endian on the wire, whatever the machine.
 INPUT_DTYPES: dict[str, np.dtype[Any]] = {
@@ -191,6 +192,9 @@ def decode_input(parts: list[Any]) -> InputMessage:
         msg = f"field 'fps' must be a positive number, got {fps!r}"
         raise ProtocolError(msg)
     frame = _array(parts[1], shape, INPUT_DTYPES[dtype_name])
+    if dtype_name == "float32" and not np.isfinite(frame).all():
+        msg = "float32 frame holds NaN or infinite values"
+        raise ProtocolError(msg)
     return InputMessage("frame", stream, session, seq, t_ns, frame, fps)
 
 

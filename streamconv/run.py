@@ -26,9 +26,12 @@ from streamconv.layers import Output
 from streamconv.model import build_model, input_channels
 from streamconv.monitor import Monitor, PreviewWriter
 from streamconv.pixels import frame_to_chw
-from streamconv.sources import open_source, write_sample_video
+from streamconv.sources import open_source, sample_clip
 
 log = logging.getLogger(__name__)
+
+IDLE_AFTER_CAPTURE_S = 30.0  # outputs still missing this long after the capture ended
+VERIFY_MAX_BYTES = 2**30  # outputs kept for the offline comparison, at most
 
 
 def free_endpoint() -> str:
@@ -50,22 +53,18 @@ def worker_main(settings: Settings, level: int) -> None:
 
 
 def resolve_sample(source: str, out: Path) -> str:
-    """'sample' is the built-in clip: a synthetic pattern written to an .mp4 once."""
-    if source != "sample":
-        return source
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "sample.mp4"
-    if not path.exists():
-        write_sample_video(path, frames=120, size=(160, 120), fps=30.0)
-    return str(path)
+    """'sample' is the built-in clip, written into the output folder for the user to see."""
+    return str(sample_clip(out / "sample.mp4")) if source == "sample" else source
 
 
 def run_pipeline(
     settings: Settings, capture: CaptureSettings, out: Path, *, verify: bool = True
 ) -> int:
     level = logging.getLogger().getEffectiveLevel()
-    capture = capture.model_copy(update={"source": resolve_sample(capture.source, out)})
     stream = capture.stream or derive_stream(capture.source)
+    capture = capture.model_copy(update={"source": resolve_sample(capture.source, out)})
+    # Open the source here first: a bad spec is a clear error before any process starts.
+    open_source(capture.source, resize=capture.resize, gray=capture.gray).close()
     endpoints = {"input": free_endpoint(), "output": free_endpoint()}
     worker_settings = settings.worker.model_copy(update=endpoints)
     settings = settings.model_copy(update={"worker": worker_settings})
@@ -76,36 +75,73 @@ def run_pipeline(
     worker.start()
     monitor, preview = Monitor(), PreviewWriter(out)
     received: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+    producer = spawn.Process(target=capture_main, args=(capture, level), name="capture")
     try:
         with Subscriber(endpoints["output"], stream=stream, timeout_s=60) as sub:
             _wait_ready(sub, endpoints["input"], worker)
-            producer = spawn.Process(target=capture_main, args=(capture, level), name="capture")
             producer.start()
             ended: set[str] = set()
+            last_output = time.monotonic()
+            done = kept = 0
             while ended != set(layers):
-                header, frame = sub.recv()
+                try:
+                    header, frame = sub.recv(timeout_s=1.0)
+                except TimeoutError:
+                    _check_children(worker, producer, time.monotonic() - last_output)
+                    continue
+                last_output = time.monotonic()
                 if frame is None:
                     ended.add(header["layer"])
                     continue
                 monitor.add(header)
                 preview.add(header, frame)
-                received[header["layer"]].append(frame)
-                _progress(len(received[layers[-1]]))
+                done += header["layer"] == layers[-1]
+                _progress(done)
+                kept += frame.nbytes
+                if kept <= VERIFY_MAX_BYTES:  # beyond it, verification is skipped
+                    received[header["layer"]].append(frame)
             producer.join(30)
             gaps = sum(sub.gaps.values())
     finally:
-        worker.terminate()  # SIGTERM: the worker finishes in-hand chunks and exits 0
-        worker.join(15)
-        if worker.is_alive():
-            worker.kill()
+        _stop(producer, worker)
     print(file=sys.stderr)
     print(monitor.table())
     print(f"subscriber gaps (outputs lost between worker and subscriber): {gaps}")
     for path in preview.close():
         print(f"preview: {path}")
-    if verify and not capture.loop:
-        return _verify(settings, capture, received)
-    return 0
+    if not verify or capture.loop:
+        return 0
+    if gaps or kept > VERIFY_MAX_BYTES:
+        why = f"{gaps} outputs were lost on the way" if gaps else "the outputs exceed 1 GiB"
+        print(f"offline comparison skipped: {why}")
+        return 0
+    return _verify(settings, capture, received)
+
+
+def _check_children(worker: Any, producer: Any, idle_s: float) -> None:
+    """Fail, naming the culprit, when a child died or outputs stopped coming."""
+    if not worker.is_alive():
+        msg = f"the worker process exited (code {worker.exitcode}); see its log above"
+        raise StreamconvError(msg)
+    if producer.exitcode not in (None, 0):
+        msg = f"the capture process failed (code {producer.exitcode}); see its log above"
+        raise StreamconvError(msg)
+    if producer.exitcode == 0 and idle_s > IDLE_AFTER_CAPTURE_S:
+        msg = f"no output for {idle_s:.0f} s after the capture ended"
+        raise StreamconvError(msg)
+
+
+def _stop(producer: Any, worker: Any) -> None:
+    """SIGTERM both children (the worker finishes in-hand chunks), then kill stragglers."""
+    for proc in (producer, worker):
+        if proc.pid is not None and proc.is_alive():
+            proc.terminate()
+    for proc in (producer, worker):
+        if proc.pid is not None:
+            proc.join(15)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
 
 
 def _wait_ready(sub: Subscriber, endpoint: str, worker: Any, timeout_s: float = 120) -> None:

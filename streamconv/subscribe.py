@@ -24,10 +24,10 @@ def subscribe(args: argparse.Namespace) -> int:
                     header, frame = sub.recv()
                 except TimeoutError:
                     break
-                received += 1
                 if frame is None:
                     print(f"eos: {header['stream']}/{header['layer']} after {header['seq']} frames")
                     continue
+                received += 1
                 monitor.add(header)
                 if preview:
                     preview.add(header, frame)
@@ -38,7 +38,11 @@ def subscribe(args: argparse.Namespace) -> int:
                     last_report = time.monotonic()
         except KeyboardInterrupt:
             pass
+        if not received:
+            print(f"no output received from {args.connect}")
         print(monitor.table())
+        if sub.bad_messages:
+            print(f"bad messages skipped: {sub.bad_messages}")
         if sum(sub.gaps.values()):
             print(f"lost outputs (seq gaps without discontinuity): {dict(sub.gaps)}")
     if preview:

@@ -151,7 +151,7 @@ class MemoryConv3d(Layer):
             nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
         )
         self._init_parameters()
-        self._factor_key: tuple[int, int, torch.dtype] | None = None
+        self._factor_weight: Tensor | None = None  # the weight the cached factors belong to
         self._factor_cache: Factors | None = None
 
     def _init_parameters(self) -> None:
@@ -231,9 +231,12 @@ class MemoryConv3d(Layer):
         """
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return None
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
-        if self._factor_key != key:
-            self._factor_key, self._factor_cache = key, factorize(self.weight)
+        # Compared by value (a few hundred numbers): edits through .data or load_state_dict
+        # leave no other trace.
+        cached = self._factor_weight
+        weight = self.weight.detach()
+        if cached is None or cached.shape != weight.shape or not torch.equal(cached, weight):
+            self._factor_weight, self._factor_cache = weight.clone(), factorize(weight)
         return self._factor_cache
 
     @torch.no_grad()

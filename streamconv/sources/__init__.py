@@ -9,7 +9,9 @@ This package never imports torch.
 from __future__ import annotations
 
 import glob
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ __all__ = [
     "SyntheticSource",
     "VideoSource",
     "open_source",
+    "sample_clip",
     "synthetic_frame",
     "transform",
     "write_sample_video",
@@ -44,8 +47,21 @@ SYNTHETIC_RE = re.compile(r"synthetic(?::(\d+)x(\d+)(?::(\d+))?)?")
 SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 SPEC_HELP = (
     "use a video file, a folder or glob of images, a webcam index like '0', an rtsp:// or "
-    "http(s):// URL, or 'synthetic[:WxH[:FRAMES]]'"
+    "http(s):// URL, 'synthetic[:WxH[:FRAMES]]' or 'sample' (the built-in clip)"
 )
+
+
+def sample_clip(path: Path | None = None) -> Path:
+    """The built-in sample clip ('sample'): 120 frames of the synthetic pattern, 160x120,
+    written once as an .mp4 at `path` (default: in the system's temporary folder)."""
+    path = path or Path(tempfile.gettempdir()) / "streamconv-sample.mp4"
+    if not path.exists():
+        folder_ = path.parent
+        folder_.mkdir(parents=True, exist_ok=True)
+        partial = folder_ / f".{path.name}.{os.getpid()}.mp4"  # atomic: no half-written clip
+        write_sample_video(partial, frames=120, size=(160, 120), fps=30.0)
+        partial.replace(path)
+    return path
 
 
 def open_source(
@@ -66,6 +82,8 @@ def open_source(
     if not spec:
         msg = f"empty source spec: {SPEC_HELP}"
         raise SourceError(msg)
+    if spec == "sample":
+        return VideoSource(str(sample_clip()), "file", **options)
     if spec.startswith("synthetic"):
         match = SYNTHETIC_RE.fullmatch(spec)
         if match is None:

@@ -9,10 +9,12 @@ import torch
 from streamconv.config import load_settings
 from streamconv.engine import ChunkResult, Engine
 from streamconv.layers import MemoryConv3d
-from streamconv.model import build_model
+from streamconv.model import build_model, configure_torch
 from streamconv.protocol import InputMessage
 from tests.conftest import REPO
 from tests.unit.reference import rel_err
+
+torch.backends.cudnn.allow_tf32 = False  # TF32 rounds to ~1e-3: compare true float32
 
 pytestmark = [
     pytest.mark.gpu,
@@ -40,6 +42,7 @@ def test_engine_on_cuda_equals_cpu_through_pinned_staging() -> None:
     settings = load_settings(REPO / "config/retina.toml")
     frames = np.random.default_rng(0).integers(0, 255, (20, 48, 64), dtype=np.uint8)
     results = {}
+    configure_torch(settings.worker)
     for device in ("cpu", "cuda"):
         model = build_model(settings, torch.device(device))
         engine = Engine(model, device=torch.device(device), dtype=torch.float32, chunk=3)
