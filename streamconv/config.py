@@ -189,12 +189,27 @@ class CaptureSettings(Strict):
     queue: int | None = Field(default=None, ge=1, description="None: 8 lossless, 2 live")
 
 
-def _format_error(err: ValidationError, origin: str) -> str:
+def _format_error(
+    err: ValidationError, origin: str, origins: Mapping[tuple[str, ...], str] | None = None
+) -> str:
+    """One line per fault, naming the key and where its value came from."""
     lines = [f"invalid settings in {origin}:"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {key}: {e['msg']}")
+        loc = tuple(str(p) for p in e["loc"])
+        key = ".".join(loc) or "(top level)"
+        source = next((o for path, o in (origins or {}).items() if loc[: len(path)] == path), None)
+        lines.append(f"  {key}: {e['msg']}" + (f" (from {source})" if source else ""))
     return "\n".join(lines)
+
+
+def _leaf_paths(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths: list[tuple[str, ...]] = []
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            paths += _leaf_paths(value, (*prefix, key))
+        else:
+            paths.append((*prefix, key))
+    return paths
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -240,12 +255,14 @@ def load_settings(
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         msg = f"cannot read config file {path}: {e}"
         raise ConfigError(msg) from e
-    raw = merge(raw, env_overrides(os.environ if environ is None else environ))
-    raw = merge(raw, overrides or {})
+    env = env_overrides(os.environ if environ is None else environ)
+    origins = {p: ENV_PREFIX + "__".join(p).upper() for p in _leaf_paths(env)}
+    origins |= {p: "the command line" for p in _leaf_paths(overrides or {})}
+    raw = merge(merge(raw, env), overrides or {})
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, str(path))) from e
+        raise ConfigError(_format_error(e, str(path), origins)) from e
     return _resolve_paths(settings, path.parent)
 
 

@@ -223,3 +223,11 @@ def test_run_sample_prints_summary_previews_and_verifies(cli: Cli, tmp_path: Pat
         assert f"preview: {path}" in result.stdout
         assert_readable_video(path, 120)
     assert (out_dir / "sample.mp4").is_file()
+
+
+def test_run_with_a_missing_source_fails_fast_naming_it(cli: Cli, tmp_path: Path) -> None:
+    missing = tmp_path / "nothing-here.mp4"
+    started = time.monotonic()
+    result = cli("run", missing, "--out", tmp_path / "out", timeout_s=30)
+    assert_clean_error(result, 2, str(missing), "does not exist")
+    assert time.monotonic() - started < 20  # no worker started and waited on

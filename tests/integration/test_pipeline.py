@@ -167,7 +167,7 @@ def test_seq_gap_and_new_session_reset_state_and_mark_discontinuity(
             assert rel_err(part, expected) < 1e-5, (name, lo)
             assert {h["session"] for h in headers[done : done + hi - lo]} == {session}
             done += hi - lo
-    worker.stop()
+    assert worker.stop() == 0
     assert "seq gap at seq 12" in worker.log()
     assert "new session" in worker.log()
 
@@ -187,4 +187,4 @@ def test_live_capture_counts_drops_and_every_sent_frame_is_processed(
     assert sent + dropped == 150
     assert len(got["ganglion"]) == sent
     assert [h["seq"] for h, _ in got["ganglion"]] == list(range(sent))
-    worker.stop()
+    assert worker.stop() == 0

@@ -233,3 +233,15 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     assert isinstance(settings, Settings)
     with pytest.raises(ValueError, match="frozen"):
         settings.worker.chunk = 3  # type: ignore[misc]
+
+
+def test_errors_name_the_environment_variable_or_the_command_line(tmp_path: Path) -> None:
+    path = REPO / "config/default.toml"
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {"worker": {"chunk": 0}}, environ={"STREAMCONV_WORKER__CHUNKS": "3"})
+    message = str(info.value)
+    assert "worker.chunk: " in message
+    assert "(from the command line)" in message
+    assert "worker.chunks: Extra inputs are not permitted (from STREAMCONV_WORKER__CHUNKS)" in (
+        message
+    )

@@ -342,3 +342,15 @@ def test_a_chunk_failing_in_the_model_is_reported_and_spares_other_streams() -> 
     assert "'tiny' failed in the model" in failures[0]
     assert eng.take_failures() == []
     assert eng.stats["frames_failed"] == 1
+
+
+def test_probes_and_alternating_sessions_are_counted() -> None:
+    eng = engine(chunk=1)
+    frames = clip(6)
+    eng.submit(eos(0, stream="_probe", session="p1"), 0.0)
+    for i in range(6):  # two senders on one stream id, frames alternating
+        eng.submit(frame(i // 2, frames[i], session="s1" if i % 2 == 0 else "s2"), 0.0)
+    assert eng.stats["probes"] == 1
+    assert eng.stats["eos"] == 0
+    assert eng.stats["resets"] == 5
+    assert eng.stats["session_flips"] == 4

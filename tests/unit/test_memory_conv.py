@@ -40,6 +40,8 @@ def conv_cases(draw: st.DrawFn) -> dict:
         "bias": draw(st.booleans()),
         "dtype": draw(st.sampled_from([torch.float64, torch.float32])),
         "seed": draw(st.integers(0, 2**16)),
+        # Inference (no grad) takes the daemon's paths: oneDNN on the CPU, or separable.
+        "inference": draw(st.booleans()),
     }
 
 
@@ -61,7 +63,9 @@ def test_any_chunking_equals_offline_reference(case: dict) -> None:
     )
     x = torch.randn(case["n"], case["c"], *case["shape"], dtype=torch.float64)
     b = case["bounds"]
-    streamed = torch.cat([layer(x[:, :, s:e]) for s, e in itertools.pairwise(b)], dim=2)
+    with torch.set_grad_enabled(not case["inference"]):
+        chunks = [layer(x[:, :, s:e]) for s, e in itertools.pairwise(b)]
+    streamed = torch.cat(chunks, dim=2)
     expected = offline_conv(
         x.to(case["dtype"]).numpy(),
         layer.weight.detach().numpy(),

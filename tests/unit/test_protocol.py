@@ -226,3 +226,12 @@ def test_nan_fps_is_a_protocol_error() -> None:
     parts = [json.dumps(header(fps=float("nan"))).encode(), bytes(6)]
     with pytest.raises(ProtocolError, match="'fps'"):
         protocol.decode_input(parts)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float32_frame_with_nan_or_inf_is_rejected(bad: float) -> None:
+    frame = np.zeros((2, 3), np.float32)
+    frame[1, 2] = bad
+    parts = wire(protocol.encode_frame("cam0", SESSION, 0, frame))
+    with pytest.raises(ProtocolError, match="NaN or infinite"):
+        protocol.decode_input(parts)

@@ -18,6 +18,7 @@ from streamconv.sources import (
     SyntheticSource,
     VideoSource,
     open_source,
+    sample_clip,
     synthetic_frame,
     write_sample_video,
 )
@@ -215,3 +216,10 @@ def test_sources_do_not_import_torch() -> None:
     for path in files:
         text = path.read_text()
         assert not re.search(r"^\s*(import|from)\s+torch\b", text, re.M), path
+
+
+def test_sample_is_the_built_in_clip(tmp_path: Path) -> None:
+    frames = frames_of("sample")
+    assert len(frames) == 120
+    assert frames[0].shape == (120, 160, 3)
+    assert sample_clip(tmp_path / "clip.mp4").is_file()
