@@ -1,0 +1,21 @@
+"""The README's config example is a valid config: docs that drift from the code fail here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from streamconv.config import WorkerSettings, load_settings
+from tests.conftest import REPO
+
+
+def test_readme_config_example_loads(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", readme, re.S)
+    assert block is not None
+    path = tmp_path / "readme.toml"
+    path.write_text(block.group(1))
+    settings = load_settings(path, environ={})
+    documented = set(re.findall(r"^(\w+) = ", block.group(1).split("[[layers]]")[0], re.M))
+    assert documented == set(WorkerSettings.model_fields)  # every worker setting, no others
+    assert [layer.name for layer in settings.layers] == ["opl", "bipolar", "ganglion"]
