@@ -7,8 +7,6 @@ Run `python bench/layers.py --help`; `--quick` is a smoke run of a few seconds.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -16,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from machine import cpu_line
 
 from streamconv.layers import MemoryConv3d
 from streamconv.layers.conv import causal_history, spatial_pads
@@ -79,16 +78,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def machine(device: torch.device) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     ci = co.__version__ if co is not None else "not installed"
     return (
-        f"platform: {platform.platform()}\ncpu: {cpu} ({os.cpu_count()} logical cores)\n"
+        f"{cpu_line()}\n"
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, "
         f"gpu: {gpu}\ncontinual-inference: {ci}"
     )

@@ -8,7 +8,6 @@ no variant pays for decoding. Run `python bench/pipeline.py --help`; `--quick` i
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import pipeline_procs as procs
 import zmq
+from machine import cpu_line
 from pipeline_runs import PipelineVariant, Run, imagezmq_run, relay_run
 
 from streamconv.config import load_settings
@@ -60,15 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     izmq = imagezmq.__version__ if imagezmq is not None else "not installed"
     return (
-        f"platform: {platform.platform()}\ncpu: {cpu} ({os.cpu_count()} logical cores)\n"
+        f"{cpu_line()}\n"
         f"python {platform.python_version()}, pyzmq {zmq.__version__}, libzmq "
         f"{zmq.zmq_version()}, torch {torch.__version__} (threads {torch.get_num_threads()}), "
         f"numpy {np.__version__}, imagezmq {izmq}"
