@@ -8,8 +8,9 @@ import torch
 
 from streamconv import protocol
 from streamconv.config import load_settings
-from streamconv.engine import ChunkResult, Engine, quantize_torch
+from streamconv.engine import ChunkResult, Engine
 from streamconv.model import build_model
+from streamconv.outputs import quantize_torch
 from streamconv.protocol import InputMessage
 from streamconv.publisher import Publisher
 from tests.conftest import REPO
