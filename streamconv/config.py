@@ -20,6 +20,8 @@ from streamconv.errors import ConfigError
 
 ENV_PREFIX = "STREAMCONV_"
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+# Layer names become torch module names too, which cannot contain a dot.
+LayerName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Endpoint = Annotated[str, Field(pattern=r"^(tcp|ipc|inproc)://.+$")]
 
 
@@ -74,7 +76,7 @@ class ConvLayer(Strict):
     left out."""
 
     type: Literal["conv"]
-    name: Name
+    name: LayerName
     out_channels: int = Field(default=1, ge=1)
     kernel: FullKernel | None = None
     spatial: SpatialKernel | None = None
@@ -107,7 +109,7 @@ class FilterLayer(Strict):
     """A recursive exponential TemporalLowPass or TemporalHighPass."""
 
     type: Literal["lowpass", "highpass"]
-    name: Name
+    name: LayerName
     tau: float = Field(gt=0)
     n: int = Field(default=1, ge=1)
     temporal_fill: Literal["first", "zeros"] = "first"
@@ -116,7 +118,7 @@ class FilterLayer(Strict):
 
 class NonlinearityLayer(Strict):
     type: Literal["nonlinearity"]
-    name: Name
+    name: LayerName
     kind: Literal["relu", "abs", "square", "sigmoid", "tanh", "identity"] = "relu"
     threshold: float = 0.0
     gain: float = 1.0

@@ -245,3 +245,8 @@ def test_errors_name_the_environment_variable_or_the_command_line(tmp_path: Path
     assert "worker.chunks: Extra inputs are not permitted (from STREAMCONV_WORKER__CHUNKS)" in (
         message
     )
+
+
+def test_a_dotted_layer_name_is_a_config_error(tmp_path: Path) -> None:
+    message = config_error(tmp_path, '[[layers]]\nname = "a.b"\ntype = "lowpass"\ntau = 2.0\n')
+    assert "layers.0.lowpass.name" in message
