@@ -24,7 +24,8 @@ from streamconv.protocol import PROBE_STREAM, InputMessage
 log = logging.getLogger(__name__)
 
 RESET_LOG_LINES = 10  # state resets logged at INFO per stream; later ones at DEBUG
-STAGING_SHAPES = 4  # pinned staging buffers kept (one per recent chunk shape)
+STAGING_SHAPES = 4  # pinned staging buffers kept (one per recent frame size)
+MAX_FAILURES = 100  # failure messages kept until the caller takes them (all are counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,19 +234,19 @@ class Engine:
             return []
         batch, seqs, t_ns = st.buffer[None, :, : st.count], st.seqs, st.t_ns
         st.buffer, st.count, st.seqs, st.t_ns = None, 0, [], []
-        x = self._to_device(batch)
-        try:
+        try:  # copies in and out included: CUDA errors surface there too
+            x = self._to_device(batch)
             with torch.inference_mode():
                 out, st.state = self.model.step(x, st.state)
-        except (StreamconvError, RuntimeError) as e:
+            layers, quant = gather(out, self.publish, self.output_dtype)
+        except (StreamconvError, RuntimeError, ValueError) as e:
             # Recorded, not raised: the other streams' results of this call must go out.
             st.restart(st.session)
             self.stats["frames_failed"] += len(seqs)
-            self.failures.append(
-                f"{len(seqs)} frames of stream {st.name!r} failed in the model: {e}"
-            )
+            if len(self.failures) < MAX_FAILURES:
+                why = f"{len(seqs)} frames of stream {st.name!r} failed in the model: {e}"
+                self.failures.append(why)
             return []
-        layers, quant = gather(out, self.publish, self.output_dtype)
         result = ChunkResult(st.name, st.session, seqs, t_ns, st.discontinuity, layers, quant)
         st.discontinuity = False
         self.stats["frames_out"] += len(seqs)
@@ -258,13 +259,16 @@ class Engine:
         # Pinned staging makes the host-to-device copy asynchronous; an event guards reuse.
         if self._copied is not None:
             self._copied.synchronize()  # the previous copy out of a staging buffer is done
-        staging = self._staging.get(batch.shape)
+        # One buffer per frame size, sized for a full chunk (partial chunks use a slice).
+        key = (batch.shape[1], self.chunk, *batch.shape[3:])
+        staging = self._staging.get(key)
         if staging is None:
             if len(self._staging) >= STAGING_SHAPES:
                 self._staging.clear()
-            staging = self._staging[batch.shape] = torch.empty(batch.shape).pin_memory()
-        staging.copy_(host)
-        on_device = staging.to(self.device, non_blocking=True)
+            staging = self._staging[key] = torch.empty((1, *key), pin_memory=True)
+        part = staging[:, :, : batch.shape[2]]
+        part.copy_(host)
+        on_device = part.to(self.device, non_blocking=True)
         self._copied = torch.cuda.Event()
         self._copied.record()
         return on_device.to(self.dtype)

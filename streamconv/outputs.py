@@ -37,8 +37,8 @@ def _quantize(frames: torch.Tensor) -> tuple[np.ndarray, tuple[list[float], list
     """Each frame to uint8 over its own range: value = byte * scale + offset."""
     if frames.device.type != "cpu":
         return quantize_torch(frames)
-    # On the CPU OpenCV does it in two passes (min/max, then scale-round-saturate), twice
-    # as fast as numpy's five; both round to nearest.
+    # On the CPU OpenCV's min/max and scale-round-saturate passes beat numpy's; both round
+    # to nearest.
     values = frames.float().numpy()
     data = np.empty(values.shape, dtype=np.uint8)
     scales, offsets = [], []
@@ -46,7 +46,9 @@ def _quantize(frames: torch.Tensor) -> tuple[np.ndarray, tuple[list[float], list
         plane = frame.reshape(-1, frame.shape[-1])  # (C*H, W): OpenCV takes 2-D
         lo, hi, _, _ = cv2.minMaxLoc(plane)
         scale = (hi - lo) / 255.0 if hi > lo else 1.0
-        cv2.convertScaleAbs(plane, data[i].reshape(plane.shape), 1.0 / scale, -lo / scale)
+        # Subtract first: a large offset folded into convertScaleAbs' beta costs precision.
+        shifted = np.subtract(plane, np.float32(lo), dtype=np.float32)
+        cv2.convertScaleAbs(shifted, data[i].reshape(plane.shape), 1.0 / scale, 0.0)
         scales.append(scale)
         offsets.append(lo)
     return data, (scales, offsets)

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 IDLE_AFTER_CAPTURE_S = 30.0  # outputs still missing this long after the capture ended
 VERIFY_MAX_BYTES = 2**30  # outputs kept for the offline comparison, at most
+# Relative to the largest offline value: float32 is exact to rounding; float16 rounds to
+# ~1e-3; uint8 to half a step of each frame's range (at most 1/255 of the largest value).
+VERIFY_TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "uint8": 1 / 255 + 1e-5}
 
 
 def free_endpoint() -> str:
@@ -98,8 +101,10 @@ def run_pipeline(
                 done += header["layer"] == layers[-1]
                 _progress(done)
                 kept += frame.nbytes
-                if kept <= VERIFY_MAX_BYTES:  # beyond it, verification is skipped
+                if kept <= VERIFY_MAX_BYTES:
                     received[header["layer"]].append(frame)
+                elif any(received.values()):  # too much to verify: free what was kept
+                    received = {name: [] for name in layers}
             producer.join(30)
             gaps = sum(sub.gaps.values())
     finally:
@@ -189,7 +194,7 @@ def _verify(settings: Settings, capture: CaptureSettings, received: dict[str, li
         got = np.stack(outs)
         err = float(np.abs(got - expected).max() / max(float(np.abs(expected).max()), 1e-30))
         worst = max(worst, err)
-    ok = worst < 1e-5
+    ok = worst < VERIFY_TOLERANCE[settings.worker.output_dtype]
     print(
         f"streamed == offline whole-video pipeline: max relative error {worst:.2e} "
         f"over {len(frames)} frames x {len(received)} layers ({'OK' if ok else 'MISMATCH'})"

@@ -152,6 +152,7 @@ class MemoryConv3d(Layer):
         )
         self._init_parameters()
         self._factor_weight: Tensor | None = None  # the weight the cached factors belong to
+        self._factor_key: tuple[object, ...] | None = None
         self._factor_cache: Factors | None = None
 
     def _init_parameters(self) -> None:
@@ -231,11 +232,17 @@ class MemoryConv3d(Layer):
         """
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return None
-        # Compared by value (a few hundred numbers): edits through .data or load_state_dict
-        # leave no other trace.
-        cached = self._factor_weight
         weight = self.weight.detach()
-        if cached is None or cached.shape != weight.shape or not torch.equal(cached, weight):
+        key = (weight.dtype, weight.device, weight.data_ptr(), weight._version)
+        cached = self._factor_weight
+        stale = self._factor_key != key or cached is None
+        if not stale and weight.device.type == "cpu":
+            # Also by value (a few hundred numbers, no device sync on the CPU): edits through
+            # .data or load_state_dict leave no other trace. On a GPU, change weights with
+            # set_weight or ordinary in-place ops, which the version counter sees.
+            stale = not torch.equal(cached, weight)  # type: ignore[arg-type]
+        if stale:
+            self._factor_key = key
             self._factor_weight, self._factor_cache = weight.clone(), factorize(weight)
         return self._factor_cache
 
@@ -252,6 +259,9 @@ class MemoryConv3d(Layer):
         `normalize=True` scales `w` to sum 1.
         """
         k = torch.as_tensor(w, dtype=torch.float64)
+        if not torch.isfinite(k).all():
+            msg = "weight holds NaN or infinite values"
+            raise ValueError(msg)
         shape = {0: (1, 1, 1), 1: (k.numel(), 1, 1), 2: (1, *k.shape), 3: tuple(k.shape)}
         if k.ndim in shape:
             k = k.reshape(1, 1, *shape[k.ndim])

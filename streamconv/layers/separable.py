@@ -33,9 +33,13 @@ class Factors:
 
 def factorize(weight: Tensor) -> Factors | None:
     """Factors of a (1, 1, kt, kh, kw) weight, or None if it is not (cheaply) separable."""
-    if weight.shape[:2] != (1, 1):
+    # Half precision keeps the direct convolution: a rounded kernel is not separable to
+    # float32 precision, and 1-D passes in half precision round at every step.
+    if weight.shape[:2] != (1, 1) or weight.dtype not in (torch.float32, torch.float64):
         return None
     w = weight[0, 0].detach().to("cpu", torch.float64)
+    if not torch.isfinite(w).all():
+        return None
     kt, kh, kw = w.shape
     tol = 10 * torch.finfo(weight.dtype).eps
     time_space = w.reshape(kt, kh * kw)

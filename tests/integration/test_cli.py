@@ -231,3 +231,16 @@ def test_run_with_a_missing_source_fails_fast_naming_it(cli: Cli, tmp_path: Path
     result = cli("run", missing, "--out", tmp_path / "out", timeout_s=30)
     assert_clean_error(result, 2, str(missing), "does not exist")
     assert time.monotonic() - started < 20  # no worker started and waited on
+
+
+def test_run_verifies_uint8_output_to_its_quantisation_step(
+    python_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "streamconv", "run", "synthetic:64x48:30", "--out",
+         str(tmp_path), "--config", str(REPO / "config/default.toml"), "--device", "cpu"],
+        cwd=REPO, env={**python_env, "STREAMCONV_WORKER__OUTPUT_DTYPE": "uint8"},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"max relative error \S+ over 30 frames x 3 layers \(OK\)", result.stdout)

@@ -44,7 +44,7 @@ def wire(parts: list[Any]) -> list[bytes]:
 frames = hnp.arrays(
     dtype=st.sampled_from([np.uint8, np.uint16, np.float32]),
     shape=hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=6),
-    elements={"allow_nan": False},
+    elements={"allow_nan": False, "allow_infinity": False},  # non-finite: rejected
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -101,3 +102,25 @@ def test_training_uses_the_direct_path_and_an_optimizer_step_refreshes_the_cache
     assert layer._factor_cache is None
     reference = offline_conv(x.numpy(), layer.weight.detach().numpy())
     assert rel_err(direct.numpy(), reference) < 1e-5
+
+
+def test_the_cache_follows_dtype_and_half_precision_keeps_the_direct_path() -> None:
+    layer = MemoryConv3d(1, 1, 1)
+    layer.set_weight(exponential_kernel(1.0, length=3)[:, None, None] * gaussian_kernel(1.0))
+    x = torch.randn(1, 1, 6, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        layer.run(x)
+        assert layer._factor_cache is not None  # float32: separable to float32 rounding
+        layer.double()
+        layer.reset()
+        y = layer.run(x)
+    # The float32-rounded kernel is not separable to float64 precision: direct path, exact.
+    assert layer._factor_cache is None
+    assert rel_err(y.numpy(), offline_conv(x.numpy(), layer.weight.detach().numpy())) < 1e-12
+    assert factorize(layer.weight.detach().half()) is None
+
+
+def test_non_finite_weights_are_rejected() -> None:
+    layer = MemoryConv3d(1, 1, 1)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        layer.set_weight(torch.tensor([1.0, float("nan")]))
