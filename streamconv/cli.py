@@ -14,7 +14,7 @@ from streamconv.config import capture_settings, load_settings
 from streamconv.errors import ConfigError, SourceError, StartupError, StreamconvError
 
 log = logging.getLogger("streamconv")
-DEFAULT_CONFIG = Path("config/default.toml")
+DEFAULT_CONFIG = "default"  # a preset name or a file
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -48,7 +48,9 @@ def _capture_args(p: argparse.ArgumentParser) -> None:
 
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
+    p.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="TOML config file, or a preset: default, retina"
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override [worker] device")
     p.add_argument("--chunk", type=int, help="override [worker] chunk (frames per pass)")
     p.add_argument("--max-wait-ms", type=float, help="override [worker] max_wait_ms")

@@ -242,17 +242,35 @@ def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+PRESETS = Path(__file__).resolve().parents[1] / "config"  # the presets of a checkout
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A config file: the path itself, else a preset of that name shipped in config/."""
+    path = Path(path)
+    if path.exists():
+        return path
+    for candidate in (PRESETS / path.name, PRESETS / f"{path.name}.toml"):
+        if candidate.is_file():
+            return candidate
+    return path  # not found: load_settings says so, naming it
+
+
 def load_settings(
     path: str | Path,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Read a TOML config, apply environment then explicit overrides, and validate."""
-    path = Path(path)
+    """Read a TOML config, apply environment then explicit overrides, and validate.
+
+    `path` is a file, or the name of a shipped preset ("default", "retina").
+    """
+    path = resolve_config(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        msg = f"config file {path} not found; see config/default.toml for an example"
+        names = ", ".join(sorted(p.stem for p in PRESETS.glob("*.toml"))) or "none here"
+        msg = f"config file {path} not found (presets by name: {names})"
         raise ConfigError(msg) from e
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         msg = f"cannot read config file {path}: {e}"

@@ -250,3 +250,17 @@ def test_errors_name_the_environment_variable_or_the_command_line(tmp_path: Path
 def test_a_dotted_layer_name_is_a_config_error(tmp_path: Path) -> None:
     message = config_error(tmp_path, '[[layers]]\nname = "a.b"\ntype = "lowpass"\ntau = 2.0\n')
     assert "layers.0.lowpass.name" in message
+
+
+def test_presets_load_by_name_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert [layer.name for layer in load_settings("retina", environ={}).layers] == [
+        "opl",
+        "bipolar",
+        "amacrine",
+        "ganglion",
+    ]
+    with pytest.raises(ConfigError, match=r"presets by name: default, retina"):
+        load_settings("no-such-preset", environ={})
