@@ -33,6 +33,7 @@ import zmq
 from streamconv import protocol, transport
 from streamconv.config import CaptureSettings
 from streamconv.errors import ConfigError, ProtocolError
+from streamconv.logs import configure as configure_logging
 from streamconv.sources import Size, Source, open_source
 
 log = logging.getLogger(__name__)
@@ -308,5 +309,5 @@ def capture_kwargs(s: CaptureSettings, progress: bool = False) -> dict[str, Any]
 
 def capture_main(settings: CaptureSettings, level: int) -> None:
     """Child process entry: push every frame of the source, then eos."""
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(level)
     Capture(**capture_kwargs(settings)).run()

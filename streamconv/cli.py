@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from streamconv.config import capture_settings, load_settings
 from streamconv.errors import ConfigError, SourceError, StartupError, StreamconvError
+from streamconv.logs import configure as configure_logging
 
 log = logging.getLogger("streamconv")
 DEFAULT_CONFIG = "default"  # a preset name or a file
@@ -130,11 +130,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
-    logging.Formatter.converter = time.gmtime
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return dispatch(args)
     except (ConfigError, SourceError) as e:

@@ -23,6 +23,7 @@ from streamconv.client import Subscriber
 from streamconv.config import CaptureSettings, Settings
 from streamconv.errors import StartupError, StreamconvError
 from streamconv.layers import Output
+from streamconv.logs import configure as configure_logging
 from streamconv.model import build_model, input_channels
 from streamconv.monitor import Monitor, PreviewWriter
 from streamconv.pixels import frame_to_chw
@@ -43,15 +44,11 @@ def free_endpoint() -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def _configure_logging(level: int) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-
 def worker_main(settings: Settings, level: int) -> None:
     """Child process entry: run a worker until SIGTERM."""
     from streamconv.worker import Worker
 
-    _configure_logging(level)
+    configure_logging(level)
     Worker(settings).run()
 
 

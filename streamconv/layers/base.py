@@ -11,6 +11,7 @@ chunk. The state lives in two forms:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
@@ -166,7 +167,7 @@ class Layer(nn.Module):
     def prepare(self, x: Tensor | np.ndarray) -> Tensor:
         """Input as a 5-D tensor on this layer's device, in its floating dtype."""
         t = to_5d(x)
-        ref = next(iter([*self.parameters(), *self.buffers()]), None)
+        ref = next(itertools.chain(self.parameters(), self.buffers()), None)
         if ref is not None and ref.is_floating_point():
             return t.to(device=ref.device, dtype=ref.dtype)
         return t if t.is_floating_point() else t.float()
