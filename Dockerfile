@@ -49,9 +49,6 @@ RUN pip install --no-cache-dir /wheels/*.whl \
     && useradd --no-log-init --system --uid 10001 --gid 10001 --create-home \
         --home-dir /home/streamconv --shell /usr/sbin/nologin streamconv
 
-# A default config so the image runs without a mount; mounting ./config on /config replaces it.
-COPY config/ /config/
-
 # The command-line defaults bind loopback only, which inside a container is unreachable from the
 # host and from other containers; the image listens on all its interfaces instead (the ports are
 # only reachable from outside where they are published).
@@ -62,10 +59,9 @@ ENV STREAMCONV_WORKER__INPUT=tcp://0.0.0.0:5555 \
 USER 10001:10001
 WORKDIR /home/streamconv
 EXPOSE 5555 5556
-VOLUME ["/config"]
 
 # Exec form: PID 1 is the Python process itself, so `docker stop` delivers SIGTERM to streamconv,
 # which shuts down cleanly. Run with --init (compose: init: true) for a role without its own SIGTERM
 # handler, since PID 1 ignores signals it has no handler for.
 ENTRYPOINT ["streamconv"]
-CMD ["worker", "--config", "/config/default.toml"]
+CMD ["worker", "--config", "default"]

@@ -34,7 +34,7 @@ def free_endpoint() -> str:
 
 def bench_frames(n: int) -> list[np.ndarray]:
     """n gray 640x480 uint8 frames of the synthetic pattern, decoded once, before any clock."""
-    from streamconv.sources import synthetic_frame
+    from streamconv.capture.sources import synthetic_frame
 
     base = [synthetic_frame(i, WIDTH, HEIGHT, channels=1) for i in range(DISTINCT)]
     return [base[i % DISTINCT] for i in range(n)]
@@ -46,7 +46,7 @@ def _quiet() -> None:
 
 def worker_entry(settings: Any) -> None:
     """A streamconv worker until SIGTERM (which it handles: it finishes and exits 0)."""
-    from streamconv.worker import Worker
+    from streamconv.worker.role import Worker
 
     _quiet()
     Worker(settings).run()
@@ -54,8 +54,8 @@ def worker_entry(settings: Any) -> None:
 
 def capture_entry(endpoint: str, n: int, mode: str, fps: float | None, realtime: bool) -> None:
     """The reference capture client over an in-memory source: no decoding cost anywhere."""
-    from streamconv.capture import Capture
-    from streamconv.sources import ArraySource
+    from streamconv.capture.role import Capture
+    from streamconv.capture.sources import ArraySource
 
     _quiet()
     source = ArraySource(bench_frames(n), fps=fps)

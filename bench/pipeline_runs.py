@@ -17,7 +17,7 @@ import numpy as np
 import pipeline_procs as procs
 import zmq
 
-from streamconv.client import Subscriber
+from streamconv.client.subscriber import Subscriber
 
 RECV_TIMEOUT_S = 60.0  # a hung run is a failed run, never a hung benchmark
 

@@ -3,4 +3,4 @@
 # capture -> worker -> subscriber, a summary per layer, preview videos in out/, and a check
 # that the streamed outputs equal the offline whole-video pipeline.
 source "$(dirname "$0")/setup.sh"
-.venv/bin/streamconv run sample --config config/retina.toml --out out "$@"
+.venv/bin/streamconv run sample --config retina --out out "$@"

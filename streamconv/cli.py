@@ -105,19 +105,19 @@ def _capture(args: argparse.Namespace, connect: str) -> Any:
 
 def dispatch(args: argparse.Namespace) -> int:
     if args.command == "worker":
-        from streamconv.worker import Worker
+        from streamconv.worker.role import Worker
 
         Worker(load_settings(args.config, _worker_overrides(args))).run()
         return 0
     if args.command == "capture":
-        from streamconv.capture import Capture, capture_kwargs
+        from streamconv.capture.role import Capture, capture_kwargs
 
         settings = _capture(args, args.connect)
         stats = Capture(**capture_kwargs(settings, progress=True)).run()
         log.info("capture done: %d sent, %d dropped", stats.sent, stats.dropped)
         return 0
     if args.command == "subscribe":
-        from streamconv.subscribe import subscribe
+        from streamconv.client.subscribe import subscribe
 
         return subscribe(args)
     from streamconv.run import run_pipeline

@@ -11,6 +11,7 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -242,18 +243,18 @@ def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-PRESETS = Path(__file__).resolve().parents[1] / "config"  # the presets of a checkout
+def preset_names() -> list[str]:
+    """The presets shipped inside the package (streamconv/presets/*.toml)."""
+    root = resources.files("streamconv.presets")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
 
 
-def resolve_config(path: str | Path) -> Path:
-    """A config file: the path itself, else a preset of that name shipped in config/."""
-    path = Path(path)
-    if path.exists():
-        return path
-    for candidate in (PRESETS / path.name, PRESETS / f"{path.name}.toml"):
-        if candidate.is_file():
-            return candidate
-    return path  # not found: load_settings says so, naming it
+def preset_text(name: str) -> str:
+    """A shipped preset's TOML text; ConfigError naming the presets if there is none."""
+    if name not in preset_names():
+        msg = f"no preset {name!r} (presets: {', '.join(preset_names())})"
+        raise ConfigError(msg)
+    return resources.files("streamconv.presets").joinpath(f"{name}.toml").read_text("utf-8")
 
 
 def load_settings(
@@ -265,12 +266,13 @@ def load_settings(
 
     `path` is a file, or the name of a shipped preset ("default", "retina").
     """
-    path = resolve_config(path)
+    path = Path(path)
+    preset = not path.exists() and str(path) in preset_names()
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = preset_text(str(path)) if preset else path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except FileNotFoundError as e:
-        names = ", ".join(sorted(p.stem for p in PRESETS.glob("*.toml"))) or "none here"
-        msg = f"config file {path} not found (presets by name: {names})"
+        msg = f"config file {path} not found (presets by name: {', '.join(preset_names())})"
         raise ConfigError(msg) from e
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         msg = f"cannot read config file {path}: {e}"

@@ -18,16 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamconv.capture import capture_main, derive_stream
-from streamconv.client import Subscriber
+from streamconv.capture.role import capture_main, derive_stream
+from streamconv.capture.sources import open_source, sample_clip
+from streamconv.client.monitor import Monitor, PreviewWriter
+from streamconv.client.subscriber import Subscriber
 from streamconv.config import CaptureSettings, Settings
 from streamconv.errors import StartupError, StreamconvError
 from streamconv.layers import Output
 from streamconv.logs import configure as configure_logging
 from streamconv.model import build_model, input_channels
-from streamconv.monitor import Monitor, PreviewWriter
-from streamconv.pixels import frame_to_chw
-from streamconv.sources import open_source, sample_clip
+from streamconv.worker.pixels import frame_to_chw
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def free_endpoint() -> str:
 
 def worker_main(settings: Settings, level: int) -> None:
     """Child process entry: run a worker until SIGTERM."""
-    from streamconv.worker import Worker
+    from streamconv.worker.role import Worker
 
     configure_logging(level)
     Worker(settings).run()

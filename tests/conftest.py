@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import zmq
 
-from streamconv import transport
+from streamconv.wire import transport
 
 REPO = Path(__file__).resolve().parents[1]
 RECV_TIMEOUT_S = 10.0

@@ -74,7 +74,7 @@ def start_worker(
     workers: list[WorkerProc] = []
 
     def start(
-        config: str | Path = REPO / "config/default.toml",
+        config: str | Path = REPO / "streamconv/presets/default.toml",
         *flags: str,
         env: dict[str, str] | None = None,
         wait: bool = True,

@@ -13,17 +13,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamconv import protocol, transport
-from streamconv.capture import Capture, CaptureStats, derive_stream
+from streamconv.capture.role import Capture, CaptureStats, derive_stream
+from streamconv.capture.sources import ArraySource, open_source, synthetic_frame, write_sample_video
 from streamconv.errors import ConfigError
-from streamconv.sources import ArraySource, open_source, synthetic_frame, write_sample_video
+from streamconv.wire import protocol, transport
 from tests.conftest import recv_parts
 
 pytestmark = pytest.mark.integration
 
 CHILD = """
 import dataclasses, json, logging, sys
-from streamconv.capture import Capture
+from streamconv.capture.role import Capture
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 stats = Capture(**json.loads(sys.argv[1])).run()
 print(json.dumps(dataclasses.asdict(stats)), flush=True)

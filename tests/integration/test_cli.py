@@ -18,15 +18,15 @@ from pathlib import Path
 import cv2
 import pytest
 
-from streamconv.client import Subscriber
-from streamconv.sources import write_sample_video
+from streamconv.capture.sources import write_sample_video
+from streamconv.client.subscriber import Subscriber
 from tests.conftest import REPO
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
 
 LAYERS = ("smooth", "change", "motion")  # config/default.toml
-DEFAULT_CONFIG = REPO / "config/default.toml"
+DEFAULT_CONFIG = REPO / "streamconv/presets/default.toml"
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
@@ -207,7 +207,7 @@ def test_run_sample_prints_summary_previews_and_verifies(cli: Cli, tmp_path: Pat
     out_dir = tmp_path / "out"
     # --device cpu: the offline check compares with a CPU run, exact to 1e-5
     result = cli(
-        "run", "sample", "--out", out_dir, "--config", "config/default.toml", "--device", "cpu",
+        "run", "sample", "--out", out_dir, "--config", "default", "--device", "cpu",
         timeout_s=110,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -238,7 +238,7 @@ def test_run_verifies_uint8_output_to_its_quantisation_step(
 ) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "streamconv", "run", "synthetic:64x48:30", "--out",
-         str(tmp_path), "--config", str(REPO / "config/default.toml"), "--device", "cpu"],
+         str(tmp_path), "--config", "default", "--device", "cpu"],
         cwd=REPO, env={**python_env, "STREAMCONV_WORKER__OUTPUT_DTYPE": "uint8"},
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip

@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from streamconv import protocol, transport
-from streamconv.client import Subscriber, collect
+from streamconv.capture.sources import write_sample_video
+from streamconv.client.subscriber import Subscriber, collect
 from streamconv.config import load_settings
-from streamconv.engine import frame_to_chw
 from streamconv.layers import Output
 from streamconv.model import build_model
-from streamconv.sources import write_sample_video
+from streamconv.wire import protocol, transport
+from streamconv.worker.engine import frame_to_chw
 from tests.conftest import REPO
 from tests.unit.reference import rel_err
 
 pytestmark = pytest.mark.integration
-RETINA = REPO / "config/retina.toml"
+RETINA = REPO / "streamconv/presets/retina.toml"
 LAYERS = ["opl", "bipolar", "amacrine", "ganglion"]
 
 

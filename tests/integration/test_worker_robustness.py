@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from streamconv import protocol, transport
-from streamconv.client import Subscriber
+from streamconv.capture.sources import synthetic_frame
+from streamconv.client.subscriber import Subscriber
 from streamconv.config import load_settings
 from streamconv.layers import Output
 from streamconv.model import build_model, input_channels
-from streamconv.sources import synthetic_frame
+from streamconv.wire import protocol, transport
 from tests.conftest import REPO
 from tests.integration.conftest import WorkerProc
 
@@ -335,7 +335,9 @@ def _send_and_stop_mid_chunk(
 def test_sigterm_mid_chunk_publishes_the_chunk_in_hand(
     start_worker: StartWorker, zmq_ctx: transport.Context
 ) -> None:
-    worker = start_worker(REPO / "config/default.toml", "--chunk", "64", "--max-wait-ms", "60000")
+    worker = start_worker(
+        REPO / "streamconv/presets/default.toml", "--chunk", "64", "--max-wait-ms", "60000"
+    )
     # About 11 MB of outputs: more than the loopback socket buffers take at once.
     frames = [synthetic_frame(i, 320, 240) for i in range(12)]
     sessions, heads = _send_and_stop_mid_chunk(worker, zmq_ctx, {"mid": frames}, 3 * len(frames))

@@ -13,7 +13,7 @@ from streamconv.errors import ConfigError
 from streamconv.model import build_model
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((REPO / "config").glob("*.toml"))
+SHIPPED = sorted((REPO / "streamconv/presets").glob("*.toml"))
 LAYER = '[[layers]]\nname = "low"\ntype = "lowpass"\ntau = 2.0\n'
 
 
@@ -236,7 +236,7 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
 
 
 def test_errors_name_the_environment_variable_or_the_command_line(tmp_path: Path) -> None:
-    path = REPO / "config/default.toml"
+    path = REPO / "streamconv/presets/default.toml"
     with pytest.raises(ConfigError) as info:
         load_settings(path, {"worker": {"chunk": 0}}, environ={"STREAMCONV_WORKER__CHUNKS": "3"})
     message = str(info.value)

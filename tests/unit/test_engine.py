@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamconv.config import Settings
-from streamconv.engine import ChunkResult, EndResult, Engine, Result, frame_to_chw
 from streamconv.errors import ShapeError, StreamconvError
 from streamconv.layers import Output, Sequential
 from streamconv.model import build_model
-from streamconv.protocol import InputMessage
+from streamconv.wire.protocol import InputMessage
+from streamconv.worker.engine import ChunkResult, EndResult, Engine, Result, frame_to_chw
 from tests.unit.reference import rel_err
 
 CPU = torch.device("cpu")

@@ -71,11 +71,13 @@ def rel(path: Path) -> str:
 @pytest.mark.parametrize(
     ("files", "banned"),
     [
-        (["protocol"], {"zmq", "torch"}),
-        (["layers/", "engine"], {"zmq"}),
-        (["capture", "sources/"], {"torch"}),
+        (["wire/protocol"], {"zmq", "torch"}),
+        (["layers/", "worker/engine"], {"zmq"}),
+        (["capture/"], {"torch"}),
+        (["worker/publisher"], {"torch"}),
+        (["client/"], {"torch"}),
     ],
-    ids=["protocol", "layers+engine", "capture+sources"],
+    ids=["protocol", "layers+engine", "capture", "publisher", "client"],
 )
 def test_import_rules(files: list[str], banned: set[str]) -> None:
     bad = {rel(p): sorted(imported(p) & banned) for p in modules(*files)}
@@ -132,12 +134,12 @@ def socket_calls(path: Path) -> list[int]:
 
 def test_only_transport_creates_zmq_sockets() -> None:
     creators = {rel(p): socket_calls(p) for p in ALL}
-    assert {k for k, v in creators.items() if v} == {"streamconv/transport.py"}
+    assert {k for k, v in creators.items() if v} == {"streamconv/wire/transport.py"}
 
 
 def test_capture_does_not_import_torch_at_runtime() -> None:
     code = (
-        "import sys\nimport streamconv.capture, streamconv.sources, streamconv.protocol\n"
+        "import sys\nimport streamconv.capture.role, streamconv.capture.sources\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
     )
     done = subprocess.run(

@@ -172,7 +172,7 @@ def test_rgb_model_takes_three_channels() -> None:
 
 
 def retina() -> Sequential:
-    return build_model(load_settings(REPO / "config" / "retina.toml", environ={}), CPU)
+    return build_model(load_settings("retina", environ={}), CPU)
 
 
 def test_retina_ignores_uniform_light() -> None:

@@ -6,20 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from streamconv import protocol
 from streamconv.config import load_settings
-from streamconv.engine import ChunkResult, Engine
 from streamconv.model import build_model
-from streamconv.outputs import quantize_torch
-from streamconv.protocol import InputMessage
-from streamconv.publisher import Publisher
+from streamconv.wire import protocol
+from streamconv.wire.protocol import InputMessage
+from streamconv.worker.engine import ChunkResult, Engine
+from streamconv.worker.outputs import quantize_torch
+from streamconv.worker.publisher import Publisher
 from tests.conftest import REPO
 
 FRAMES = np.random.default_rng(1).integers(0, 255, (10, 24, 32, 3), dtype=np.uint8)
 
 
 def run(output_dtype: str) -> list[ChunkResult]:
-    model = build_model(load_settings(REPO / "config/retina.toml"), torch.device("cpu"))
+    model = build_model(load_settings(REPO / "streamconv/presets/retina.toml"), torch.device("cpu"))
     eng = Engine(
         model, device=torch.device("cpu"), dtype=torch.float32, chunk=4, output_dtype=output_dtype
     )

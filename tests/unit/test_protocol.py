@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from streamconv import protocol
 from streamconv.errors import ProtocolError
+from streamconv.wire import protocol
 
 SESSION = "s" * 32
 

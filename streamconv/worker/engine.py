@@ -17,9 +17,9 @@ import torch
 
 from streamconv.errors import StreamconvError
 from streamconv.layers import Sequential, State
-from streamconv.outputs import gather
-from streamconv.pixels import chw_shape, frame_to_chw
-from streamconv.protocol import PROBE_STREAM, InputMessage
+from streamconv.wire.protocol import PROBE_STREAM, InputMessage
+from streamconv.worker.outputs import gather
+from streamconv.worker.pixels import chw_shape, frame_to_chw
 
 log = logging.getLogger(__name__)
 

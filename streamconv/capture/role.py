@@ -30,11 +30,11 @@ from typing import Any
 
 import zmq
 
-from streamconv import protocol, transport
+from streamconv.capture.sources import Size, Source, open_source
 from streamconv.config import CaptureSettings
 from streamconv.errors import ConfigError, ProtocolError
 from streamconv.logs import configure as configure_logging
-from streamconv.sources import Size, Source, open_source
+from streamconv.wire import protocol, transport
 
 log = logging.getLogger(__name__)
 

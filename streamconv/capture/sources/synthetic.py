@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from streamconv.capture.sources.base import BaseSource, Size
 from streamconv.errors import SourceError
-from streamconv.sources.base import BaseSource, Size
 
 DEFAULT_SIZE = (320, 240)
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from streamconv import protocol, transport
-from streamconv.engine import ChunkResult, EndResult, Result
+from streamconv.wire import protocol, transport
+from streamconv.worker.engine import ChunkResult, EndResult, Result
 
 
 class Publisher:

@@ -9,8 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from streamconv.capture.sources.base import BaseSource, Size
 from streamconv.errors import SourceError
-from streamconv.sources.base import BaseSource, Size
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm"}

@@ -19,9 +19,7 @@ from typing import Any
 
 import zmq
 
-from streamconv import transport
 from streamconv.config import Settings
-from streamconv.engine import Engine, Result
 from streamconv.errors import ProtocolError, StartupError, StreamconvError
 from streamconv.model import (
     DTYPES,
@@ -30,8 +28,10 @@ from streamconv.model import (
     input_channels,
     resolve_device,
 )
-from streamconv.protocol import decode_input
-from streamconv.publisher import Publisher
+from streamconv.wire import transport
+from streamconv.wire.protocol import decode_input
+from streamconv.worker.engine import Engine, Result
+from streamconv.worker.publisher import Publisher
 
 log = logging.getLogger(__name__)
 

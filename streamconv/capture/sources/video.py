@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from streamconv.capture.sources.base import BaseSource, Size
 from streamconv.errors import SourceError
-from streamconv.sources.base import BaseSource, Size
 
 log = logging.getLogger(__name__)
 

@@ -15,17 +15,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from streamconv.errors import SourceError
-from streamconv.sources.base import BaseSource, Size, Source, transform
-from streamconv.sources.images import IMAGE_SUFFIXES, ImageSource, images_in, natural_key
-from streamconv.sources.memory import ArraySource
-from streamconv.sources.synthetic import (
+from streamconv.capture.sources.base import BaseSource, Size, Source, transform
+from streamconv.capture.sources.images import IMAGE_SUFFIXES, ImageSource, images_in, natural_key
+from streamconv.capture.sources.memory import ArraySource
+from streamconv.capture.sources.synthetic import (
     DEFAULT_SIZE,
     SyntheticSource,
     synthetic_frame,
     write_sample_video,
 )
-from streamconv.sources.video import VideoSource
+from streamconv.capture.sources.video import VideoSource
+from streamconv.errors import SourceError
 
 __all__ = [
     "ArraySource",

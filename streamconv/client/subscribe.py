@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from streamconv.client import Subscriber
-from streamconv.monitor import Monitor, NpyWriter, PreviewWriter
+from streamconv.client.monitor import Monitor, NpyWriter, PreviewWriter
+from streamconv.client.subscriber import Subscriber
 
 REPORT_EVERY_S = 2.0
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from streamconv import protocol, transport
 from streamconv.errors import ProtocolError
-from streamconv.protocol import PROBE_STREAM
+from streamconv.wire import protocol, transport
+from streamconv.wire.protocol import PROBE_STREAM
 
 log = logging.getLogger(__name__)
 

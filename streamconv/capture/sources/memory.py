@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from streamconv.sources.base import BaseSource, Size
+from streamconv.capture.sources.base import BaseSource, Size
 
 
 class ArraySource(BaseSource):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamconv.errors import ShapeError
-from streamconv.protocol import to_float
+from streamconv.wire.protocol import to_float
 
 # OpenCV delivers BGR; luma weights in that order (ITU-R BT.601, as cv2.cvtColor uses).
 _BGR_TO_GRAY = np.array([0.114, 0.587, 0.299], dtype=np.float32)

@@ -1,0 +1,1 @@
+"""The capture role and its frame sources. Never imports torch."""

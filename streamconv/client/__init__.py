@@ -1,0 +1,5 @@
+"""Client side of the wire: Subscriber (outputs in) and the `subscribe` sinks."""
+
+from streamconv.client.subscriber import Subscriber, collect
+
+__all__ = ["Subscriber", "collect"]

@@ -1,0 +1,1 @@
+"""The shipped config presets (TOML), read with importlib.resources: `--config NAME`."""

@@ -1,0 +1,1 @@
+"""The worker role: decode -> engine (per-stream state, layers) -> publisher."""
