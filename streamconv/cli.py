@@ -1,16 +1,28 @@
-"""argv -> settings -> role.run(). The only place that exits: 0 ok, 1 runtime, 2 usage or
-config, 3 startup (e.g. a port already in use)."""
+"""streamconv: stream video through stateful torch layers over ZeroMQ.
+
+Roles: `worker` runs the layers, `capture` feeds it frames, `subscribe` reads its outputs,
+`run` starts all three on a source, `presets` lists the shipped configs.
+Exit codes: 0 ok, 1 runtime error, 2 usage or config, 3 startup (no worker, port in use),
+130 a second SIGTERM/SIGINT cut the shutdown short.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from streamconv.config import capture_settings, load_settings
-from streamconv.errors import ConfigError, SourceError, StartupError, StreamconvError
+from streamconv.config import Settings, load_settings, preset_names, preset_text
+from streamconv.errors import (
+    ConfigError,
+    ShutdownCutError,
+    SourceError,
+    StartupError,
+    StreamconvError,
+)
 from streamconv.logs import configure as configure_logging
 
 log = logging.getLogger("streamconv")
@@ -26,6 +38,25 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options every subcommand takes, after its name: `streamconv worker -v`."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("logging")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    g.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
+    g.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        help=f"TOML config file, or a preset: {', '.join(preset_names())}",
+    )
+    return p
+
+
 def _capture_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "source",
@@ -36,85 +67,118 @@ def _capture_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mode",
         choices=["auto", "lossless", "live"],
-        default="auto",
-        help="lossless waits for the worker; live drops (and counts) frames",
+        help="lossless waits for the worker; live drops (and counts) frames "
+        "(default: auto, live for webcams and URLs)",
     )
     p.add_argument("--resize", type=_size, help="resize frames to WxH")
-    p.add_argument("--gray", action="store_true", help="convert to gray before sending")
+    p.add_argument("--gray", action="store_true", default=None, help="convert to gray first")
     p.add_argument("--limit", type=int, help="stop after this many frames")
-    p.add_argument("--loop", action="store_true", help="replay a file or folder forever")
-    p.add_argument("--realtime", action="store_true", help="pace frames at the source fps")
+    p.add_argument("--loop", action="store_true", default=None, help="replay a file forever")
+    p.add_argument(
+        "--realtime", action="store_true", default=None, help="pace frames at the source fps"
+    )
     p.add_argument("--queue", type=int, help="frames queued before wait/drop (8 lossless, 2 live)")
 
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config", default=DEFAULT_CONFIG, help="TOML config file, or a preset: default, retina"
-    )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override [worker] device")
-    p.add_argument("--chunk", type=int, help="override [worker] chunk (frames per pass)")
-    p.add_argument("--max-wait-ms", type=float, help="override [worker] max_wait_ms")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:INDEX (overrides [worker] device)")
+    p.add_argument("--chunk", type=int, help="frames per forward pass (overrides [worker] chunk)")
+    p.add_argument("--max-wait-ms", type=float, help="run a partial chunk after this long")
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="streamconv", description=__doc__)
-    root.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = root.add_subparsers(dest="command", required=True)
+    root = argparse.ArgumentParser(prog="streamconv", description=__doc__, formatter_class=_Help)
+    root.add_argument("--version", action="version", version=f"streamconv {_version()}")
+    sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [_common()]
 
-    w = sub.add_parser("worker", help="run the worker: PULL frames, PUB layer outputs")
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, parents=common,
+                              formatter_class=_Help)  # fmt: skip
+
+    w = add("worker", "run the worker: PULL frames, PUB layer outputs, serve HTTP health")
     _worker_args(w)
-    w.add_argument("--input", help="override [worker] input endpoint (PULL, bind)")
-    w.add_argument("--output", help="override [worker] output endpoint (PUB, bind)")
+    w.add_argument("--input", help="input endpoint to bind (default tcp://127.0.0.1:5555)")
+    w.add_argument("--output", help="output endpoint to bind (default tcp://127.0.0.1:5556)")
+    w.add_argument("--http", help="HOST:PORT for health and metrics, or 'off' (default "
+                   "127.0.0.1:5557)")  # fmt: skip
 
-    c = sub.add_parser("capture", help="read a source and push its frames to a worker")
+    c = add("capture", "read a source and push its frames to a worker")
     _capture_args(c)
-    c.add_argument("--connect", default="tcp://127.0.0.1:5555", help="worker input endpoint")
+    c.add_argument("--connect", help="worker input endpoint (default tcp://127.0.0.1:5555)")
+    c.add_argument("--wait", type=float, help="seconds to wait for a worker (default 30; 0 "
+                   "forever)")  # fmt: skip
+    c.add_argument("--output", help="the worker's output endpoint, for --wait-subscriber "
+                   "(default tcp://127.0.0.1:5556)")  # fmt: skip
+    c.add_argument("--wait-subscriber", action="store_true", default=None,
+                   help="send only once the worker has a subscriber for this stream")  # fmt: skip
 
-    s = sub.add_parser("subscribe", help="print per-layer frames/s and latency; save outputs")
+    s = add("subscribe", "print per-layer frames/s and latency; save outputs")
     s.add_argument("--connect", default="tcp://127.0.0.1:5556", help="worker output endpoint")
     s.add_argument("--stream", help="only this stream")
     s.add_argument("--layer", action="append", help="only this layer (repeatable)")
     s.add_argument("--save", type=Path, help="write a preview .mp4 per layer into this folder")
     s.add_argument("--npy", type=Path, help="write every output frame as .npy into this folder")
-    s.add_argument("--count", type=int, help="stop after this many output messages")
-    s.add_argument(
-        "--timeout", type=float, default=0, help="stop after this many idle s (0: never)"
-    )
+    s.add_argument("--count", type=int, help="stop after this many frames (of every layer)")
+    s.add_argument("--timeout", type=float, default=0, help="stop after this many idle s; 0: "
+                   "never (ends at eos when --stream is given)")  # fmt: skip
 
-    r = sub.add_parser("run", help="capture + worker + subscriber in one command")
+    r = add("run", "capture + worker + subscriber in one command, then check exactness")
     _capture_args(r)
     _worker_args(r)
     r.add_argument("--out", type=Path, default=Path("out"), help="folder for previews")
     r.add_argument("--no-verify", action="store_true", help="skip the offline comparison")
+
+    p = add("presets", "list the shipped config presets, or print one to start a config from")
+    p.add_argument("name", nargs="?", help="print this preset's TOML")
     return root
 
 
-def _worker_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("device", "chunk", "max_wait_ms", "input", "output")
-    worker = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
-    return {"worker": worker} if worker else {}
+def _version() -> str:
+    try:
+        return metadata.version("streamconv")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
-def _capture(args: argparse.Namespace, connect: str) -> Any:
-    return capture_settings(
-        source=args.source, stream=args.stream, connect=connect, mode=args.mode,
-        resize=args.resize, gray=args.gray, limit=args.limit, loop=args.loop,
-        realtime=args.realtime, queue=args.queue,
-    )  # fmt: skip
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings tree the flags give; flags left out give nothing (the config wins)."""
+
+    def pick(**keys: Any) -> dict[str, Any]:
+        return {k: v for k, v in keys.items() if v is not None}
+
+    a = vars(args)
+    worker = pick(device=a.get("device"), chunk=a.get("chunk"), max_wait_ms=a.get("max_wait_ms"),
+                  http=a.get("http"))  # fmt: skip
+    if args.command == "worker":
+        worker |= pick(input=a.get("input"), output=a.get("output"))
+    capture: dict[str, Any] = {}
+    if "source" in a:
+        capture = pick(source=a["source"], stream=a["stream"], mode=a["mode"],
+                       resize=a["resize"], gray=a["gray"], limit=a["limit"], loop=a["loop"],
+                       realtime=a["realtime"], wait_s=a.get("wait"), output=a.get("output"),
+                       wait_subscriber=a.get("wait_subscriber"))  # fmt: skip
+        connect = pick(endpoint=a.get("connect"), hwm=a.get("queue"))
+        if connect:
+            capture["connect"] = connect
+        if args.command == "run":
+            capture.pop("output", None)
+    level = "debug" if args.verbose else args.log_level
+    logs = pick(level=level, format=args.log_format)
+    tree = {"worker": worker, "capture": capture, "log": logs}
+    return {k: v for k, v in tree.items() if v}
 
 
-def dispatch(args: argparse.Namespace) -> int:
+def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "worker":
         from streamconv.worker.role import Worker
 
-        Worker(load_settings(args.config, _worker_overrides(args))).run()
+        Worker(settings).run()
         return 0
     if args.command == "capture":
-        from streamconv.capture.role import Capture, capture_kwargs
+        from streamconv.capture.role import Capture
 
-        settings = _capture(args, args.connect)
-        stats = Capture(**capture_kwargs(settings, progress=True)).run()
-        log.info("capture done: %d sent, %d dropped", stats.sent, stats.dropped)
+        Capture.from_settings(settings.capture, progress=True).run()
         return 0
     if args.command == "subscribe":
         from streamconv.client.subscribe import subscribe
@@ -122,25 +186,38 @@ def dispatch(args: argparse.Namespace) -> int:
         return subscribe(args)
     from streamconv.run import run_pipeline
 
-    settings = load_settings(args.config, _worker_overrides(args))
-    return run_pipeline(
-        settings, _capture(args, "tcp://127.0.0.1:5555"), args.out, verify=not args.no_verify
-    )
+    return run_pipeline(settings, args.out, verify=not args.no_verify)
+
+
+def presets(name: str | None) -> int:
+    if name is None:
+        print("\n".join(preset_names()))
+        print("(streamconv presets NAME prints one; --config NAME uses it)", file=sys.stderr)
+    else:
+        print(preset_text(name), end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        return dispatch(args)
+        if args.command == "presets":
+            return presets(args.name)
+        settings = load_settings(args.config, overrides(args))
+        configure_logging(settings.log.level, settings.log.format)
+        return dispatch(args, settings)
     except (ConfigError, SourceError) as e:
         print(f"streamconv: {e}", file=sys.stderr)
         return 2
     except StartupError as e:
         print(f"streamconv: {e}", file=sys.stderr)
         return 3
+    except ShutdownCutError as e:
+        print(f"streamconv: {e}", file=sys.stderr)
+        return 130
     except StreamconvError as e:
         print(f"streamconv: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 0
+        print("streamconv: interrupted", file=sys.stderr)
+        return 130

@@ -1,4 +1,25 @@
-"""The exception tree: one base class, a few subclasses callers can tell apart."""
+"""The exception tree (one base class, a few subclasses callers can tell apart) and the typed
+reasons a message or frame is dropped."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Drop(StrEnum):
+    """Why input was dropped: the label of streamconv_dropped_total{reason=...}."""
+
+    MALFORMED = "malformed"  # wrong part count, header not a UTF-8 JSON object
+    VERSION = "version"  # "v" missing or not this build's version
+    BAD_FIELD = "bad_field"  # a header field of the wrong type or out of range
+    BAD_PAYLOAD = "bad_payload"  # payload size does not match shape and dtype
+    NON_FINITE = "non_finite"  # float32 frame with NaN or infinity
+    OVERSIZE = "oversize"  # larger than max_message_bytes
+    BAD_SHAPE = "bad_shape"  # channels the model cannot take
+    TOO_MANY_STREAMS = "too_many_streams"  # max_streams states already held
+    MODEL_FAILED = "model_failed"  # the layers raised on a chunk (its frames are lost)
+    DECODER_BUG = "decoder_bug"  # an unexpected exception while decoding
+    NOT_FLUSHED = "not_flushed"  # frames still buffered when the shutdown time ran out
 
 
 class StreamconvError(Exception):
@@ -10,7 +31,11 @@ class ConfigError(StreamconvError):
 
 
 class ProtocolError(StreamconvError):
-    """A message on the wire does not follow docs/PROTOCOL.md."""
+    """A message on the wire does not follow docs/PROTOCOL.md; `reason` says how."""
+
+    def __init__(self, message: str, reason: Drop = Drop.BAD_FIELD) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SourceError(StreamconvError):
@@ -22,4 +47,8 @@ class ShapeError(StreamconvError, ValueError):
 
 
 class StartupError(StreamconvError):
-    """A role could not start, e.g. its endpoint is already in use."""
+    """A role could not start, e.g. its endpoint is already in use or no worker answers."""
+
+
+class ShutdownCutError(StreamconvError):
+    """A second stop signal cut a shutdown short (exit code 130)."""

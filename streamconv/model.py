@@ -46,12 +46,26 @@ DTYPES = {
 
 
 def resolve_device(name: str) -> torch.device:
+    """'auto', 'cpu', 'cuda' or 'cuda:INDEX' -> a device torch can use, else ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        msg = "device 'cuda' requested but torch sees no CUDA GPU; use device = 'auto' or 'cpu'"
-        raise ConfigError(msg)
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            msg = f"device {name!r} requested but torch sees no CUDA GPU; use 'auto' or 'cpu'"
+            raise ConfigError(msg)
+        if device.index is not None and device.index >= count:
+            msg = f"device {name!r} requested but torch sees {count} GPU(s): cuda:0..{count - 1}"
+            raise ConfigError(msg)
+    return device
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of CUDA memory held by tensors on `device`; None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.memory_allocated(device))
 
 
 def configure_torch(worker: WorkerSettings) -> None:

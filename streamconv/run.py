@@ -1,32 +1,36 @@
 """`streamconv run`: capture, worker and a subscriber in one command on one machine.
 
-The worker and the capture run as child processes (spawn context: forking after torch or
-CUDA started is unsafe); this process subscribes, shows progress, writes a preview video per
-layer and, for finite files, checks that the streamed outputs equal the offline pipeline.
+The worker and the capture run as child processes (see supervisor); this process subscribes,
+shows progress, writes a preview video per layer and, for finite files, checks that the
+streamed outputs equal the offline pipeline. SIGINT/SIGTERM stop it early: the children shut
+down cleanly and the summary is printed (the offline check is skipped).
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
 import torch
 
-from streamconv.capture.role import capture_main, derive_stream
+from streamconv.capture.role import derive_stream
 from streamconv.capture.sources import open_source, sample_clip
+from streamconv.client import Subscriber
 from streamconv.client.monitor import Monitor, PreviewWriter
-from streamconv.client.subscriber import Subscriber
 from streamconv.config import CaptureSettings, Settings
-from streamconv.errors import StartupError, StreamconvError
+from streamconv.errors import ConfigError, StartupError, StreamconvError
 from streamconv.layers import Output
-from streamconv.logs import configure as configure_logging
 from streamconv.model import build_model, input_channels
+from streamconv.supervisor import Supervisor, capture_main, worker_main
 from streamconv.worker.pixels import frame_to_chw
 
 log = logging.getLogger(__name__)
@@ -44,50 +48,65 @@ def free_endpoint() -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def worker_main(settings: Settings, level: int) -> None:
-    """Child process entry: run a worker until SIGTERM."""
-    from streamconv.worker.role import Worker
-
-    configure_logging(level)
-    Worker(settings).run()
-
-
 def resolve_sample(source: str, out: Path) -> str:
     """'sample' is the built-in clip, written into the output folder for the user to see."""
     return str(sample_clip(out / "sample.mp4")) if source == "sample" else source
 
 
-def run_pipeline(
-    settings: Settings, capture: CaptureSettings, out: Path, *, verify: bool = True
-) -> int:
-    level = logging.getLogger().getEffectiveLevel()
+def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    return restore
+
+
+def run_pipeline(settings: Settings, out: Path, *, verify: bool = True) -> int:
+    capture = settings.capture
+    if capture.source is None:
+        msg = "run needs a source"
+        raise ConfigError(msg)
     stream = capture.stream or derive_stream(capture.source)
-    capture = capture.model_copy(update={"source": resolve_sample(capture.source, out)})
+    source = resolve_sample(capture.source, out)
+    capture = capture.model_copy(update={"source": source})
     # Open the source here first: a bad spec is a clear error before any process starts.
-    open_source(capture.source, resize=capture.resize, gray=capture.gray).close()
+    open_source(source, resize=capture.resize, gray=capture.gray).close()
     endpoints = {"input": free_endpoint(), "output": free_endpoint()}
-    worker_settings = settings.worker.model_copy(update=endpoints)
+    w = settings.worker
+    sockets = {
+        "input": w.input.model_copy(update={"endpoint": endpoints["input"]}),
+        "output": w.output.model_copy(update={"endpoint": endpoints["output"]}),
+    }
+    worker_settings = w.model_copy(update=sockets | {"http": "off"})
     settings = settings.model_copy(update={"worker": worker_settings})
-    capture = capture.model_copy(update={"connect": endpoints["input"], "stream": stream})
+    connect = capture.connect.model_copy(update={"endpoint": endpoints["input"]})
+    capture = capture.model_copy(update={"connect": connect, "stream": stream})
     layers = [spec.name for spec in settings.layers if spec.publish]
-    spawn = multiprocessing.get_context("spawn")
-    worker = spawn.Process(target=worker_main, args=(settings, level), name="worker")
-    worker.start()
+    stop = threading.Event()
+    restore = _stop_on_signals(stop)
+    children = Supervisor()
+    children.start("worker", worker_main, settings)
     monitor, preview = Monitor(), PreviewWriter(out)
     received: dict[str, list[np.ndarray]] = {name: [] for name in layers}
-    producer = spawn.Process(target=capture_main, args=(capture, level), name="capture")
+    gaps = kept = 0
     try:
         with Subscriber(endpoints["output"], stream=stream, timeout_s=60) as sub:
-            _wait_ready(sub, endpoints["input"], worker)
-            producer.start()
+            _wait_ready(sub, endpoints["input"], children, stop)
+            children.start("capture", capture_main, capture, settings.log.level,
+                           settings.log.format)  # fmt: skip
             ended: set[str] = set()
             last_output = time.monotonic()
-            done = kept = 0
-            while ended != set(layers):
+            done = 0
+            while ended != set(layers) and not stop.is_set():
                 try:
-                    header, frame = sub.recv(timeout_s=1.0)
+                    header, frame = sub.recv(timeout_s=0.5)
                 except TimeoutError:
-                    _check_children(worker, producer, time.monotonic() - last_output)
+                    _check_children(children, time.monotonic() - last_output)
                     continue
                 last_output = time.monotonic()
                 if frame is None:
@@ -102,15 +121,18 @@ def run_pipeline(
                     received[header["layer"]].append(frame)
                 elif any(received.values()):  # too much to verify: free what was kept
                     received = {name: [] for name in layers}
-            producer.join(30)
             gaps = sum(sub.gaps.values())
     finally:
-        _stop(producer, worker)
+        children.stop()
+        restore()
     print(file=sys.stderr)
     print(monitor.table())
     print(f"subscriber gaps (outputs lost between worker and subscriber): {gaps}")
     for path in preview.close():
         print(f"preview: {path}")
+    if stop.is_set():
+        print("stopped by a signal: the offline comparison is skipped")
+        return 0
     if not verify or capture.loop:
         return 0
     if gaps or kept > VERIFY_MAX_BYTES:
@@ -120,36 +142,29 @@ def run_pipeline(
     return _verify(settings, capture, received)
 
 
-def _check_children(worker: Any, producer: Any, idle_s: float) -> None:
+def _check_children(children: Supervisor, idle_s: float) -> None:
     """Fail, naming the culprit, when a child died or outputs stopped coming."""
+    worker = children.children["worker"]
     if not worker.is_alive():
         msg = f"the worker process exited (code {worker.exitcode}); see its log above"
         raise StreamconvError(msg)
-    if producer.exitcode not in (None, 0):
-        msg = f"the capture process failed (code {producer.exitcode}); see its log above"
-        raise StreamconvError(msg)
-    if producer.exitcode == 0 and idle_s > IDLE_AFTER_CAPTURE_S:
+    failed = children.failed()
+    if failed:
+        raise StreamconvError(failed)
+    capture = children.children.get("capture")
+    if capture is not None and capture.exitcode == 0 and idle_s > IDLE_AFTER_CAPTURE_S:
         msg = f"no output for {idle_s:.0f} s after the capture ended"
         raise StreamconvError(msg)
 
 
-def _stop(producer: Any, worker: Any) -> None:
-    """SIGTERM both children (the worker finishes in-hand chunks), then kill stragglers."""
-    for proc in (producer, worker):
-        if proc.pid is not None and proc.is_alive():
-            proc.terminate()
-    for proc in (producer, worker):
-        if proc.pid is not None:
-            proc.join(15)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
-
-
-def _wait_ready(sub: Subscriber, endpoint: str, worker: Any, timeout_s: float = 120) -> None:
+def _wait_ready(
+    sub: Subscriber, endpoint: str, children: Supervisor, stop: threading.Event,
+    timeout_s: float = 120,
+) -> None:  # fmt: skip
     """Wait for the worker to answer, failing fast if its process has died."""
     deadline = time.monotonic() + timeout_s
-    while True:
+    worker = children.children["worker"]
+    while not stop.is_set():
         if not worker.is_alive():
             msg = f"the worker process exited (code {worker.exitcode}) before it was ready"
             raise StartupError(msg)
@@ -169,7 +184,7 @@ def _progress(done: int) -> None:
 def _verify(settings: Settings, capture: CaptureSettings, received: dict[str, list[Any]]) -> int:
     """Offline: the whole decoded video through the pipeline in one pass, on the CPU."""
     source = open_source(
-        capture.source, resize=capture.resize, gray=capture.gray, limit=capture.limit
+        str(capture.source), resize=capture.resize, gray=capture.gray, limit=capture.limit
     )
     if source.live:
         return 0

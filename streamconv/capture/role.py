@@ -1,17 +1,20 @@
-"""The capture role: frames from a source, encoded by the protocol, pushed to a worker.
+"""The capture role: frames from a source, pushed to a worker by a client.Sender.
 
-Modes:
-- lossless: every frame is delivered. A send waits while the PUSH queue (SNDHWM) is full, so
-  the worker's pace becomes the capture's pace; the wait is a short poll loop so a stop request
+Modes (the Sender implements them; this role picks one and paces the source):
+- lossless: every frame is queued. A send waits while the PUSH queue (SNDHWM) is full, so the
+  worker's pace becomes the capture's pace; the wait is a short poll loop so a stop request
   is still honoured.
 - live: a frame that cannot be queued at once is dropped and counted, so latency stays low.
   Drops are logged at the end and returned in the stats, never silent.
 - auto: live for webcams and URLs, lossless for files, images and synthetic sources.
 
-Sequence numbers count frames actually sent: 0, 1, 2, ... with no gaps in either mode. A frame
-dropped in live mode takes no number, because the worker treats a gap in seq as lost data and
-resets the stream's state; t_ns still carries each frame's true capture time. The closing eos
-carries seq = frames sent. This module never imports torch.
+Before frame 0 the capture waits (up to `wait_s`, 0 = forever) for a worker to complete the
+connection, and with `wait_subscriber` for the worker to report a subscriber of the stream;
+either wait running out is a StartupError (exit code 3). Sequence numbers count frames
+actually queued: 0, 1, 2, ... with no gaps in either mode. A frame dropped in live mode takes
+no number, because the worker treats a gap in seq as lost data and resets the stream's state;
+t_ns still carries each frame's true capture time. The closing eos carries seq = frames
+queued. SIGINT and SIGTERM end a run cleanly (eos, summary). This module never imports torch.
 """
 
 from __future__ import annotations
@@ -28,38 +31,47 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import zmq
-
 from streamconv.capture.sources import Size, Source, open_source
+from streamconv.client.sender import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_LINGER_MS,
+    DEFAULT_OUTPUT,
+    DEFAULT_QUEUE,
+    Sender,
+)
 from streamconv.config import CaptureSettings
 from streamconv.errors import ConfigError, ProtocolError
-from streamconv.logs import configure as configure_logging
-from streamconv.wire import protocol, transport
+from streamconv.wire import protocol
 
 log = logging.getLogger(__name__)
 
 MODES = ("lossless", "live", "auto")
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-DEFAULT_QUEUE = {"lossless": 8, "live": 2}
-DEFAULT_LINGER_MS = {"lossless": 5000, "live": 1000}
-POLL_MS = 100
-STALL_WARN_S = 5.0  # a lossless send blocked this long is reported once
-STOP_WAIT_MS = 1000  # after a stop request: the most time spent on eos, then on linger
+GLOB_CHARS = "*?["
 
 
 @dataclass(frozen=True, slots=True)
 class CaptureStats:
-    """What one run did; `stopped` is True when stop() or a signal ended it early."""
+    """What one run did; `stopped` is True when stop() or a signal ended it early.
+
+    `sent` counts frames queued (delivery cannot be known), `dropped` live frames not queued,
+    of which `dropped_no_worker` while no worker was connected; `disconnects` counts the times
+    the worker's connection closed mid-run; `drained` is False when the queue had not drained
+    when the socket's linger ran out (None: unknown, nothing was sent).
+    """
 
     sent: int
     dropped: int
     seconds: float
     stopped: bool = False
     eos_sent: bool = True
+    dropped_no_worker: int = 0
+    disconnects: int = 0
+    drained: bool | None = None
 
 
 def derive_stream(spec: str) -> str:
-    """A stream id from a source spec: '0' -> 'cam0', 'clips/a b.mp4' -> 'a_b'."""
+    """A stream id from a source spec: '0' -> 'cam0', 'clips/a b.mp4' -> 'a_b',
+    'frames/*.png' -> 'frames' (a glob is named after the folder it searches)."""
     if spec.isdigit():
         return f"cam{spec}"
     if spec.startswith("synthetic"):
@@ -68,10 +80,22 @@ def derive_stream(spec: str) -> str:
         rest = spec.split("://", 1)[1]
         segments = [s for s in re.split(r"[/?#]", rest) if s]
         name = segments[-1] if segments else ""
+    elif any(c in spec for c in GLOB_CHARS) and not Path(spec).expanduser().exists():
+        name = _glob_folder(spec)
     else:
         name = Path(spec.rstrip("/")).stem
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64]
     return name or "cam0"
+
+
+def _glob_folder(spec: str) -> str:
+    """The name of the deepest folder of a glob before its first wildcard: 'a/frames/*.png'
+    -> 'frames', '*.png' -> the current folder's name; 'images' at the file system root."""
+    path = Path(spec).expanduser()
+    parts = path.parts
+    fixed = next(i for i, part in enumerate(parts) if any(c in part for c in GLOB_CHARS))
+    folder = Path(*parts[:fixed]) if fixed else Path()
+    return folder.resolve().name or "images"
 
 
 class _Progress:
@@ -102,7 +126,9 @@ class Capture:
     """Push the frames of `source` (a spec for open_source, or a Source) to `endpoint`.
 
     `resize`, `gray`, `limit` and `loop` apply when `source` is a spec. `realtime` paces sends
-    at the source fps (live sources pace themselves). `queue_size` is the PUSH SNDHWM.
+    at the source fps (live sources pace themselves). `queue_size` is the PUSH SNDHWM. `wait_s`
+    bounds the waits for a worker, for its return after a disconnect (lossless), and, with
+    `wait_subscriber`, for a subscriber of the stream on the worker's `output` (0: forever).
     Shutdown is bounded by `eos_timeout_s` (waiting to queue the eos) plus `linger_ms` (letting
     queued frames drain). Call run() once: it closes a source it opened.
     """
@@ -123,12 +149,18 @@ class Capture:
         progress: bool = False,
         linger_ms: int | None = None,
         eos_timeout_s: float = 5.0,
+        wait_s: float = 30.0,
+        output: str = DEFAULT_OUTPUT,
+        wait_subscriber: bool = False,
     ) -> None:
         if mode not in MODES:
             msg = f"capture mode must be one of {MODES}, got {mode!r}"
             raise ConfigError(msg)
         if queue_size is not None and queue_size < 1:
             msg = f"queue size must be >= 1, got {queue_size}"
+            raise ConfigError(msg)
+        if wait_s < 0:
+            msg = f"wait must be >= 0 seconds (0: forever), got {wait_s}"
             raise ConfigError(msg)
         spec_options = resize is not None or gray or limit is not None or loop
         if not isinstance(source, str) and spec_options:
@@ -153,124 +185,96 @@ class Capture:
         self.realtime = realtime
         self.progress = progress
         self.eos_timeout_s = eos_timeout_s
-        self.session = protocol.new_session()
+        self.wait_s = wait_s
+        self.output = output
+        self.wait_subscriber = wait_subscriber
         self._stop = threading.Event()
-        self.sent = self.dropped = 0
+        self.sender: Sender | None = None  # the sender of the current (or last) run
+
+    @classmethod
+    def from_settings(cls, s: CaptureSettings, progress: bool = False) -> Capture:
+        return cls(**capture_kwargs(s, progress))
+
+    @property
+    def session(self) -> str | None:
+        return None if self.sender is None else self.sender.session
 
     def stop(self) -> None:
         """Ask run() to finish: it sends eos and returns. Safe from any thread."""
         self._stop.set()
 
     def run(self) -> CaptureStats:
-        """Send every frame (or until stopped), then eos; close the socket with a bounded linger."""
+        """Wait for a worker (and a subscriber, if asked), send every frame (or until stopped),
+        then eos; every wait is bounded. Raises StartupError if nobody answers in time."""
         restore = self._install_signals()
-        ctx: transport.Context = zmq.Context()
         start = time.monotonic()
-        eos_sent = False
-        self.session, self.sent, self.dropped = protocol.new_session(), 0, 0
         try:
-            try:
-                sock = transport.push_socket(
-                    ctx, self.endpoint, hwm=self.queue_size, linger_ms=self.linger_ms
-                )
-            except zmq.ZMQError as e:
-                msg = f"cannot connect to {self.endpoint!r}: {e} (write e.g. tcp://HOST:PORT)"
-                raise ConfigError(msg) from e
-            log.info(
-                "capture %s -> %s as stream %s (%s mode, queue %d)",
-                self.source,
+            sender = self.sender = Sender(
                 self.endpoint,
                 self.stream,
                 self.mode,
                 self.queue_size,
+                self.wait_s,
+                self.source.fps,
+                stop=self._stop,
+                linger_ms=self.linger_ms,
+                close_timeout_s=self.eos_timeout_s,
             )
-            try:
-                self._pump(sock)
-            finally:
-                eos_sent = self._send_eos(sock)
-                # Once asked to stop, do not hold on to unsent frames for long.
-                stopping = self._stop.is_set()
-                transport.close(sock, min(self.linger_ms, STOP_WAIT_MS) if stopping else None)
+            with sender:
+                log.info(
+                    "capture %s -> %s as stream %s (%s mode, queue %d)",
+                    self.source,
+                    self.endpoint,
+                    self.stream,
+                    self.mode,
+                    self.queue_size,
+                )
+                if sender.wait_worker() and (
+                    not self.wait_subscriber or sender.wait_subscriber(self.output)
+                ):
+                    self._pump(sender)
+                if self._stop.is_set():
+                    log.info("capture: stop requested, finishing")
         finally:
-            ctx.term()  # bounded: every socket was closed with a finite linger
             restore()
             if self._owns_source:
                 self.source.close()
         seconds = time.monotonic() - start
         stopped = self._stop.is_set()
-        log.info(
-            "capture: sent %d, dropped %d (%s mode) in %.2f s%s",
-            self.sent,
-            self.dropped,
-            self.mode,
+        log.info("capture: %s", sender.summary(seconds))
+        return CaptureStats(
+            sender.sent,
+            sender.dropped,
             seconds,
-            " (stopped)" if stopped else "",
+            stopped,
+            sender.eos_sent,
+            sender.dropped_no_worker,
+            sender.disconnects,
+            sender.drained,
         )
-        return CaptureStats(self.sent, self.dropped, seconds, stopped, eos_sent)
 
-    def _pump(self, sock: transport.Socket) -> None:
+    def _pump(self, sender: Sender) -> None:
         fps = self.source.fps
         pace = self.realtime and not self.source.live and fps is not None
         if self.realtime and fps is None:
             log.warning("capture: source has no fps, realtime pacing is off")
         bar = _Progress(self.progress, self.source.length)
         t0 = time.monotonic()
-        for index, frame in enumerate(self.source):
-            if pace and fps is not None:
-                delay = t0 + index / fps - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
-                    break
-            if self._stop.is_set():
-                break
-            parts = protocol.encode_frame(
-                self.stream, self.session, self.sent, frame, protocol.now_ns(), fps
-            )
-            if self.mode == "live":
-                if transport.send(sock, parts, block=False):
-                    self.sent += 1
-                else:
-                    self.dropped += 1
-            elif self._send_lossless(sock, parts):
-                self.sent += 1
-            else:
-                break
-            bar.update(self.sent + self.dropped)
-        bar.finish(self.sent + self.dropped)
-        if self._stop.is_set():
-            log.info("capture: stop requested, finishing")
-
-    def _send_lossless(self, sock: transport.Socket, parts: list[Any]) -> bool:
-        waited_since = time.monotonic()
-        warned = False
-        while not self._stop.is_set():
-            if transport.wait_writable(sock, POLL_MS) and transport.send(sock, parts, block=False):
-                return True
-            if not warned and time.monotonic() - waited_since > STALL_WARN_S:
-                warned = True
-                log.warning(
-                    "capture: %s has taken no frame for %.0f s; still waiting (is the worker up?)",
-                    self.endpoint,
-                    STALL_WARN_S,
-                )
-        return False
-
-    def _send_eos(self, sock: transport.Socket) -> bool:
-        parts = protocol.encode_eos(self.stream, self.session, seq=self.sent)
-        wait_s = self.eos_timeout_s
-        if self._stop.is_set():
-            wait_s = min(wait_s, STOP_WAIT_MS / 1000)
-        deadline = time.monotonic() + wait_s
+        offered = 0
         try:
-            while time.monotonic() < deadline:
-                if transport.wait_writable(sock, POLL_MS) and transport.send(
-                    sock, parts, block=False
-                ):
-                    return True
-        except zmq.ZMQError as e:
-            log.warning("capture: could not send eos: %s", e)
-            return False
-        log.warning("capture: eos not queued within %.1f s; is the worker up?", wait_s)
-        return False
+            for index, frame in enumerate(self.source):
+                if pace and fps is not None:
+                    delay = t0 + index / fps - time.monotonic()
+                    if delay > 0 and self._stop.wait(delay):
+                        break
+                if self._stop.is_set():
+                    break
+                if not sender.send(frame, protocol.now_ns()) and sender.mode == "lossless":
+                    break  # stopped while waiting for room
+                offered += 1
+                bar.update(offered)
+        finally:
+            bar.finish(offered)
 
     def _install_signals(self) -> Callable[[], None]:
         """SIGINT/SIGTERM set the stop flag; only the main thread may install handlers."""
@@ -291,23 +295,23 @@ class Capture:
 
 
 def capture_kwargs(s: CaptureSettings, progress: bool = False) -> dict[str, Any]:
-    """Capture() keyword arguments from validated settings (the CLI and `run` share them)."""
+    """Capture() keyword arguments from validated settings."""
+    if s.source is None:
+        msg = "a capture needs a source (capture.source, or the SOURCE argument)"
+        raise ConfigError(msg)
     return {
         "source": s.source,
         "stream": s.stream,
-        "endpoint": s.connect,
+        "endpoint": s.connect.endpoint,
         "mode": s.mode,
         "resize": s.resize,
         "gray": s.gray,
         "limit": s.limit,
         "loop": s.loop,
         "realtime": s.realtime,
-        "queue_size": s.queue,
+        "queue_size": s.connect.hwm or None,
         "progress": progress,
+        "wait_s": s.wait_s,
+        "output": s.output,
+        "wait_subscriber": s.wait_subscriber,
     }
-
-
-def capture_main(settings: CaptureSettings, level: int) -> None:
-    """Child process entry: push every frame of the source, then eos."""
-    configure_logging(level)
-    Capture(**capture_kwargs(settings)).run()

@@ -1,51 +1,110 @@
-"""`streamconv subscribe`: print per-layer frames/s and latency; save previews or .npy files."""
+"""`streamconv subscribe`: print per-layer frames/s and latency; save previews or .npy files.
+
+It runs until SIGINT or SIGTERM (both end it cleanly: files finalised, summary printed, exit 0),
+until `--timeout` idle seconds, until `--count` outputs of every layer, or, with `--stream`,
+until that stream's eos has arrived on every layer.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import signal
+import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from types import FrameType
 
 from streamconv.client.monitor import Monitor, NpyWriter, PreviewWriter
 from streamconv.client.subscriber import Subscriber
 
 REPORT_EVERY_S = 2.0
+POLL_S = 0.2  # how soon a stop signal is noticed
 
 
-def subscribe(args: argparse.Namespace) -> int:
+def subscribe(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """Run the subscriber of `args` (the CLI's); `stop` ends it from another thread."""
+    stop = threading.Event() if stop is None else stop
+    restore = _install_signals(stop)
+    try:
+        _run(args, stop)
+    finally:
+        restore()
+    return 0
+
+
+def _run(args: argparse.Namespace, stop: threading.Event) -> None:
     monitor = Monitor()
     preview = PreviewWriter(args.save) if args.save else None
     npy = NpyWriter(args.npy) if args.npy else None
-    timeout = args.timeout if args.timeout > 0 else 3600.0 * 24 * 365
-    received, last_report = 0, time.monotonic()
-    with Subscriber(args.connect, stream=args.stream, layers=args.layer, timeout_s=timeout) as sub:
-        try:
-            while args.count is None or received < args.count:
-                try:
-                    header, frame = sub.recv()
-                except TimeoutError:
-                    break
+    idle_s = args.timeout if args.timeout and args.timeout > 0 else math.inf  # 0: no limit
+    counts: Counter[tuple[str, str]] = Counter()  # outputs taken, per (stream, layer)
+    try:
+        with Subscriber(args.connect, stream=args.stream, layers=args.layer) as sub:
+            last_message = last_report = time.monotonic()
+            while not stop.is_set() and not _enough(counts, args.count, args.layer):
+                got = sub.poll(POLL_S)
+                now = time.monotonic()
+                if got is None:
+                    if now - last_message >= idle_s:
+                        break
+                    continue
+                last_message = now
+                header, frame = got
                 if frame is None:
                     print(f"eos: {header['stream']}/{header['layer']} after {header['seq']} frames")
+                    if sub.ended:  # only with --stream: every layer of it has ended
+                        break
                     continue
-                received += 1
+                key = (header["stream"], header["layer"])
+                if args.count is not None and counts[key] >= args.count:
+                    continue  # this layer has its frames; others are still coming
+                counts[key] += 1
                 monitor.add(header)
                 if preview:
                     preview.add(header, frame)
                 if npy:
                     npy.add(header, frame)
-                if time.monotonic() - last_report > REPORT_EVERY_S:
+                if now - last_report > REPORT_EVERY_S:
                     print(monitor.table(), flush=True)
-                    last_report = time.monotonic()
-        except KeyboardInterrupt:
-            pass
-        if not received:
+                    last_report = now
+        if not counts:
             print(f"no output received from {args.connect}")
         print(monitor.table())
         if sub.bad_messages:
             print(f"bad messages skipped: {sub.bad_messages}")
         if sum(sub.gaps.values()):
             print(f"lost outputs (seq gaps without discontinuity): {dict(sub.gaps)}")
-    if preview:
-        for path in preview.close():
-            print(f"preview: {path}")
-    return 0
+    finally:
+        if preview:  # an mp4 that is not released does not play
+            for path in preview.close():
+                print(f"preview: {path}")
+
+
+def _enough(counts: Counter[tuple[str, str]], n: int | None, layers: Iterable[str] | None) -> bool:
+    """`n` outputs of every layer seen (and of every layer asked for)."""
+    if n is None:
+        return False
+    if n <= 0:
+        return True
+    seen = {layer for _, layer in counts}
+    return bool(counts) and set(layers or ()) <= seen and min(counts.values()) >= n
+
+
+def _install_signals(stop: threading.Event) -> Callable[[], None]:
+    """SIGINT and SIGTERM (docker stop) set `stop`; only the main thread may install handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, handler) for s in sigs}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+    return restore

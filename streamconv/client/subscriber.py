@@ -4,8 +4,12 @@
         for header, frame in sub:          # frame is (C, H, W) float32, None for eos
             ...
 
-Every receive has a timeout (TimeoutError). Gaps in seq that the worker did not mark as a
-discontinuity (a subscriber too slow for the PUB high-water mark) are counted in `gaps`.
+Every receive has a timeout (TimeoutError). With a `stream`, iterating ends (StopIteration) once
+that stream's session has sent eos on every layer: the `layers` given, or else every layer seen
+on the stream (a layer that published outputs is seen before its eos). Without a `stream` the
+outputs of all streams interleave and have no common end: iterating goes on until a receive
+times out. Gaps in seq that the worker did not mark as a discontinuity (a subscriber too slow
+for the PUB high-water mark) are counted in `gaps`.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-import zmq
 
 from streamconv.errors import ProtocolError
 from streamconv.wire import protocol, transport
 from streamconv.wire.protocol import PROBE_STREAM
 
 log = logging.getLogger(__name__)
+
+Message = tuple[dict[str, Any], np.ndarray | None]
+SLICE_S = 1.0  # the longest single wait on the socket: any timeout, even math.inf, is safe
 
 
 class Subscriber:
@@ -47,34 +53,59 @@ class Subscriber:
         else:
             topics = [protocol.stream_topic(stream)]
         self._own_ctx = ctx is None
-        self._ctx: transport.Context = ctx or zmq.Context()
+        self._ctx = transport.context() if ctx is None else ctx
         self.sock = transport.sub_socket(self._ctx, endpoint, topics, hwm=hwm)
         self.gaps: Counter[tuple[str, str]] = Counter()
         self.bad_messages = 0
         self._last: dict[tuple[str, str], tuple[str, int]] = {}
+        # End of stream: the layers seen in, and ended by, the stream's current session.
+        self._session: str | None = None
+        self._seen: set[str] = set()
+        self._ended: set[str] = set()
 
-    def recv(self, timeout_s: float | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
-        """The next matching (header, array); TimeoutError if none comes in time."""
-        timeout = self.timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + timeout
+    @property
+    def ended(self) -> bool:
+        """True once the stream's current session has sent eos on every subscribed layer (the
+        `layers` given, or else every layer seen); always False without a `stream`."""
+        if self.stream is None:
+            return False
+        want = self.layers or self._seen
+        return bool(want) and want <= self._ended
+
+    def poll(self, timeout_s: float) -> Message | None:
+        """The next matching (header, array), or None if none comes within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
         while True:
-            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            frames = transport.recv(self.sock, left_ms)
+            left_s = deadline - time.monotonic()
+            frames = transport.recv(self.sock, int(max(0.0, min(left_s, SLICE_S)) * 1000))
             if frames is None:
-                msg = f"no output within {timeout} s"
-                raise TimeoutError(msg)
+                if left_s <= SLICE_S:
+                    return None
+                continue
             try:
                 header, array = protocol.decode_output([f.buffer for f in frames])
             except ProtocolError as e:
                 self.bad_messages += 1
-                log.warning("subscriber: skipped a bad message: %s", e)
+                # Logged once; a stream of bad messages must not flood the log.
+                level = logging.WARNING if self.bad_messages == 1 else logging.DEBUG
+                log.log(level, "subscriber: skipped a bad message (counted): %s", e)
                 continue
             if header["stream"] == PROBE_STREAM:
                 continue
-            if self.layers and header.get("layer") not in self.layers:
+            if self.layers and header["layer"] not in self.layers:
                 continue
             self._check_gap(header)
+            self._track_end(header)
             return header, array
+
+    def recv(self, timeout_s: float | None = None) -> Message:
+        """The next matching (header, array); TimeoutError if none comes in time."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        got = self.poll(timeout)
+        if got is None:
+            msg = f"no output within {timeout} s"
+            raise TimeoutError(msg)
+        return got
 
     def _check_gap(self, header: dict[str, Any]) -> None:
         if header["kind"] != "output":
@@ -86,8 +117,26 @@ class Subscriber:
             self.gaps[key] += 1
         self._last[key] = (header["session"], header["seq"])
 
-    def __iter__(self) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:
-        while True:
+    def _track_end(self, header: dict[str, Any]) -> None:
+        """Count eos per layer of the stream's current session (the latest one with output)."""
+        if self.stream is None or header["stream"] != self.stream:
+            return
+        session, layer = header["session"], header["layer"]
+        if header["kind"] == "output":
+            if session != self._session:  # a new session: its layers start over
+                self._session, self._seen, self._ended = session, set(), set()
+            self._seen.add(layer)
+            self._ended.discard(layer)  # output after an idle eos: the layer is live again
+            return
+        if self._session is None:  # eos before any output: that session ended
+            self._session = session
+        if session == self._session:  # an eos of an earlier session leaves this one alone
+            self._seen.add(layer)
+            self._ended.add(layer)
+
+    def __iter__(self) -> Iterator[Message]:
+        """Every output and eos (frame None); ends when `ended` (only with a `stream`)."""
+        while not self.ended:
             yield self.recv()
 
     def wait_ready(self, input_endpoint: str, timeout_s: float = 30.0) -> None:
@@ -97,8 +146,8 @@ class Subscriber:
         are lost to this subscriber. This sends eos probes on a private stream through the
         worker until one comes back, so everything published afterwards arrives.
         """
-        probe = protocol.topic(PROBE_STREAM, "")[:-1]
-        self.sock.setsockopt(zmq.SUBSCRIBE, probe)
+        probe = protocol.stream_topic(PROBE_STREAM)
+        transport.subscribe(self.sock, probe)
         push = transport.push_socket(self._ctx, input_endpoint, linger_ms=0)
         deadline = time.monotonic() + timeout_s
         try:
@@ -113,7 +162,7 @@ class Subscriber:
             raise TimeoutError(msg)
         finally:
             transport.close(push, 0)
-            self.sock.setsockopt(zmq.UNSUBSCRIBE, probe)
+            transport.unsubscribe(self.sock, probe)
 
     def close(self) -> None:
         transport.close(self.sock, 0)

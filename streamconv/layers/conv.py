@@ -146,11 +146,13 @@ class MemoryConv3d(Layer):
         self.temporal_fill: TemporalFill = temporal_fill
         self.channels_last = channels_last
         shape = (out_channels, in_channels // groups, *self.kernel_size)
-        self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
-        self.bias = (
-            nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
-        )
-        self._init_parameters()
+        # Parameters are never inference tensors, even when the layer is built under
+        # torch.inference_mode(): those could not be trained, updated in place outside it, or
+        # tracked by the version counter the separable cache reads.
+        with torch.inference_mode(False):
+            self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+            self.bias = nn.Parameter(self.weight.new_empty(out_channels)) if bias else None
+            self._init_parameters()
         self._factor_weight: Tensor | None = None  # the weight the cached factors belong to
         self._factor_key: tuple[object, ...] | None = None
         self._factor_cache: Factors | None = None
@@ -233,10 +235,15 @@ class MemoryConv3d(Layer):
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return None
         weight = self.weight.detach()
-        key = (weight.dtype, weight.device, weight.data_ptr(), weight._version)
+        if weight.shape[:2] != (1, 1):
+            return None  # only single-channel kernels factorise: no cache to keep
+        # An inference tensor (a weight moved or converted under torch.inference_mode) has no
+        # version counter: it is always checked by value, on a GPU too (a sync per chunk).
+        version = None if weight.is_inference() else weight._version
+        key = (weight.dtype, weight.device, weight.data_ptr(), version)
         cached = self._factor_weight
         stale = self._factor_key != key or cached is None
-        if not stale and weight.device.type == "cpu":
+        if not stale and (version is None or weight.device.type == "cpu"):
             # Also by value (a few hundred numbers, no device sync on the CPU): edits through
             # .data or load_state_dict leave no other trace. On a GPU, change weights with
             # set_weight or ordinary in-place ops, which the version counter sees.
@@ -283,7 +290,11 @@ class MemoryConv3d(Layer):
         k = k.expand(*channels, *k.shape[2:]).to(self.weight)
         if tuple(k.shape[2:]) != self.kernel_size:
             self.kernel_size = _triple(tuple(k.shape[2:]), "kernel_size")
-            self.weight = nn.Parameter(k.clone(), requires_grad=self.weight.requires_grad)
+            with torch.inference_mode(False):  # a normal tensor, as in __init__
+                self.weight = nn.Parameter(k.clone(), requires_grad=self.weight.requires_grad)
             self.reset()
+        elif self.weight.is_inference():  # converted under inference mode: edited only there
+            with torch.inference_mode():
+                self.weight.copy_(k)
         else:
             self.weight.copy_(k)

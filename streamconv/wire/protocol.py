@@ -12,13 +12,16 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
-from streamconv.errors import ProtocolError
+from streamconv.errors import Drop, ProtocolError
 
 VERSION = 1
+INT64_MAX = 2**63 - 1  # every integer field fits a signed 64-bit integer (any language can hold it)
+MAX_SESSION_CHARS = 128
+F32_MAX = float(np.finfo(np.float32).max) / 2  # margin for float32 rounding when dequantising
 PROBE_STREAM = "_probe"  # eos on this stream asks the worker for an eos back (readiness)
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # Multi-byte values are little-endian on the wire, whatever the machine.
@@ -45,9 +48,15 @@ def new_session() -> str:
     return uuid.uuid4().hex
 
 
+def _short(value: object) -> str:
+    """repr for an error message, cut short: a hostile header may hold a 4000-digit number."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...({len(text)} chars)"
+
+
 def check_name(value: object, what: str) -> str:
     if not isinstance(value, str) or NAME_RE.fullmatch(value) is None:
-        msg = f"{what} must match [A-Za-z0-9_.-]{{1,64}}, got {value!r}"
+        msg = f"{what} must match [A-Za-z0-9_.-]{{1,64}}, got {_short(value)}"
         raise ProtocolError(msg)
     return value
 
@@ -72,6 +81,7 @@ class InputMessage:
     t_ns: int
     frame: np.ndarray | None = None
     fps: float | None = None
+    watch: str | None = None  # a probe asks whether this stream has a subscriber
 
 
 def encode_frame(
@@ -105,9 +115,12 @@ def encode_frame(
     return [json.dumps(header).encode(), np.ascontiguousarray(frame, dtype=INPUT_DTYPES[dtype])]
 
 
-def encode_eos(stream: str, session: str, seq: int, t_ns: int | None = None) -> list[Any]:
-    """[header, b""]: the end of a stream; `seq` is the number of frames sent."""
-    header = {
+def encode_eos(
+    stream: str, session: str, seq: int, t_ns: int | None = None, watch: str | None = None
+) -> list[Any]:
+    """[header, b""]: the end of a stream; `seq` is the number of frames sent. A probe (stream
+    PROBE_STREAM) may `watch` a stream: the answer says whether it has a subscriber."""
+    header: dict[str, Any] = {
         "v": VERSION,
         "kind": "eos",
         "stream": stream,
@@ -115,6 +128,8 @@ def encode_eos(stream: str, session: str, seq: int, t_ns: int | None = None) -> 
         "seq": seq,
         "t_ns": now_ns() if t_ns is None else t_ns,
     }
+    if watch is not None:
+        header["watch"] = watch
     return [json.dumps(header).encode(), b""]
 
 
@@ -123,32 +138,72 @@ def _header(raw: Any) -> dict[str, Any]:
         header = json.loads(bytes(raw))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         msg = f"header is not UTF-8 JSON: {e}"
-        raise ProtocolError(msg) from e
+        raise ProtocolError(msg, Drop.MALFORMED) from e
     if not isinstance(header, dict):
         msg = f"header must be a JSON object, got {type(header).__name__}"
-        raise ProtocolError(msg)
-    if header.get("v") != VERSION:
-        msg = f"unsupported protocol version {header.get('v')!r} (this build speaks {VERSION})"
-        raise ProtocolError(msg)
+        raise ProtocolError(msg, Drop.MALFORMED)
+    version = header.get("v")
+    # JSON 1.0 and true compare equal to 1 in Python: the type is checked first.
+    if not _is_int(version) or version != VERSION:
+        msg = f"unsupported protocol version {_short(version)} (this build speaks {VERSION})"
+        raise ProtocolError(msg, Drop.VERSION)
     return header
 
 
+def _is_int(value: object) -> TypeGuard[int]:
+    """A JSON integer: not a float such as 1.0, not a boolean (a bool is an int in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _int_field(header: dict[str, Any], key: str) -> int:
+    """A JSON integer in the int64 range, and >= 0 (every integer field of version 1 is)."""
     value = header.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        msg = f"field {key!r} must be a non-negative integer, got {value!r}"
+    if not _is_int(value) or not 0 <= value <= INT64_MAX:
+        msg = f"field {key!r} must be an integer in [0, 2**63-1], got {_short(value)}"
         raise ProtocolError(msg)
     return value
+
+
+def _session(header: dict[str, Any]) -> str:
+    session = header.get("session")
+    if not isinstance(session, str) or not 0 < len(session) <= MAX_SESSION_CHARS:
+        msg = (
+            f"field 'session' must be a non-empty string of at most {MAX_SESSION_CHARS} chars, "
+            f"got {_short(session)}"
+        )
+        raise ProtocolError(msg)
+    return session
+
+
+def _fps(header: dict[str, Any]) -> float | None:
+    fps = header.get("fps")
+    if fps is None:
+        return None
+    # An integer fps is bounded too: float(10**400) would overflow.
+    ok = (_is_int(fps) and 0 < fps <= INT64_MAX) or (isinstance(fps, float) and 0 < fps < math.inf)
+    if not ok:
+        msg = f"field 'fps' must be a positive number, got {_short(fps)}"
+        raise ProtocolError(msg)
+    return float(fps)
+
+
+def _flag(header: dict[str, Any], key: str) -> None:
+    """An optional boolean: absent, true or false (not 1, not "false")."""
+    if key in header and not isinstance(header[key], bool):
+        msg = f"field {key!r} must be true or false, got {_short(header[key])}"
+        raise ProtocolError(msg)
 
 
 def _shape(value: Any, ndims: tuple[int, ...]) -> tuple[int, ...]:
     ok = (
         isinstance(value, list)
         and len(value) in ndims
-        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)
+        and all(_is_int(n) and 0 < n <= INT64_MAX for n in value)
     )
     if not ok:
-        msg = f"field 'shape' must be a list of {ndims} positive integers, got {value!r}"
+        msg = (
+            f"field 'shape' must be a list of {ndims} integers in [1, 2**63-1], got {_short(value)}"
+        )
         raise ProtocolError(msg)
     return tuple(value)
 
@@ -158,7 +213,7 @@ def _array(payload: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.nda
     expected = math.prod(shape) * dtype.itemsize  # exact: np.prod would overflow
     if buf.nbytes != expected:
         msg = f"payload is {buf.nbytes} bytes, shape {list(shape)} of {dtype.name} needs {expected}"
-        raise ProtocolError(msg)
+        raise ProtocolError(msg, Drop.BAD_PAYLOAD)
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
@@ -166,35 +221,31 @@ def decode_input(parts: list[Any]) -> InputMessage:
     """Validate and decode [header, payload]; raises ProtocolError naming the fault."""
     if len(parts) != 2:
         msg = f"input message must have 2 parts [header, payload], got {len(parts)}"
-        raise ProtocolError(msg)
+        raise ProtocolError(msg, Drop.MALFORMED)
     header = _header(parts[0])
     kind = header.get("kind")
     if kind not in INPUT_KINDS:
-        msg = f"field 'kind' must be one of {INPUT_KINDS}, got {kind!r}"
+        msg = f"field 'kind' must be one of {INPUT_KINDS}, got {_short(kind)}"
         raise ProtocolError(msg)
     stream = check_name(header.get("stream"), "field 'stream'")
-    session = header.get("session")
-    if not isinstance(session, str) or not 0 < len(session) <= 128:
-        msg = f"field 'session' must be a non-empty string of at most 128 chars, got {session!r}"
-        raise ProtocolError(msg)
+    session = _session(header)
     seq = _int_field(header, "seq")
     t_ns = _int_field(header, "t_ns")
     if kind == "eos":
-        return InputMessage("eos", stream, session, seq, t_ns)
+        watch = header.get("watch")
+        if watch is not None:
+            watch = check_name(watch, "field 'watch'")
+        return InputMessage("eos", stream, session, seq, t_ns, watch=watch)
     dtype_name = header.get("dtype")
     if not isinstance(dtype_name, str) or dtype_name not in INPUT_DTYPES:
-        msg = f"field 'dtype' must be one of {sorted(INPUT_DTYPES)}, got {dtype_name!r}"
+        msg = f"field 'dtype' must be one of {sorted(INPUT_DTYPES)}, got {_short(dtype_name)}"
         raise ProtocolError(msg)
     shape = _shape(header.get("shape"), (2, 3))
-    fps = header.get("fps")
-    bad_fps = isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < math.inf
-    if fps is not None and bad_fps:
-        msg = f"field 'fps' must be a positive number, got {fps!r}"
-        raise ProtocolError(msg)
+    fps = _fps(header)
     frame = _array(parts[1], shape, INPUT_DTYPES[dtype_name])
     if dtype_name == "float32" and not np.isfinite(frame).all():
         msg = "float32 frame holds NaN or infinite values"
-        raise ProtocolError(msg)
+        raise ProtocolError(msg, Drop.NON_FINITE)
     return InputMessage("frame", stream, session, seq, t_ns, frame, fps)
 
 
@@ -219,12 +270,13 @@ def encode_output(
     discontinuity: bool = False,
     scale: float | None = None,
     offset: float | None = None,
+    fps: float | None = None,
 ) -> list[Any]:
     """[topic, header, payload] for one output frame (C, H, W) of one layer.
 
     For dtype "uint8" a float frame is quantised here (value = byte * scale + offset); a
     uint8 frame with its `scale` and `offset` (quantised by the sender, e.g. on the GPU) is
-    sent as is.
+    sent as is. `fps` is the source's nominal frame rate, forwarded from the input.
     """
     if array.ndim != 3:
         msg = f"output frame must be [C, H, W], got shape {array.shape}"
@@ -243,6 +295,8 @@ def encode_output(
     }
     if discontinuity:
         header["discontinuity"] = True
+    if fps is not None:
+        header["fps"] = float(fps)
     if dtype == "uint8":
         if array.dtype != np.uint8 or scale is None or offset is None:
             array, scale, offset = quantize(array)
@@ -271,9 +325,12 @@ def quantize(array: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarr
     return out, scale, lo
 
 
-def encode_output_eos(stream: str, layer: str, session: str, seq: int) -> list[Any]:
-    """[topic, header, b""]: no more output for this layer of this stream and session."""
-    header = {
+def encode_output_eos(
+    stream: str, layer: str, session: str, seq: int, subscribed: bool | None = None
+) -> list[Any]:
+    """[topic, header, b""]: no more output for this layer of this stream and session.
+    `subscribed` answers a probe's `watch`."""
+    header: dict[str, Any] = {
         "v": VERSION,
         "kind": "eos",
         "stream": stream,
@@ -282,30 +339,66 @@ def encode_output_eos(stream: str, layer: str, session: str, seq: int) -> list[A
         "seq": seq,
         "t_out_ns": now_ns(),
     }
+    if subscribed is not None:
+        header["subscribed"] = subscribed
     return [topic(stream, layer), json.dumps(header).encode(), b""]
 
 
+def _number(value: object) -> float | None:
+    """A JSON number as a float if it is finite (integers up to int64), else None."""
+    if _is_int(value):
+        return float(value) if abs(value) <= INT64_MAX else None
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return None
+
+
+def _dequantisable(scale: object, offset: object) -> bool:
+    """Numbers for which byte * scale + offset cannot overflow float32 (which would warn)."""
+    s, o = _number(scale), _number(offset)
+    return s is not None and o is not None and 255 * abs(s) + abs(o) <= F32_MAX
+
+
 def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
-    """(header, array) from [topic, header, payload]; uint8 payloads are scaled back to float32."""
+    """(header, array) from [topic, header, payload]; uint8 payloads are scaled back to float32.
+
+    Every field a receiver reads is checked, so the header can be trusted: `stream`, `layer`,
+    `session`, `seq` and `t_out_ns` always, `t_ns`, `shape` and `dtype` for outputs, and the
+    optional `fps`, `discontinuity` and `subscribed` when present.
+    """
     if len(parts) != 3:
         msg = f"output message must have 3 parts [topic, header, payload], got {len(parts)}"
-        raise ProtocolError(msg)
+        raise ProtocolError(msg, Drop.MALFORMED)
     header = _header(parts[1])
-    if header.get("kind") not in OUTPUT_KINDS:
-        msg = f"field 'kind' must be one of {OUTPUT_KINDS}, got {header.get('kind')!r}"
+    kind = header.get("kind")
+    if kind not in OUTPUT_KINDS:
+        msg = f"field 'kind' must be one of {OUTPUT_KINDS}, got {_short(kind)}"
         raise ProtocolError(msg)
-    if header["kind"] == "eos":
+    check_name(header.get("stream"), "field 'stream'")
+    check_name(header.get("layer"), "field 'layer'")
+    _session(header)
+    _int_field(header, "seq")
+    _int_field(header, "t_out_ns")
+    _flag(header, "subscribed")
+    _flag(header, "discontinuity")
+    if header.get("fps") is not None:
+        header["fps"] = _fps(header)
+    if kind == "eos":
         return header, None
+    _int_field(header, "t_ns")
     dtype_name = header.get("dtype")
     if not isinstance(dtype_name, str) or dtype_name not in OUTPUT_DTYPES:
-        msg = f"field 'dtype' must be one of {sorted(OUTPUT_DTYPES)}, got {dtype_name!r}"
+        msg = f"field 'dtype' must be one of {sorted(OUTPUT_DTYPES)}, got {_short(dtype_name)}"
         raise ProtocolError(msg)
     shape = _shape(header.get("shape"), (3,))
     array = _array(parts[2], shape, OUTPUT_DTYPES[dtype_name])
     if dtype_name == "uint8":
         scale, offset = header.get("scale"), header.get("offset")
-        if not all(isinstance(v, int | float) and math.isfinite(v) for v in (scale, offset)):
-            msg = f"uint8 output needs finite 'scale' and 'offset', got {scale!r}, {offset!r}"
+        if not _dequantisable(scale, offset):
+            msg = (
+                "uint8 output needs finite numbers 'scale' and 'offset' with "
+                f"255*|scale| + |offset| within float32, got {_short(scale)}, {_short(offset)}"
+            )
             raise ProtocolError(msg)
         array = np.multiply(array, np.float32(scale), dtype=np.float32)
         array += np.float32(offset)

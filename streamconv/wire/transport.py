@@ -1,37 +1,73 @@
-"""ZeroMQ sockets: the only module that creates them (options, bind or connect, close).
+"""ZeroMQ sockets: the only module that makes contexts and sockets or sets socket options.
 
-Every socket gets LINGER set, so closing it or terminating its context never hangs, and a
-bounded high-water mark, so no queue grows without limit. Payload buffers travel zero-copy.
+A socket is described as data (config.SocketSettings) and opened by `open_socket`. Every
+socket gets LINGER set, so closing it or terminating its context never hangs, and a bounded
+high-water mark, so no queue grows without limit. Payload buffers travel zero-copy.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from streamconv.config.roles import SocketSettings
 
 log = logging.getLogger(__name__)
 
 Socket = zmq.Socket[Any]
 Context = zmq.Context[Any]
+Frame = zmq.Frame
+Kind = Literal["push", "pull", "pub", "xpub", "sub"]
+_TYPES = {"push": zmq.PUSH, "pull": zmq.PULL, "pub": zmq.PUB, "xpub": zmq.XPUB, "sub": zmq.SUB}
+_SENDS = {"push", "pub", "xpub"}
 
 DEFAULT_HWM = 8
 DEFAULT_LINGER_MS = 1000
-DEFAULT_MAX_MSG_BYTES = 256 * 1024 * 1024
 
 
-def _attach(sock: Socket, endpoint: str, bind: bool) -> Socket:
+def context() -> Context:
+    """A new ZeroMQ context for one process or role (each process makes its own)."""
+    return zmq.Context()
+
+
+def open_socket(
+    ctx: Context, kind: Kind, s: SocketSettings, *, topics: Iterable[bytes | str] = ()
+) -> Socket:
+    """The socket `s` describes: options set, then bound or connected.
+
+    Sending kinds get SNDHWM, receiving kinds RCVHWM and MAXMSGSIZE (a peer sending a larger
+    part is disconnected before it costs memory). An XPUB passes every subscribe and
+    unsubscribe up (XPUB_VERBOSER), so its owner can count subscriptions. A SUB subscribes to
+    `topics` (prefixes). Raises zmq.ZMQError when the endpoint cannot be bound or parsed.
+    """
+    sock = ctx.socket(_TYPES[kind])
+    sock.setsockopt(zmq.LINGER, s.linger_ms)
+    if kind in _SENDS:
+        sock.setsockopt(zmq.SNDHWM, s.hwm)
+    else:
+        sock.setsockopt(zmq.RCVHWM, s.hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, s.max_message_bytes)
+    if kind == "xpub":
+        sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+    for t in topics:
+        subscribe(sock, t)
     try:
-        if bind:
-            sock.bind(endpoint)
+        if s.bind:
+            sock.bind(s.endpoint)
         else:
-            sock.connect(endpoint)
+            sock.connect(s.endpoint)
     except zmq.ZMQError:
         sock.close(linger=0)
         raise
     return sock
+
+
+def _settings(endpoint: str, bind: bool, hwm: int, linger_ms: int, **kw: Any) -> SocketSettings:
+    return SocketSettings(endpoint=endpoint, bind=bind, hwm=hwm, linger_ms=linger_ms, **kw)
 
 
 def push_socket(
@@ -42,16 +78,8 @@ def push_socket(
     hwm: int = DEFAULT_HWM,
     linger_ms: int = DEFAULT_LINGER_MS,
 ) -> Socket:
-    """A PUSH socket for sending frames to a worker.
-
-    Options: `bind` (default connect: the worker binds, captures come and go), `hwm` (SNDHWM,
-    messages queued before a send blocks or fails: this is the back-pressure), `linger_ms`
-    (how long close waits to flush queued messages).
-    """
-    sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.SNDHWM, hwm)
-    sock.setsockopt(zmq.LINGER, linger_ms)
-    return _attach(sock, endpoint, bind)
+    """A PUSH socket for sending frames (shorthand for open_socket)."""
+    return open_socket(ctx, "push", _settings(endpoint, bind, hwm, linger_ms))
 
 
 def pull_socket(
@@ -60,40 +88,19 @@ def pull_socket(
     *,
     bind: bool = True,
     hwm: int = DEFAULT_HWM,
-    max_msg_bytes: int = DEFAULT_MAX_MSG_BYTES,
+    max_msg_bytes: int = -1,
     linger_ms: int = 0,
 ) -> Socket:
-    """A PULL socket for receiving frames.
-
-    Options: `bind` (default bind: the worker is the stable end), `hwm` (RCVHWM),
-    `max_msg_bytes` (MAXMSGSIZE, -1 for none: a peer sending a larger message part is
-    disconnected before it costs memory), `linger_ms` (LINGER; 0 because nothing is sent).
-    """
-    sock = ctx.socket(zmq.PULL)
-    sock.setsockopt(zmq.RCVHWM, hwm)
-    sock.setsockopt(zmq.MAXMSGSIZE, max_msg_bytes)
-    sock.setsockopt(zmq.LINGER, linger_ms)
-    return _attach(sock, endpoint, bind)
+    """A PULL socket for receiving frames (shorthand for open_socket)."""
+    settings = _settings(endpoint, bind, hwm, linger_ms, max_message_bytes=max_msg_bytes)
+    return open_socket(ctx, "pull", settings)
 
 
 def pub_socket(
-    ctx: Context,
-    endpoint: str,
-    *,
-    bind: bool = True,
-    hwm: int = DEFAULT_HWM,
-    linger_ms: int = 0,
+    ctx: Context, endpoint: str, *, bind: bool = True, hwm: int = DEFAULT_HWM, linger_ms: int = 0
 ) -> Socket:
-    """A PUB socket for publishing outputs.
-
-    Options: `bind` (default bind: subscribers connect), `hwm` (SNDHWM per subscriber; a slow
-    subscriber loses messages beyond it instead of stalling the worker), `linger_ms` (LINGER;
-    0 because PUB delivery is best effort anyway).
-    """
-    sock = ctx.socket(zmq.PUB)
-    sock.setsockopt(zmq.SNDHWM, hwm)
-    sock.setsockopt(zmq.LINGER, linger_ms)
-    return _attach(sock, endpoint, bind)
+    """A PUB socket for publishing outputs (shorthand for open_socket)."""
+    return open_socket(ctx, "pub", _settings(endpoint, bind, hwm, linger_ms))
 
 
 def sub_socket(
@@ -103,20 +110,17 @@ def sub_socket(
     *,
     bind: bool = False,
     hwm: int = DEFAULT_HWM,
-    rcvtimeo_ms: int = -1,
 ) -> Socket:
-    """A SUB socket subscribed to `topics` (prefixes; use protocol.topic / stream_topic).
+    """A SUB socket subscribed to `topics` (shorthand for open_socket)."""
+    return open_socket(ctx, "sub", _settings(endpoint, bind, hwm, 0), topics=topics)
 
-    Options: `bind` (default connect), `hwm` (RCVHWM), `rcvtimeo_ms` (RCVTIMEO: a recv that
-    waits longer raises zmq.Again; -1 waits forever). LINGER is 0: a SUB sends nothing.
-    """
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.RCVHWM, hwm)
-    sock.setsockopt(zmq.RCVTIMEO, rcvtimeo_ms)
-    sock.setsockopt(zmq.LINGER, 0)
-    for t in topics:
-        sock.setsockopt(zmq.SUBSCRIBE, t.encode() if isinstance(t, str) else t)
-    return _attach(sock, endpoint, bind)
+
+def subscribe(sock: Socket, topic: bytes | str) -> None:
+    sock.setsockopt(zmq.SUBSCRIBE, topic.encode() if isinstance(topic, str) else topic)
+
+
+def unsubscribe(sock: Socket, topic: bytes | str) -> None:
+    sock.setsockopt(zmq.UNSUBSCRIBE, topic.encode() if isinstance(topic, str) else topic)
 
 
 def send(sock: Socket, parts: Sequence[Any], *, block: bool = True) -> bool:
@@ -136,11 +140,68 @@ def wait_writable(sock: Socket, timeout_ms: int) -> bool:
     return bool(sock.poll(timeout_ms, zmq.POLLOUT))
 
 
-def recv(sock: Socket, timeout_ms: int) -> list[zmq.Frame] | None:
+def recv(sock: Socket, timeout_ms: int) -> list[Frame] | None:
     """One multipart message as zero-copy frames, or None after `timeout_ms`."""
     if not sock.poll(timeout_ms, zmq.POLLIN):
         return None
     return sock.recv_multipart(copy=False)
+
+
+def recv_nowait(sock: Socket) -> list[Frame] | None:
+    """One multipart message if one is waiting, else None."""
+    try:
+        return sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+    except zmq.Again:
+        return None
+
+
+def wait_readable(socks: Sequence[Socket], timeout_ms: int) -> list[Socket]:
+    """The sockets of `socks` with a message waiting, after at most `timeout_ms`."""
+    poller = zmq.Poller()
+    for s in socks:
+        poller.register(s, zmq.POLLIN)
+    ready = dict(poller.poll(timeout_ms))
+    return [s for s in socks if s in ready]
+
+
+def subscription_event(parts: Sequence[Frame]) -> tuple[bool, bytes] | None:
+    """An XPUB's incoming message as (subscribed, topic), or None if it is something else."""
+    raw = parts[0].bytes if parts else b""
+    if not raw or raw[0] not in (0, 1):
+        return None
+    return raw[0] == 1, raw[1:]
+
+
+class PeerWatch:
+    """Watches a connecting socket's peers: has a handshake with the other end completed?
+
+    ZeroMQ connects in the background, so a PUSH accepts messages whether or not a worker is
+    there; this tells the two apart (events from the socket monitor).
+    """
+
+    def __init__(self, sock: Socket) -> None:
+        events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        self._mon = sock.get_monitor_socket(events)
+        self._sock = sock
+        self.peers = 0  # handshakes completed minus disconnects
+        self.disconnects = 0
+
+    def update(self, timeout_ms: int = 0) -> int:
+        """Take pending events (waiting up to `timeout_ms` for the first); the peer count."""
+        while self._mon.poll(timeout_ms, zmq.POLLIN):
+            timeout_ms = 0
+            event = recv_monitor_message(self._mon)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.peers += 1
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.peers = max(0, self.peers - 1)
+                self.disconnects += 1
+        return self.peers
+
+    def close(self) -> None:
+        if not self._sock.closed:
+            self._sock.disable_monitor()
+        self._mon.close(linger=0)
 
 
 def endpoint(sock: Socket) -> str:
@@ -152,3 +213,26 @@ def close(sock: Socket, linger_ms: int | None = None) -> None:
     """Close `sock`; `linger_ms` overrides its LINGER (bounded, so this never hangs)."""
     if not sock.closed:
         sock.close(linger=linger_ms)
+
+
+ZMQError = zmq.ZMQError  # what open_socket raises, for callers that import no zmq
+
+
+def watched_push(
+    ctx: Context, endpoint: str, *, hwm: int = DEFAULT_HWM, linger_ms: int = DEFAULT_LINGER_MS
+) -> tuple[Socket, PeerWatch]:
+    """A connecting PUSH, as push_socket makes it, and a PeerWatch that was listening before
+    the connect: on loopback the handshake can complete before a watch attached afterwards
+    starts, and that handshake would never be seen. Raises like open_socket."""
+    s = _settings(endpoint, False, hwm, linger_ms)
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, s.linger_ms)
+    sock.setsockopt(zmq.SNDHWM, s.hwm)
+    watch = PeerWatch(sock)
+    try:
+        sock.connect(s.endpoint)
+    except zmq.ZMQError:
+        watch.close()
+        sock.close(linger=0)
+        raise
+    return sock, watch

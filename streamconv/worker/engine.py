@@ -9,49 +9,27 @@ marks the next output as a discontinuity; eos flushes the stream and frees its s
 from __future__ import annotations
 
 import logging
-from collections import Counter, deque
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from streamconv.errors import StreamconvError
+from streamconv.errors import Drop, StreamconvError
 from streamconv.layers import Sequential, State
 from streamconv.wire.protocol import PROBE_STREAM, InputMessage
 from streamconv.worker.outputs import gather
 from streamconv.worker.pixels import chw_shape, frame_to_chw
+from streamconv.worker.results import ChunkResult, EndResult, Failed, Result
+from streamconv.worker.stats import Reset, Stats
 
 log = logging.getLogger(__name__)
 
 RESET_LOG_LINES = 10  # state resets logged at INFO per stream; later ones at DEBUG
 STAGING_SHAPES = 4  # pinned staging buffers kept (one per recent frame size)
-MAX_FAILURES = 100  # failure messages kept until the caller takes them (all are counted)
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkResult:
-    """Outputs for consecutive frames of one stream: layers[name] is (T, C, H, W)."""
-
-    stream: str
-    session: str
-    seqs: list[int]
-    t_ns: list[int]
-    discontinuity: bool
-    layers: dict[str, np.ndarray]
-    # For uint8 output: per layer, each frame's (scales, offsets): value = byte*scale+offset.
-    quant: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class EndResult:
-    """The stream's session ended; `seq` is the frame count the sender reported."""
-
-    stream: str
-    session: str
-    seq: int
-
-
-Result = ChunkResult | EndResult
+__all__ = ["ChunkResult", "EndResult", "Engine", "Failed", "Result"]
 
 
 @dataclass
@@ -68,6 +46,7 @@ class _Stream:
     t_ns: list[int] = field(default_factory=list)
     since: float = 0.0
     last_seen: float = 0.0
+    fps: float | None = None
     resets: int = 0
     recent_sessions: deque[str] = field(default_factory=lambda: deque(maxlen=4))
 
@@ -91,66 +70,46 @@ class Engine:
         max_streams: int = 64,
         publish: list[str] | None = None,
         output_dtype: str = "float32",
+        stats: Stats | None = None,
     ) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         self.chunk, self.max_wait_s = chunk, max_wait_s
         self.color, self.in_channels, self.max_streams = color, in_channels, max_streams
         self.publish = publish if publish is not None else model.stage_names()
         self.output_dtype = output_dtype
-        self.failures: list[str] = []  # chunks the model rejected, for the caller to report
         self.streams: dict[str, _Stream] = {}
-        self.stats: Counter[str] = Counter()
+        self.stats = stats if stats is not None else Stats()
         self._staging: dict[tuple[int, ...], torch.Tensor] = {}
         self._copied: torch.cuda.Event | None = None
 
     # -- input ----------------------------------------------------------------------------
     def submit(self, msg: InputMessage, now: float) -> list[Result]:
-        """Take one decoded message; returns the results it completes.
-
-        Raises StreamconvError for a frame that cannot enter the model (nothing changes then).
-        """
+        """Take one decoded message; returns the results it completes (a frame that cannot
+        enter the model is a Failed result, and nothing else changes then)."""
         if msg.kind == "eos":
             return self._end(msg)
         if msg.frame is None:
-            err = f"frame message of stream {msg.stream!r} carries no pixels"
-            raise StreamconvError(err)
-        shape = chw_shape(msg.frame, self.color, self.in_channels)
+            why = f"frame message of stream {msg.stream!r} carries no pixels"
+            return [Failed(Drop.MALFORMED, why, msg.stream)]
+        try:
+            shape = chw_shape(msg.frame, self.color, self.in_channels)
+        except StreamconvError as e:
+            return [Failed(Drop.BAD_SHAPE, f"stream {msg.stream!r}: {e}", msg.stream)]
         st = self.streams.get(msg.stream)
         results: list[Result] = []
         if st is None:
             if len(self.streams) >= self.max_streams:
-                err = f"too many streams ({self.max_streams}); end one with eos first"
-                raise StreamconvError(err)
+                why = f"too many streams ({self.max_streams}); end one with eos first"
+                return [Failed(Drop.TOO_MANY_STREAMS, why, msg.stream)]
             st = self.streams[msg.stream] = _Stream(msg.stream, msg.session)
+            self._started(st, shape)
         elif (
             st.session != msg.session
             or msg.seq != st.next_seq
             or (st.shape is not None and shape != st.shape)
         ):
             results += self._flush(st)
-            why = (
-                "new session"
-                if st.session != msg.session
-                else ("seq gap" if msg.seq != st.next_seq else "frame size change")
-            )
-            if why == "seq gap":
-                self.stats["seq_gaps"] += 1
-                self.stats["frames_missing"] += max(0, msg.seq - st.next_seq)
-            st.resets += 1
-            # A few lines per stream, not one per frame when something keeps resetting it.
-            level = logging.INFO if st.resets <= RESET_LOG_LINES else logging.DEBUG
-            log.log(level, "stream %s: %s at seq %d, state reset", msg.stream, why, msg.seq)
-            if why == "new session" and msg.session in st.recent_sessions:
-                self.stats["session_flips"] += 1
-                if self.stats["session_flips"] == 1 or st.resets == RESET_LOG_LINES:
-                    log.warning(
-                        "stream %s: frames of two sessions alternate (two captures with one "
-                        "stream id?); every switch resets the state",
-                        msg.stream,
-                    )
-            st.recent_sessions.append(st.session)
-            self.stats["resets"] += 1
-            st.restart(msg.session)
+            self._reset(st, msg, shape)
         if st.buffer is None:
             st.since = now
             # Fresh, never reused: outputs may alias it and are sent zero-copy.
@@ -162,17 +121,55 @@ class Engine:
         st.t_ns.append(msg.t_ns)
         st.next_seq = msg.seq + 1
         st.last_seen = now
-        self.stats["frames_in"] += 1
+        st.fps = msg.fps
+        self.stats.stream(st.name).received += 1
+        self.stats.count("frames_in")
         if st.count >= self.chunk:
             results += self._flush(st)
         return results
 
+    def _started(self, st: _Stream, shape: tuple[int, ...]) -> None:
+        self.stats.stream(st.name, st.session)
+        size = "x".join(map(str, (shape[2], shape[1], shape[0])))
+        log.info("stream %s: started (session %s, %s)", st.name, st.session[:8], size)
+
+    def _reset(self, st: _Stream, msg: InputMessage, shape: tuple[int, ...]) -> None:
+        if st.session != msg.session:
+            cause = Reset.NEW_SESSION
+        elif msg.seq != st.next_seq:
+            cause = Reset.SEQ_GAP
+            missing = max(0, msg.seq - st.next_seq)
+            self.stats.count("frames_missing", missing)
+            self.stats.stream(st.name).missing += missing
+        else:
+            cause = Reset.SIZE_CHANGE
+        self.stats.reset(st.name, cause)
+        self.stats.count("resets")
+        st.resets += 1
+        # A few lines per stream, not one per frame when something keeps resetting it.
+        level = logging.INFO if st.resets <= RESET_LOG_LINES else logging.DEBUG
+        log.log(level, "stream %s: %s at seq %d, state reset", msg.stream, cause, msg.seq)
+        if cause is Reset.NEW_SESSION and msg.session in st.recent_sessions:
+            self.stats.count("session_flips")
+            if self.stats.counts["session_flips"] == 1 or st.resets == RESET_LOG_LINES:
+                log.warning(
+                    "stream %s: frames of two sessions alternate (two captures with one "
+                    "stream id?); every switch resets the state",
+                    msg.stream,
+                )
+        st.recent_sessions.append(st.session)
+        st.restart(msg.session)
+        self.stats.stream(st.name).session = msg.session
+
     def _end(self, msg: InputMessage) -> list[Result]:
+        if msg.stream == PROBE_STREAM:
+            self.stats.count("probes")
+            return [EndResult(msg.stream, msg.session, msg.seq, watch=msg.watch)]
         st = self.streams.get(msg.stream)
         results: list[Result] = []
         if st is not None and st.session != msg.session:
             # A late eos of an earlier session (a restarted capture): the current one goes on.
-            self.stats["stale_eos"] += 1
+            self.stats.count("stale_eos")
             log.info("stream %s: eos of an earlier session ignored", msg.stream)
             return [EndResult(msg.stream, msg.session, msg.seq)]
         if st is not None:
@@ -180,16 +177,30 @@ class Engine:
             results += self._flush(st)
             if msg.seq != st.next_seq:
                 missing = max(0, msg.seq - st.next_seq)
-                self.stats["frames_missing"] += missing
+                self.stats.count("frames_missing", missing)
+                self.stats.stream(st.name).missing += missing
                 log.warning(
                     "stream %s: eos says %d frames were sent, %d arrived in order",
                     msg.stream,
                     msg.seq,
                     st.next_seq,
                 )
+            self._ended(st, "eos")
         results.append(EndResult(msg.stream, msg.session, msg.seq))
-        self.stats["probes" if msg.stream == PROBE_STREAM else "eos"] += 1
+        self.stats.count("eos")
         return results
+
+    def _ended(self, st: _Stream, why: str) -> None:
+        done = self.stats.ended(st.name, why)
+        if done is not None:
+            log.info(
+                "stream %s: ended (%s): %d frames in, %d processed, %.1f frames/s",
+                st.name,
+                why,
+                done.received,
+                done.processed,
+                done.fps(),
+            )
 
     # -- timing ---------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -205,11 +216,6 @@ class Engine:
                 results += self._flush(st)
         return results
 
-    def take_failures(self) -> list[str]:
-        """Chunks that failed in the model since the last call (their frames are lost)."""
-        failures, self.failures = self.failures, []
-        return failures
-
     def evict_idle(self, now: float, idle_s: float) -> list[Result]:
         """End streams that sent nothing for `idle_s` (a sender gone without eos)."""
         results: list[Result] = []
@@ -219,12 +225,23 @@ class Engine:
                 results += self._flush(st)
                 results.append(EndResult(name, st.session, st.next_seq))
                 del self.streams[name]
-                self.stats["evicted"] += 1
+                self.stats.count("evicted")
+                self._ended(st, "idle")
         return results
 
-    def flush_all(self) -> list[Result]:
+    def pending_frames(self) -> int:
+        return sum(st.count for st in self.streams.values())
+
+    def flush_all(self, give_up: Callable[[], bool] | None = None) -> list[Result]:
+        """Run every partial chunk; once `give_up()` is true the rest are Failed results
+        (NOT_FLUSHED), so a shutdown stays bounded and says what it lost."""
         results: list[Result] = []
         for st in self.streams.values():
+            if give_up is not None and give_up() and st.count:
+                why = f"{st.count} frames of stream {st.name!r} not run: shutdown time ran out"
+                results.append(Failed(Drop.NOT_FLUSHED, why, st.name, st.count))
+                st.buffer, st.count, st.seqs, st.t_ns = None, 0, [], []
+                continue
             results += self._flush(st)
         return results
 
@@ -234,22 +251,26 @@ class Engine:
             return []
         batch, seqs, t_ns = st.buffer[None, :, : st.count], st.seqs, st.t_ns
         st.buffer, st.count, st.seqs, st.t_ns = None, 0, [], []
+        start = time.perf_counter()
         try:  # copies in and out included: CUDA errors surface there too
             x = self._to_device(batch)
             with torch.inference_mode():
                 out, st.state = self.model.step(x, st.state)
             layers, quant = gather(out, self.publish, self.output_dtype)
         except (StreamconvError, RuntimeError, ValueError) as e:
-            # Recorded, not raised: the other streams' results of this call must go out.
+            # A value, not an exception: the other streams' results of this call must go out.
             st.restart(st.session)
-            self.stats["frames_failed"] += len(seqs)
-            if len(self.failures) < MAX_FAILURES:
-                why = f"{len(seqs)} frames of stream {st.name!r} failed in the model: {e}"
-                self.failures.append(why)
-            return []
-        result = ChunkResult(st.name, st.session, seqs, t_ns, st.discontinuity, layers, quant)
+            self.stats.reset(st.name, Reset.MODEL_FAILED)
+            self.stats.count("frames_failed", len(seqs))
+            why = f"{len(seqs)} frames of stream {st.name!r} failed in the model: {e}"
+            return [Failed(Drop.MODEL_FAILED, why, st.name, len(seqs))]
+        compute_s = time.perf_counter() - start
+        result = ChunkResult(
+            st.name, st.session, seqs, t_ns, st.discontinuity, layers, quant, st.fps, compute_s
+        )
         st.discontinuity = False
-        self.stats["frames_out"] += len(seqs)
+        self.stats.count("frames_out", len(seqs))
+        self.stats.processed(st.name, len(seqs), compute_s)
         return [result]
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:

@@ -1,28 +1,49 @@
-"""Engine results -> protocol messages -> the PUB socket. One message per frame per layer."""
+"""Engine results -> protocol messages -> the XPUB socket. One message per frame per layer.
+
+The socket is an XPUB so the worker knows its subscriptions (for /status, /metrics and a
+capture's `watch` probe); subscribers see an ordinary PUB.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+import time
 
 from streamconv.wire import protocol, transport
-from streamconv.worker.engine import ChunkResult, EndResult, Result
+from streamconv.worker.results import ChunkResult, EndResult, Result
+from streamconv.worker.stats import Stats
 
 
 class Publisher:
     """Publishes every published layer's output frames, then eos on every layer."""
 
-    def __init__(self, sock: transport.Socket, layers: list[str], output_dtype: str) -> None:
+    def __init__(
+        self, sock: transport.Socket, layers: list[str], output_dtype: str, stats: Stats
+    ) -> None:
         self.sock, self.layers, self.output_dtype = sock, layers, output_dtype
-        self.stats: Counter[str] = Counter()
+        self.stats = stats
 
     def publish(self, results: list[Result]) -> None:
+        """Send outputs and ends; Failed results are the caller's to count and log."""
         for result in results:
             if isinstance(result, ChunkResult):
                 self._chunk(result)
-            else:
+            elif isinstance(result, EndResult):
                 self._end(result)
 
+    def take_subscriptions(self) -> int:
+        """Read the subscribe/unsubscribe messages waiting on the XPUB into the stats."""
+        n = 0
+        while (parts := transport.recv_nowait(self.sock)) is not None:
+            event = transport.subscription_event(parts)
+            if event is not None:
+                self.stats.subscription(*event)
+                n += 1
+        return n
+
     def _chunk(self, r: ChunkResult) -> None:
+        # Frame-major: every layer of frame i goes out before frame i+1 (a viewer shows them
+        # together).
+        latencies: list[float] = []
         for i, (seq, t_ns) in enumerate(zip(r.seqs, r.t_ns, strict=True)):
             for name, frames in r.layers.items():
                 scales, offsets = r.quant.get(name, (None, None))
@@ -37,11 +58,19 @@ class Publisher:
                     discontinuity=r.discontinuity and i == 0,
                     scale=scales[i] if scales else None,
                     offset=offsets[i] if offsets else None,
+                    fps=r.fps,
                 )
                 transport.send(self.sock, parts)
-                self.stats["messages"] += 1
+            latencies.append((time.time_ns() - t_ns) / 1e9)
+        for j, name in enumerate(r.layers):
+            self.stats.published(r.stream, name, len(r.seqs), latencies if j == 0 else [])
+        self.stats.count("published", len(r.seqs) * len(r.layers))
 
     def _end(self, r: EndResult) -> None:
+        subscribed = None
+        if r.watch is not None:
+            subscribed = self.stats.has_subscriber(r.watch, self.layers)
         for name in self.layers:
-            transport.send(self.sock, protocol.encode_output_eos(r.stream, name, r.session, r.seq))
-            self.stats["eos"] += 1
+            parts = protocol.encode_output_eos(r.stream, name, r.session, r.seq, subscribed)
+            transport.send(self.sock, parts)
+        self.stats.count("eos_published", len(self.layers))

@@ -1,70 +1,96 @@
-"""The worker role: PULL frames -> decode -> engine -> publisher -> PUB.
+"""The worker role: PULL frames -> decode -> engine -> publisher -> XPUB, plus HTTP health.
 
-`Worker(settings).run()` does startup(), serve(), shutdown(). Bad input never stops it: each
-bad message is dropped with one log line naming the reason and counted. SIGTERM/SIGINT only
-set a flag; the loop polls with a short timeout, finishes the chunks in hand and exits.
+    Worker(load_settings("default")).run()   # startup(), serve(), shutdown(); blocks
+
+Bad input never stops it: each drop is a Failed result, counted by reason in the Stats and
+logged (rate-limited). SIGTERM/SIGINT only set a flag: the loop stops reading at once,
+finishes the chunks in hand within `shutdown_timeout_s` (the rest are counted as not
+flushed), delivers their outputs and exits. A second signal skips what is left of the flush
+and makes run() raise ShutdownCutError (exit code 130).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
-import zmq
-
-from streamconv.config import Settings
-from streamconv.errors import ProtocolError, StartupError, StreamconvError
+from streamconv.config import Settings, parse_http
+from streamconv.errors import Drop, ProtocolError, ShutdownCutError, StartupError, StreamconvError
 from streamconv.model import (
     DTYPES,
     build_model,
     configure_torch,
+    device_memory,
     input_channels,
     resolve_device,
 )
 from streamconv.wire import transport
 from streamconv.wire.protocol import decode_input
-from streamconv.worker.engine import Engine, Result
+from streamconv.worker import metrics
+from streamconv.worker.engine import Engine
+from streamconv.worker.http import Health, HttpServer, app
 from streamconv.worker.publisher import Publisher
+from streamconv.worker.results import Failed, Result
+from streamconv.worker.stats import DropLog, Stats
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 50  # how quickly a stop request is noticed when no input arrives
 BATCH = 256  # messages drained per wake-up before partial chunks are checked
-MAX_DROP_KINDS = 64  # distinct drop reasons counted before the rest go under "other"
-SHUTDOWN_LINGER_MS = 2000  # time to deliver the outputs flushed at shutdown
+LINGER_MS = 1500  # the most time given to deliver the outputs flushed at shutdown
 
 
 class Worker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.stats = Stats()
+        self.health = Health()
         self.stop_event = threading.Event()
-        self.dropped: Counter[str] = Counter()
+        self.abort_event = threading.Event()  # a second signal: skip the rest of the flush
         self.engine: Engine | None = None
         self.publisher: Publisher | None = None
+        self.http: HttpServer | None = None
+        self._drops = DropLog(settings.log.stats_every_s or 10.0)
         self._ctx: transport.Context | None = None
         self._pull: transport.Socket | None = None
+        self._signals = 0
+        self._in_at_stop: int | None = None  # frames taken when the stop was asked for
 
     def stop(self) -> None:
+        """Ask run() to finish (safe from any thread)."""
+        if self._in_at_stop is None:
+            self._in_at_stop = self.stats.counts["frames_in"]
         self.stop_event.set()
 
     def run(self) -> None:
         restore = self._install_signals()  # before startup: a signal then ends it cleanly
         try:
-            self.startup()
+            try:
+                self.startup()
+            except BaseException:
+                self._close()
+                raise
             self.serve()
+            self.shutdown()
         finally:
             restore()
-            self.shutdown()
+        if self.abort_event.is_set():
+            msg = "a second stop signal cut the shutdown short (exit code 130)"
+            raise ShutdownCutError(msg)
 
+    # -- lifecycle --------------------------------------------------------------------------
     def startup(self) -> None:
         w = self.settings.worker
+        http = parse_http(w.http)
+        if http is not None:  # first, so /healthz answers while the model is built
+            registry = metrics.registry(self.stats, lambda: self._device_memory())
+            self.http = HttpServer(*http, app(self.health, self.stats, registry))
+            self.http.start()
+            log.info("http on %s (/healthz /readyz /metrics /status)", self.http.url)
         configure_torch(w)
         device = resolve_device(w.device)
         model = build_model(self.settings, device)
@@ -80,20 +106,23 @@ class Worker:
             max_streams=w.max_streams,
             publish=publish,
             output_dtype=w.output_dtype,
+            stats=self.stats,
         )
-        self._ctx = zmq.Context()
+        self._ctx = transport.context()
+        # The socket limit is a backstop (a larger part disconnects its sender); the
+        # configured limit itself is checked per message, so it is counted.
+        inp = w.input
+        if inp.max_message_bytes < 0:
+            inp = inp.model_copy(update={"max_message_bytes": 2 * w.max_message_bytes})
         try:
-            # The socket limit is a backstop (a larger part disconnects its sender); the
-            # configured limit itself is checked per message below, so it is counted.
-            self._pull = transport.pull_socket(
-                self._ctx, w.input, hwm=w.input_hwm, max_msg_bytes=2 * w.max_message_bytes
-            )
-            pub = transport.pub_socket(self._ctx, w.output, hwm=w.output_hwm)
-        except zmq.ZMQError as e:
-            self._ctx.destroy(linger=0)
-            msg = f"cannot bind worker sockets ({w.input}, {w.output}): {e}"
+            self._pull = transport.open_socket(self._ctx, "pull", inp)
+            pub = transport.open_socket(self._ctx, "xpub", w.output)
+        except transport.ZMQError as e:
+            msg = f"cannot bind worker sockets ({w.input.endpoint}, {w.output.endpoint}): {e}"
             raise StartupError(msg) from e
-        self.publisher = Publisher(pub, publish, w.output_dtype)
+        self.publisher = Publisher(pub, publish, w.output_dtype, self.stats)
+        self.health.info = {"device": str(device), "layers": publish}
+        self.health.phase = "ready"
         log.info(
             "worker ready on input %s output %s (layers: %s)",
             transport.endpoint(self._pull),
@@ -109,84 +138,119 @@ class Worker:
 
     def serve(self) -> None:
         engine, publisher, pull = self._started()
-        last_evict = time.monotonic()
+        last_evict = last_stats = time.monotonic()
+        every_s = self.settings.log.stats_every_s
         while not self.stop_event.is_set():
+            now = time.monotonic()
+            self.health.beat = now
             deadline = engine.next_deadline()
             timeout = POLL_MS
             if deadline is not None:
-                timeout = max(0, min(POLL_MS, int((deadline - time.monotonic()) * 1000) + 1))
-            if pull.poll(timeout, zmq.POLLIN):
+                timeout = max(0, min(POLL_MS, int((deadline - now) * 1000) + 1))
+            ready = transport.wait_readable([pull, publisher.sock], timeout)
+            if publisher.sock in ready:
+                publisher.take_subscriptions()
+            if pull in ready:
+                # Look at the stop flag between messages: after a signal nothing more is read.
                 for _ in range(BATCH):
-                    try:
-                        parts = pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
+                    if self.stop_event.is_set():
                         break
-                    publisher.publish(self._handle(parts))
+                    parts = transport.recv_nowait(pull)
+                    if parts is None:
+                        break
+                    self.deliver(self._handle(parts))
             now = time.monotonic()
-            publisher.publish(self._guard(engine.due, now))
+            self.deliver(engine.due(now))
             if now - last_evict > 1.0:
                 last_evict = now
-                idle_s = self.settings.worker.idle_timeout_s
-                publisher.publish(self._guard(engine.evict_idle, now, idle_s))
+                self.deliver(engine.evict_idle(now, self.settings.worker.idle_timeout_s))
+                self._drops.flush()
+            if every_s and now - last_stats >= every_s:
+                last_stats = now
+                log.info("%s", self.stats.summary())
 
-    def _handle(self, parts: list[zmq.Frame]) -> list[Result]:
+    def deliver(self, results: list[Result]) -> None:
+        """Outputs to the publisher; failures to the stats and the (rate-limited) log."""
+        if not results:
+            return
+        for r in results:
+            if isinstance(r, Failed):
+                self.stats.drop(r.reason, r.stream, r.frames)
+                self._drops.add(r.reason, r.detail)
+        self._started()[1].publish(results)
+
+    def _handle(self, parts: list[transport.Frame]) -> list[Result]:
         size = sum(len(p) for p in parts)
         limit = self.settings.worker.max_message_bytes
         if size > limit:
-            self._drop(f"message of {size} bytes exceeds max_message_bytes {limit}")
-            return []
+            why = f"message of {size} bytes exceeds max_message_bytes {limit}"
+            return [Failed(Drop.OVERSIZE, why)]
         try:
             msg = decode_input([p.buffer for p in parts])
         except ProtocolError as e:
-            self._drop(str(e))
-            return []
+            return [Failed(e.reason, str(e))]
         except Exception as e:  # a decoder bug must not take the daemon down with it
-            if not self.dropped[f"undecodable message: {type(e).__name__}"]:
-                log.exception("decoder failed on a message")  # the traceback, once per kind
-            self._drop(f"undecodable message: {type(e).__name__}")
-            return []
-        engine = self._started()[0]
-        return self._guard(engine.submit, msg, time.monotonic())
-
-    def _guard(self, step: Callable[..., list[Result]], *args: Any) -> list[Result]:
-        """Run an engine step; its errors and failed chunks become counted drops."""
-        try:
-            results = step(*args)
-        except StreamconvError as e:
-            self._drop(str(e))
-            results = []
-        if self.engine is not None:
-            for reason in self.engine.take_failures():
-                self._drop(reason)
-        return results
-
-    def _drop(self, reason: str) -> None:
-        # Count by kind of fault, not by the offending value, so the counter stays small.
-        kind = re.sub(r"\d+", "N", reason.split(", got ")[0].split(": ")[0])[:80]
-        if kind not in self.dropped and len(self.dropped) >= MAX_DROP_KINDS:
-            kind = "other"
-        self.dropped[kind] += 1
-        log.warning("dropped input: %s (%d dropped so far)", reason, sum(self.dropped.values()))
+            if not self.stats.drops[Drop.DECODER_BUG]:
+                log.exception("decoder failed on a message")  # the traceback, once
+            return [Failed(Drop.DECODER_BUG, f"undecodable message: {type(e).__name__}")]
+        return self._started()[0].submit(msg, time.monotonic())
 
     def shutdown(self) -> None:
-        log.info("shutting down")
-        if self.engine is not None and self.publisher is not None:
-            self.publisher.publish(self._guard(self.engine.flush_all))
-            stats = dict(self.engine.stats)
-            log.info("worker stats: %s; dropped: %s", stats, dict(self.dropped) or "none")
-        if self.publisher is not None:
-            # PUB sends are asynchronous: linger 0 would discard the outputs just flushed.
-            transport.close(self.publisher.sock, SHUTDOWN_LINGER_MS)
-        if self._ctx is not None:
-            self._ctx.destroy(linger=0)
+        """Finish the chunks in hand (bounded), deliver them, close everything."""
+        self.health.phase = "stopping"
+        engine, publisher = self.engine, self.publisher
+        if engine is not None and publisher is not None:
+            pending = engine.pending_frames()
+            budget = self.settings.worker.shutdown_timeout_s
+            taken = self.stats.counts["frames_in"] - (self._in_at_stop or 0)
+            log.info(
+                "shutting down: %d frames in hand in %d streams, at most %.1f s to run them "
+                "(frames taken after the signal: %d)",
+                pending,
+                len(engine.streams),
+                budget,
+                taken if self._in_at_stop is not None else 0,
+            )
+            until = time.monotonic() + budget
+            results = engine.flush_all(
+                lambda: self.abort_event.is_set() or time.monotonic() >= until
+            )
+            self.deliver(results)
+            lost = sum(r.frames for r in results if isinstance(r, Failed))
+            if lost:
+                log.warning("shutdown: %d frames were not run (counted as not_flushed)", lost)
+            self._drops.flush(force=True)
+            log.info("%s", self.stats.summary())
+        self._close()
         log.info("worker stopped")
 
-    def _install_signals(self) -> Any:
+    def _close(self) -> None:
+        if self.publisher is not None:
+            # Sends are asynchronous: linger 0 would discard the outputs just flushed.
+            transport.close(self.publisher.sock, 0 if self.abort_event.is_set() else LINGER_MS)
+        if self._ctx is not None:
+            self._ctx.destroy(linger=0)
+            self._ctx = None
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+
+    def _device_memory(self) -> int | None:
+        return device_memory(self.engine.device) if self.engine is not None else None
+
+    def _install_signals(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
         def handler(signum: int, frame: FrameType | None) -> None:
-            self.stop_event.set()
+            # Handlers run in the main thread between bytecodes (logging's locks re-enter).
+            self._signals += 1
+            if self._signals == 1:
+                self.stop()
+                log.info("%s received: stopping", signal.Signals(signum).name)
+            else:
+                self.abort_event.set()
+                log.warning("second stop signal: skipping the rest of the shutdown")
 
         old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
 

@@ -30,6 +30,7 @@ class WorkerProc:
     output: str
     lines: list[str] = field(default_factory=list)
     reader: threading.Thread | None = None
+    http: str = ""  # e.g. http://127.0.0.1:40123, from the "http on" log line
 
     def _drain(self) -> None:
         assert self.proc.stderr is not None
@@ -93,6 +94,8 @@ def start_worker(
             out,
             "--device",
             "cpu",
+            "--http",
+            "127.0.0.1:0",
             *flags,
         ]
         proc = subprocess.Popen(
@@ -105,6 +108,8 @@ def start_worker(
         workers.append(worker)
         if wait:
             worker.wait_for_line("worker ready", READY_TIMEOUT_S)
+            line = next((x for x in worker.lines if "http on " in x), "")
+            worker.http = line.split("http on ")[1].split()[0] if line else ""
         return worker
 
     yield start

@@ -191,7 +191,9 @@ def test_capture_into_a_worker_and_subscribe_with_previews(
             subscribe.communicate(timeout=10)
 
     assert captured.returncode == 0, captured.stderr
-    assert f"capture done: {frames} sent, 0 dropped" in captured.stderr
+    assert re.search(rf"capture: (sent|queued) {frames} frames?\b", captured.stderr), (
+        captured.stderr
+    )
     assert subscribe.returncode == 0, err
     assert "Traceback" not in err, err
     assert table_counts(out) == {f"clip/{name}": frames for name in LAYERS}, out

@@ -7,11 +7,12 @@ end the worker with code 0 after it has finished and published the chunks in han
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import signal
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ import torch
 from streamconv.capture.sources import synthetic_frame
 from streamconv.client.subscriber import Subscriber
 from streamconv.config import load_settings
+from streamconv.errors import Drop
 from streamconv.layers import Output
 from streamconv.model import build_model, input_channels
 from streamconv.wire import protocol, transport
+from streamconv.worker.stats import BURST
 from tests.conftest import REPO
 from tests.integration.conftest import WorkerProc
 
@@ -34,8 +37,7 @@ pytestmark = pytest.mark.integration
 StartWorker = Callable[..., WorkerProc]
 LAYERS = ("smooth", "change", "motion")
 LIMIT = 100_000  # [worker] max_message_bytes for the bad-input worker; the socket allows 2x
-DROP_RE = re.compile(r"WARNING dropped input: (.*) \((\d+) dropped so far\)$")
-STATS_RE = re.compile(r"worker stats: (\{[^}]*\}); dropped: (.+)$")
+STATS_RE = re.compile(r"stats: .*frames in (\d+) out (\d+), .*; drops: (.+); resets: ")
 H, W = 24, 32
 REPEATS = 30
 
@@ -90,66 +92,96 @@ def header(**changes: Any) -> bytes:
 
 PIXELS = bytes(H * W)
 
-# (what is wrong, message parts, text the log line must contain)
-BAD_INPUT: list[tuple[str, list[bytes], str]] = [
-    ("header not JSON", [b"not json {", PIXELS], "header is not UTF-8 JSON"),
-    ("header not UTF-8", [b"\xc3\x28", PIXELS], "header is not UTF-8 JSON"),
-    ("header a JSON list", [b"[1, 2]", PIXELS], "header must be a JSON object, got list"),
+# (what is wrong, message parts, the drop reason, text its log line must contain)
+BAD_INPUT: list[tuple[str, list[bytes], Drop, str]] = [
+    ("header not JSON", [b"not json {", PIXELS], Drop.MALFORMED, "header is not UTF-8 JSON"),
+    ("header not UTF-8", [b"\xc3\x28", PIXELS], Drop.MALFORMED, "header is not UTF-8 JSON"),
+    ("header a JSON list", [b"[1, 2]", PIXELS], Drop.MALFORMED, "must be a JSON object"),
     # These two took the whole worker down: RecursionError and TypeError escaped decode_input.
-    ("header nested too deep", [b"[" * 20_000, PIXELS], "header is not UTF-8 JSON"),
-    ("dtype unhashable", [header(dtype=["uint8"]), PIXELS], "field 'dtype' must be one of"),
+    ("header nested too deep", [b"[" * 20_000, PIXELS], Drop.MALFORMED, "not UTF-8 JSON"),
+    ("dtype unhashable", [header(dtype=["uint8"]), PIXELS], Drop.BAD_FIELD, "field 'dtype'"),
     *[
-        (f"missing {key}", [header(**{key: ...}), PIXELS], f"field {key!r}")
+        (f"missing {key}", [header(**{key: ...}), PIXELS], Drop.BAD_FIELD, f"field {key!r}")
         for key in ("stream", "session", "seq", "t_ns", "shape", "dtype")
     ],
-    ("seq a string", [header(seq="3"), PIXELS], "field 'seq'"),
-    ("seq negative", [header(seq=-1), PIXELS], "field 'seq'"),
-    ("seq a bool", [header(seq=True), PIXELS], "field 'seq'"),
-    ("seq a float", [header(seq=1.0), PIXELS], "field 'seq'"),
-    ("shape a string", [header(shape="24x32"), PIXELS], "field 'shape'"),
-    ("bad stream id", [header(stream="cam 0/x"), PIXELS], "field 'stream'"),
-    ("unknown dtype", [header(dtype="int64"), PIXELS], "field 'dtype'"),
-    ("version 2", [header(v=2), PIXELS], "unsupported protocol version 2"),
-    ("no version", [header(v=...), PIXELS], "unsupported protocol version None"),
-    ("payload too short", [header(), PIXELS[:-1]], f"payload is {H * W - 1} bytes"),
-    ("one part", [header()], "must have 2 parts [header, payload], got 1"),
-    ("three parts", [header(), PIXELS, b""], "must have 2 parts [header, payload], got 3"),
+    ("seq a string", [header(seq="3"), PIXELS], Drop.BAD_FIELD, "field 'seq'"),
+    ("seq negative", [header(seq=-1), PIXELS], Drop.BAD_FIELD, "field 'seq'"),
+    ("seq a bool", [header(seq=True), PIXELS], Drop.BAD_FIELD, "field 'seq'"),
+    ("seq a float", [header(seq=1.0), PIXELS], Drop.BAD_FIELD, "field 'seq'"),
+    ("seq past int64", [header(seq=2**63), PIXELS], Drop.BAD_FIELD, "field 'seq'"),
+    ("t_ns past int64", [header(t_ns=2**70), PIXELS], Drop.BAD_FIELD, "field 't_ns'"),
+    ("shape a string", [header(shape="24x32"), PIXELS], Drop.BAD_FIELD, "field 'shape'"),
+    ("bad stream id", [header(stream="cam 0/x"), PIXELS], Drop.BAD_FIELD, "field 'stream'"),
+    ("unknown dtype", [header(dtype="int64"), PIXELS], Drop.BAD_FIELD, "field 'dtype'"),
+    ("version 2", [header(v=2), PIXELS], Drop.VERSION, "protocol version 2"),
+    ("no version", [header(v=...), PIXELS], Drop.VERSION, "protocol version None"),
+    ("version 1.0", [header(v=1.0), PIXELS], Drop.VERSION, "version"),
+    ("version true", [header(v=True), PIXELS], Drop.VERSION, "version"),
+    ("payload too short", [header(), PIXELS[:-1]], Drop.BAD_PAYLOAD, f"is {H * W - 1} bytes"),
+    ("one part", [header()], Drop.MALFORMED, "must have 2 parts [header, payload], got 1"),
+    ("three parts", [header(), PIXELS, b""], Drop.MALFORMED, "must have 2 parts"),
     (
         "oversized, below the socket backstop",
         [header(shape=[400, 400], stream="big"), bytes(400 * 400)],
+        Drop.OVERSIZE,
         f"exceeds max_message_bytes {LIMIT}",
     ),
     (
         "3 channels for a 1-channel model",
         [header(shape=[H, W, 3], stream="rgb"), bytes(H * W * 3)],
+        Drop.BAD_SHAPE,
         "frame has 3 channels, the model takes 1",
     ),
     (
         "frame smaller than the kernel",
         [header(shape=[2, 2], stream="tiny"), bytes(4)],
+        Drop.MODEL_FAILED,
         "1 frames of stream 'tiny' failed in the model: reflect padding",
     ),
 ]
 
 
-def drops(worker: WorkerProc) -> list[tuple[str, int]]:
-    """(reason, running count) of every 'dropped input' line so far."""
-    found = [DROP_RE.search(line) for line in list(worker.lines)]
-    return [(m.group(1), int(m.group(2))) for m in found if m]
+def status(worker: WorkerProc) -> dict[str, Any]:
+    """The worker's /status, scraped from its real HTTP endpoint."""
+    with urllib.request.urlopen(worker.http + "/status", timeout=5) as reply:
+        result: dict[str, Any] = json.load(reply)
+    return result
 
 
-def expect_drop(worker: WorkerProc, n: int, reason: str, what: str) -> None:
-    line = worker.wait_for_line(rf"dropped input: .* \({n} dropped so far\)$", 10)
-    assert "WARNING" in line, line
-    assert reason in line, f"{what}: {line}"
+def wait_drops(worker: WorkerProc, n: int, timeout_s: float = 10.0) -> dict[str, Any]:
+    """/status once it counts `n` drops in all; fails the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        st = status(worker)
+        if sum(st["drops"].values()) >= n or time.monotonic() > deadline:
+            assert sum(st["drops"].values()) == n, st["drops"]
+            return st
+        time.sleep(0.02)
+
+
+def expect_drop(worker: WorkerProc, seen: Counter[Drop], reason: Drop, text: str) -> None:
+    """One more drop for `reason`, counted in /status and (while under the burst) logged."""
+    seen[reason] += 1
+    st = wait_drops(worker, sum(seen.values()))
+    assert st["drops"] == {str(k): v for k, v in seen.items()}
+    if seen[reason] <= BURST:
+        line = worker.wait_for_line(rf"dropped input \({reason}\): .*{re.escape(text)}", 5)
+        assert "WARNING" in line, line
 
 
 def final_stats(worker: WorkerProc) -> tuple[dict[str, int], dict[str, int]]:
-    """The engine stats and the dropped counts from the worker's last 'worker stats' line."""
-    match = STATS_RE.search(worker.wait_for_line("worker stats: ", 5))
-    assert match is not None
-    dropped = match.group(2)
-    return ast.literal_eval(match.group(1)), {} if dropped == "none" else ast.literal_eval(dropped)
+    """(frames in/out, drops by reason) from the worker's last stats line."""
+    line = worker.wait_for_line("stats: .* drops: ", 5)
+    lines = [x for x in worker.lines if STATS_RE.search(x)]
+    match = STATS_RE.search(lines[-1] if lines else line)
+    assert match is not None, line
+    frames = {"frames_in": int(match.group(1)), "frames_out": int(match.group(2))}
+    dropped = (
+        {}
+        if match.group(3) == "none"
+        else dict((k, int(v)) for k, v in (item.split("=") for item in match.group(3).split(", ")))
+    )
+    return frames, dropped
 
 
 def stop_cleanly(worker: WorkerProc, sig: int = signal.SIGTERM, within_s: float = 5.0) -> None:
@@ -239,19 +271,18 @@ def test_bad_input_is_dropped_counted_and_valid_streams_still_match_offline(
     with Subscriber(worker.output, timeout_s=15) as sub:
         sub.wait_ready(worker.input)
 
-        for n, (what, parts, reason) in enumerate(BAD_INPUT, start=1):
+        seen: Counter[Drop] = Counter()
+        for what, parts, reason, text in BAD_INPUT:
             transport.send(bad, parts)
-            expect_drop(worker, n, reason, what)
+            expect_drop(worker, seen, reason, text)
             assert worker.proc.poll() is None, f"worker died on {what}:\n{worker.log()}"
-        time.sleep(0.2)  # a second line for the last case would show up by now
-        assert [count for _, count in drops(worker)] == list(range(1, len(BAD_INPUT) + 1))
 
-        # One fault repeated, as by a client that sends seq as a string: the counter must
-        # group it by reason, not grow by one key per message (it was keyed by the text,
-        # which quotes the offending value).
+        # One fault repeated, as by a client that sends seq as a string: counted by reason,
+        # and the log stays quiet after the first few lines (then a summary).
         for seq in range(REPEATS):
             transport.send(bad, [header(seq=str(seq)), PIXELS])
-        worker.wait_for_line(rf"\({len(BAD_INPUT) + REPEATS} dropped so far\)", 10)
+        seen[Drop.BAD_FIELD] += REPEATS
+        wait_drops(worker, sum(seen.values()))
 
         # Two valid streams at once, each from its own sender, with a bad message of each
         # stream's own id in the middle: dropping it must not disturb that stream's state.
@@ -277,22 +308,25 @@ def test_bad_input_is_dropped_counted_and_valid_streams_still_match_offline(
 
     assert_matches_offline(outputs, "good", s_good, offline(config, good))
     assert_matches_offline(outputs, "other", s_other, offline(config, other))
-    total = len(BAD_INPUT) + REPEATS + 2
-    reasons = [reason for reason, _ in drops(worker)]
-    assert [count for _, count in drops(worker)] == list(range(1, total + 1))
-    assert any("frame has 3 channels" in r for r in reasons[-2:]), reasons[-2:]
-    assert any("payload is 2 bytes" in r for r in reasons[-2:]), reasons[-2:]
+    seen[Drop.BAD_SHAPE] += 1
+    seen[Drop.BAD_PAYLOAD] += 1
+    st = wait_drops(worker, sum(seen.values()))
+    assert st["drops"] == {str(k): v for k, v in seen.items()}
+    assert st["streams"]["good"]["drops"] == {"bad_shape": 1}
+    assert st["streams"]["other"]["drops"] == {}  # its bad payload never named a stream
+    assert st["streams"]["good"]["frames_processed"] == len(good)
+    assert st["streams"]["good"]["state"] == "eos"
     warnings = [line for line in list(worker.lines) if " WARNING " in line]
-    assert len(warnings) == total, "\n".join(warnings)  # one line per bad message, no more
+    # At most BURST lines per reason before summaries, not one per bad message.
+    assert len(warnings) <= BURST * len(seen), "\n".join(warnings)
     assert worker.proc.poll() is None, "the worker must still be running"
 
     stop_cleanly(worker)
-    stats, dropped = final_stats(worker)
-    assert sum(dropped.values()) == total, dropped
-    assert len(dropped) <= len(BAD_INPUT), f"counted by value, not by reason: {dropped}"
-    assert max(dropped.values()) >= REPEATS, dropped
-    assert stats["frames_out"] == len(good) + len(other)
-    assert stats["frames_failed"] == 1  # the frame smaller than the kernel
+    frames, dropped = final_stats(worker)
+    assert dropped == {str(k): v for k, v in sorted(seen.items())}
+    assert frames["frames_out"] == len(good) + len(other)
+    summaries = [line for line in worker.lines if "more inputs (bad_field)" in line]
+    assert summaries, "the quiet drops must be summarised at shutdown"
 
 
 # -- shutdown -----------------------------------------------------------------------------------
@@ -302,7 +336,7 @@ def test_sigint_stops_the_worker_cleanly(start_worker: StartWorker) -> None:
     with Subscriber(worker.output) as sub:
         sub.wait_ready(worker.input)  # serving, so the signal handlers are in place
     stop_cleanly(worker, signal.SIGINT)
-    assert final_stats(worker)[1] == {}
+    assert final_stats(worker) == ({"frames_in": 0, "frames_out": 0}, {})
 
 
 def _send_and_stop_mid_chunk(
@@ -359,7 +393,7 @@ def test_a_failing_stream_does_not_lose_other_streams_at_shutdown(
         worker, zmq_ctx, {"good": good, "tiny": tiny}, 3 * len(good)
     )
     assert {h["session"] for h in heads} == {sessions["good"]}
-    worker.wait_for_line("dropped input: 1 frames of stream 'tiny' failed in the model", 5)
+    worker.wait_for_line(r"dropped input \(model_failed\): 1 frames of stream 'tiny' failed", 5)
     for name in LAYERS:
         got = [h for h in heads if h["layer"] == name and h["stream"] == "good"]
         assert [h["seq"] for h in got] == list(range(len(good))), name

@@ -120,7 +120,7 @@ def test_env_overrides_parse_json(tmp_path: Path) -> None:
         "STREAMCONV_NOSECTION": "ignored",
     }
     w = load_settings(path, environ=env).worker
-    assert (w.chunk, w.device, w.input) == (16, "cpu", "tcp://0.0.0.0:5555")
+    assert (w.chunk, w.device, w.input.endpoint) == (16, "cpu", "tcp://0.0.0.0:5555")
     assert isinstance(w.chunk, int)
 
 

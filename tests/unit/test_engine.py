@@ -10,11 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamconv.config import Settings
-from streamconv.errors import ShapeError, StreamconvError
+from streamconv.errors import Drop
 from streamconv.layers import Output, Sequential
 from streamconv.model import build_model
 from streamconv.wire.protocol import InputMessage
-from streamconv.worker.engine import ChunkResult, EndResult, Engine, Result, frame_to_chw
+from streamconv.worker.engine import ChunkResult, EndResult, Engine, Failed, Result, frame_to_chw
+from streamconv.worker.stats import Reset
 from tests.unit.reference import rel_err
 
 CPU = torch.device("cpu")
@@ -133,7 +134,7 @@ def test_any_chunking_equals_one_offline_run(case: tuple[int, int, list[bool]], 
     assert [r.discontinuity for r in out] == [True] + [False] * (len(out) - 1)
     assert all(r.layers[k].shape[0] == len(r.seqs) for r in out for k in NAMES)
     assert_matches(out, frames)
-    assert eng.stats["frames_in"] == eng.stats["frames_out"] == n
+    assert eng.stats.counts["frames_in"] == eng.stats.counts["frames_out"] == n
 
 
 def test_interleaved_streams_keep_separate_state() -> None:
@@ -160,7 +161,7 @@ def test_new_session_resets_state_and_marks_discontinuity() -> None:
     assert [r.session for r in new] == ["s2", "s2"]
     assert [r.discontinuity for r in new] == [True, False]
     assert_matches(new, frames[5:])
-    assert (eng.stats["resets"], eng.stats["seq_gaps"]) == (1, 0)
+    assert (eng.stats.counts["resets"], eng.stats.resets[Reset.SEQ_GAP]) == (1, 0)
 
 
 def test_seq_gap_resets_and_counts_missing_frames() -> None:
@@ -173,7 +174,11 @@ def test_seq_gap_resets_and_counts_missing_frames() -> None:
     assert [r.discontinuity for r in out] == [True, False, True, False, False]
     assert_matches(out[:2], frames[:5])
     assert_matches(out[2:], frames[5:])
-    assert (eng.stats["seq_gaps"], eng.stats["frames_missing"], eng.stats["resets"]) == (1, 2, 1)
+    assert (
+        eng.stats.resets[Reset.SEQ_GAP],
+        eng.stats.counts["frames_missing"],
+        eng.stats.counts["resets"],
+    ) == (1, 2, 1)
 
 
 def test_frame_size_change_resets() -> None:
@@ -186,7 +191,7 @@ def test_frame_size_change_resets() -> None:
     assert [r.discontinuity for r in out] == [True, False, True, False]
     assert_matches(out[:2], small)
     assert_matches(out[2:], big)
-    assert eng.stats["seq_gaps"] == 0
+    assert eng.stats.resets[Reset.SEQ_GAP] == 0
 
 
 def test_eos_flushes_and_frees_the_stream() -> None:
@@ -198,7 +203,7 @@ def test_eos_flushes_and_frees_the_stream() -> None:
     assert end[1] == EndResult("a", "s1", 6)
     assert "a" not in eng.streams
     assert eng.next_deadline() is None
-    assert eng.stats["frames_missing"] == 0
+    assert eng.stats.counts["frames_missing"] == 0
     assert_matches(chunks(results + end), frames)
     again = eng.submit(frame(0, frames[0], session="s2"), 0.0) + eng.flush_all()
     assert chunks(again)[0].discontinuity
@@ -209,7 +214,7 @@ def test_eos_with_a_higher_seq_counts_missing_frames() -> None:
     for i, f in enumerate(frames):
         eng.submit(frame(i, f), 0.0)
     assert [type(r) for r in eng.submit(eos(8), 0.0)] == [ChunkResult, EndResult]
-    assert eng.stats["frames_missing"] == 5
+    assert eng.stats.counts["frames_missing"] == 5
     assert eng.submit(eos(3, stream="never-seen"), 0.0) == [EndResult("never-seen", "s1", 3)]
 
 
@@ -233,7 +238,7 @@ def snapshot(eng: Engine) -> tuple[object, ...]:
         k: (s.session, s.next_seq, s.shape, s.count, id(s.state), s.discontinuity, s.since)
         for k, s in eng.streams.items()
     }
-    return streams, dict(eng.stats)
+    return streams, dict(eng.stats.counts)
 
 
 @pytest.mark.parametrize(
@@ -245,17 +250,22 @@ def snapshot(eng: Engine) -> tuple[object, ...]:
         ("gray", 1, np.zeros((6, 7, 2), np.uint8)),
     ],
 )
-def test_bad_frame_raises_and_changes_nothing(color: str, channels: int, bad: np.ndarray) -> None:
+def test_bad_frame_is_a_failed_result_and_changes_nothing(
+    color: str, channels: int, bad: np.ndarray
+) -> None:
     model = make_model(color, channels)
     eng = engine(chunk=3, model=model, color=color, in_channels=channels)
     shape = (6, 7) if channels == 1 and color != "rgb" else (6, 7, 3)
     frames = np.random.default_rng(5).integers(0, 256, (8, *shape), dtype=np.uint8)
     results = [r for i, f in enumerate(frames[:4]) for r in eng.submit(frame(i, f), 0.0)]
     before = snapshot(eng)
-    with pytest.raises(ShapeError):
-        eng.submit(frame(4, bad), 1.0)
-    with pytest.raises(StreamconvError):
-        eng.submit(InputMessage("frame", "a", "s1", 4, 0, None), 1.0)
+    [failed] = eng.submit(frame(4, bad), 1.0)
+    assert isinstance(failed, Failed)
+    assert (failed.reason, failed.stream, failed.frames) == (Drop.BAD_SHAPE, "a", 1)
+    assert "channels" in failed.detail
+    [failed] = eng.submit(InputMessage("frame", "a", "s1", 4, 0, None), 1.0)
+    assert isinstance(failed, Failed)
+    assert failed.reason == Drop.MALFORMED
     assert snapshot(eng) == before
     results += [r for i, f in enumerate(frames[4:], 4) for r in eng.submit(frame(i, f), 0.0)]
     results += eng.flush_all()
@@ -271,8 +281,10 @@ def test_max_streams_is_enforced_without_side_effects() -> None:
     eng, frames = engine(chunk=4, max_streams=1), clip(2)
     eng.submit(frame(0, frames[0]), 0.0)
     before = snapshot(eng)
-    with pytest.raises(StreamconvError, match="too many streams"):
-        eng.submit(frame(0, frames[0], stream="b"), 0.0)
+    [failed] = eng.submit(frame(0, frames[0], stream="b"), 0.0)
+    assert isinstance(failed, Failed)
+    assert failed.reason == Drop.TOO_MANY_STREAMS
+    assert "too many streams" in failed.detail
     assert snapshot(eng) == before
     eng.submit(eos(1), 0.0)
     assert eng.submit(frame(0, frames[1], stream="b"), 0.0) == []
@@ -326,7 +338,7 @@ def test_idle_streams_are_evicted_with_an_eos_and_others_stay() -> None:
     assert "busy" in eng.streams
     assert [type(r) for r in results] == [ChunkResult, EndResult]  # pending frames flushed
     assert results[1] == EndResult("gone", "s1", 3)
-    assert eng.stats["evicted"] == 1
+    assert eng.stats.counts["evicted"] == 1
 
 
 def test_a_chunk_failing_in_the_model_is_reported_and_spares_other_streams() -> None:
@@ -337,11 +349,16 @@ def test_a_chunk_failing_in_the_model_is_reported_and_spares_other_streams() -> 
     eng.submit(frame(0, np.zeros((1, 1), np.uint8), stream="tiny"), now=0.0)
     results = eng.flush_all()
     assert [r.stream for r in chunks(results, "ok")] == ["ok"]
-    failures = eng.take_failures()
+    failures = [r for r in results if isinstance(r, Failed)]
     assert len(failures) == 1
-    assert "'tiny' failed in the model" in failures[0]
-    assert eng.take_failures() == []
-    assert eng.stats["frames_failed"] == 1
+    assert (failures[0].reason, failures[0].stream, failures[0].frames) == (
+        Drop.MODEL_FAILED,
+        "tiny",
+        1,
+    )
+    assert "'tiny' failed in the model" in failures[0].detail
+    assert eng.stats.counts["frames_failed"] == 1
+    assert eng.stats.resets[Reset.MODEL_FAILED] == 1
 
 
 def test_probes_and_alternating_sessions_are_counted() -> None:
@@ -350,7 +367,7 @@ def test_probes_and_alternating_sessions_are_counted() -> None:
     eng.submit(eos(0, stream="_probe", session="p1"), 0.0)
     for i in range(6):  # two senders on one stream id, frames alternating
         eng.submit(frame(i // 2, frames[i], session="s1" if i % 2 == 0 else "s2"), 0.0)
-    assert eng.stats["probes"] == 1
-    assert eng.stats["eos"] == 0
-    assert eng.stats["resets"] == 5
-    assert eng.stats["session_flips"] == 4
+    assert eng.stats.counts["probes"] == 1
+    assert eng.stats.counts["eos"] == 0
+    assert eng.stats.counts["resets"] == 5
+    assert eng.stats.counts["session_flips"] == 4

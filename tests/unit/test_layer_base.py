@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -10,12 +12,15 @@ import torch
 
 from streamconv.errors import ShapeError
 from streamconv.layers import (
+    Layer,
     MemoryConv3d,
     Nonlinearity,
     Output,
     Sequential,
     TemporalHighPass,
     TemporalLowPass,
+    exponential_kernel,
+    gaussian_kernel,
 )
 
 
@@ -120,3 +125,110 @@ def test_make_optimizer_names_the_bad_name() -> None:
 def test_sequential_rejects_plain_modules() -> None:
     with pytest.raises(TypeError, match="not a streaming Layer"):
         Sequential(torch.nn.ReLU())  # type: ignore[arg-type]
+
+
+def separable_conv() -> MemoryConv3d:
+    layer = MemoryConv3d(1, 1, 1, dtype=torch.float64)
+    layer.set_weight(exponential_kernel(1.5, length=3)[:, None, None] * gaussian_kernel(1.0))
+    return layer
+
+
+def random_conv() -> MemoryConv3d:
+    torch.manual_seed(5)
+    return MemoryConv3d(1, 1, (3, 5, 5), dtype=torch.float64)  # one channel, not separable
+
+
+def multichannel_conv() -> MemoryConv3d:
+    torch.manual_seed(6)
+    return MemoryConv3d(1, 3, (3, 3, 3), bias=True)  # float32: oneDNN in inference
+
+
+def pipeline() -> Sequential:
+    return Sequential(
+        OrderedDict(
+            conv=separable_conv(),
+            low=TemporalLowPass(tau=3.0, n=2),
+            high=TemporalHighPass(tau=5.0),
+            rect=Nonlinearity("relu", threshold=0.01),
+        ),
+        return_all=True,
+    )
+
+
+LAYERS: dict[str, Callable[[], Layer]] = {
+    "separable conv": separable_conv,
+    "non-separable conv": random_conv,
+    "multi-channel conv": multichannel_conv,
+    "low pass": lambda: TemporalLowPass(tau=2.5, n=2),
+    "high pass": lambda: TemporalHighPass(tau=4.0),
+    "sequential": pipeline,
+}
+MODES: dict[str, Callable[[], contextlib.AbstractContextManager[object]]] = {
+    "normal": contextlib.nullcontext,
+    "no_grad": torch.no_grad,
+    "inference_mode": torch.inference_mode,
+}
+
+
+def every_entry_point(make: Callable[[], Layer], build: str, call: str) -> list[torch.Tensor]:
+    """Build the layer in one grad mode, then use every entry point in another."""
+    x = torch.randn(1, 1, 13, 9, 9, generator=torch.Generator().manual_seed(7))
+    with MODES[build]():
+        layer = make()
+    outs: list[torch.Tensor | Output] = []
+    with MODES[call]():
+        outs.append(layer(x[:, :, :5]))
+        saved = layer.get_state()
+        outs.append(layer(x[:, :, 5:]))
+        layer.reset()
+        layer.set_state(saved)
+        outs.append(layer(x[:, :, 5:]))
+        y, state = layer.step(layer.prepare(x[:, :, :4]), None)
+        outs += [y, layer.step(layer.prepare(x[:, :, 4:]), state)[0]]
+        layer.reset()
+        outs.append(layer.run(x, dt=3))
+        for conv in (m for m in layer.modules() if isinstance(m, MemoryConv3d)):
+            conv.set_weight(conv.weight.detach() * 0.5, flip=False)  # same size: in place
+            outs.append(layer.run(x[:, :, :6], dt=2))
+            conv.set_weight(conv.weight.detach()[:, :, 1:], flip=False)  # a new size
+            outs.append(layer.run(x, dt=4))
+    for conv in (m for m in layer.modules() if isinstance(m, MemoryConv3d)):
+        assert not any(p.is_inference() for p in conv.parameters())  # trainable after all
+        if make in (separable_conv, pipeline):
+            assert conv._factor_cache is not None  # the fast path ran (at least in run())
+    return [t.detach() for out in outs for t in (out if isinstance(out, Output) else [out])]
+
+
+@pytest.mark.parametrize("make", LAYERS.values(), ids=LAYERS.keys())
+@pytest.mark.parametrize(
+    ("build", "call"),
+    [
+        ("inference_mode", "inference_mode"),
+        ("normal", "inference_mode"),
+        ("inference_mode", "no_grad"),
+        ("no_grad", "inference_mode"),
+        ("inference_mode", "normal"),
+    ],
+)
+def test_layers_work_under_inference_mode_and_give_the_normal_results(
+    make: Callable[[], Layer], build: str, call: str
+) -> None:
+    expected = every_entry_point(make, "normal", "no_grad")
+    got = every_entry_point(make, build, call)
+    assert len(got) == len(expected)
+    for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+        if call == "normal":  # with gradients: the direct convolution, not oneDNN or separable
+            assert torch.allclose(a, b, rtol=0, atol=1e-5 * float(b.abs().max())), i
+        else:  # the same kernels as the normal inference path: the same bits
+            assert torch.equal(a, b), i
+
+
+def test_a_layer_built_under_inference_mode_can_be_trained() -> None:
+    with torch.inference_mode():
+        learner = MemoryConv3d(1, 1, (3, 3, 3), dtype=torch.float64)
+    x = torch.randn(1, 1, 20, 8, 8, dtype=torch.float64)
+    target = 0.5 * x
+    learner.make_optimizer("Adam", lr=0.05)
+    losses = learner.fit(x, target, dt=5, epochs=20)
+    assert learner.weight.grad is not None
+    assert losses[-1] < losses[0]

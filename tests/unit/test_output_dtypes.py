@@ -13,6 +13,7 @@ from streamconv.wire.protocol import InputMessage
 from streamconv.worker.engine import ChunkResult, Engine
 from streamconv.worker.outputs import quantize_torch
 from streamconv.worker.publisher import Publisher
+from streamconv.worker.stats import Stats
 from tests.conftest import REPO
 
 FRAMES = np.random.default_rng(1).integers(0, 255, (10, 24, 32, 3), dtype=np.uint8)
@@ -67,9 +68,10 @@ class _Capture:
 def test_published_messages_decode_to_the_engine_output(output_dtype: str) -> None:
     exact = run("float32")
     sock = _Capture()
-    Publisher(sock, ["opl", "bipolar", "amacrine", "ganglion"], output_dtype).publish(  # type: ignore[arg-type]
-        run(output_dtype)
-    )
+    layers = ["opl", "bipolar", "amacrine", "ganglion"]
+    stats = Stats()
+    Publisher(sock, layers, output_dtype, stats).publish(run(output_dtype))  # type: ignore[arg-type]
+    assert stats.counts["published"] == 4 * len(FRAMES)
     assert len(sock.sent) == 4 * len(FRAMES)
     for parts in sock.sent:
         header, array = protocol.decode_output(parts)

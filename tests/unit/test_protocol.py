@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from streamconv.errors import ProtocolError
+from streamconv.errors import Drop, ProtocolError
 from streamconv.wire import protocol
 
 SESSION = "s" * 32
@@ -90,6 +91,8 @@ def test_to_float_scales_by_dtype() -> None:
         (message(v=...), "version None"),
         (message(v=2), "version 2"),
         (message(v="1"), "version '1'"),
+        (message(v=1.0), "version 1.0"),
+        (message(v=True), "version True"),
         (message(kind="frames"), "'kind'"),
         (message(kind=...), "'kind'"),
         (message(stream="a/b"), "'stream'"),
@@ -104,6 +107,13 @@ def test_to_float_scales_by_dtype() -> None:
         (message(seq=True), "'seq'"),
         (message(seq=...), "'seq'"),
         (message(t_ns="5"), "'t_ns'"),
+        (message(seq=10**100), "'seq'"),
+        (message(seq=2**63), "'seq'"),
+        (message(t_ns=2**70), "'t_ns'"),
+        (message(t_ns=-1), "'t_ns'"),
+        (message(kind="eos", seq=2**64), "'seq'"),
+        (message(shape=[2**63, 1]), "'shape'"),
+        (message(fps=10**400), "'fps'"),
         (message(dtype="int8"), "'dtype'"),
         (message(dtype=...), "'dtype'"),
         (message(shape=[6]), "'shape'"),
@@ -123,6 +133,87 @@ def test_to_float_scales_by_dtype() -> None:
 def test_malformed_input_is_rejected_naming_the_fault(parts: list[Any], fault: str) -> None:
     with pytest.raises(ProtocolError, match=fault):
         protocol.decode_input(parts)
+
+
+@pytest.mark.parametrize(
+    ("parts", "reason"),
+    [
+        ([b"{}"], Drop.MALFORMED),
+        ([b"not json", b""], Drop.MALFORMED),
+        ([b"[1]", b""], Drop.MALFORMED),
+        (message(v=1.0), Drop.VERSION),
+        (message(v=True), Drop.VERSION),
+        (message(v=...), Drop.VERSION),
+        (message(seq=10**100), Drop.BAD_FIELD),
+        (message(t_ns=2**70), Drop.BAD_FIELD),
+        (message(shape=[2**63, 1]), Drop.BAD_FIELD),
+        (message(payload=bytes(5)), Drop.BAD_PAYLOAD),
+    ],
+)
+def test_rejection_reason_is_typed(parts: list[Any], reason: Drop) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode_input(parts)
+    assert info.value.reason is reason
+
+
+@pytest.mark.parametrize(
+    ("parts", "reason"),
+    [
+        ([b"t/", b"{}"], Drop.MALFORMED),
+        ([b"t/", b"{", b""], Drop.MALFORMED),
+        ([b"t/", json.dumps({"v": 1.0, "kind": "eos"}).encode(), b""], Drop.VERSION),
+        ([b"t/", json.dumps({"v": True, "kind": "eos"}).encode(), b""], Drop.VERSION),
+    ],
+)
+def test_output_rejection_reason_is_typed(parts: list[Any], reason: Drop) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode_output(parts)
+    assert info.value.reason is reason
+
+
+def test_int64_bounds_are_inclusive() -> None:
+    """2**63-1 is the largest integer any field may hold: it decodes, in both directions."""
+    top = 2**63 - 1
+    msg = protocol.decode_input(message(seq=top, t_ns=top))
+    assert (msg.seq, msg.t_ns) == (top, top)
+    eos = protocol.decode_input(wire(protocol.encode_eos("cam0", SESSION, top, t_ns=top)))
+    assert (eos.seq, eos.t_ns) == (top, top)
+    array = np.zeros((1, 1, 2), np.float32)
+    head, _ = protocol.decode_output(
+        wire(protocol.encode_output("cam0", "c", SESSION, top, top, array))
+    )
+    assert (head["seq"], head["t_ns"]) == (top, top)
+
+
+def test_a_4000_digit_seq_is_rejected_with_a_short_message() -> None:
+    with pytest.raises(ProtocolError, match="'seq'") as info:
+        protocol.decode_input(message(seq=10**4000))
+    assert len(str(info.value)) < 200
+
+
+def test_probe_watch_and_subscribed_round_trip() -> None:
+    probe = protocol.decode_input(wire(protocol.encode_eos("_probe", SESSION, 0, watch="cam0")))
+    assert (probe.stream, probe.watch) == ("_probe", "cam0")
+    with pytest.raises(ProtocolError, match="'watch'"):
+        protocol.decode_input(message(kind="eos", watch="a/b"))
+    for subscribed in (True, False):
+        parts = protocol.encode_output_eos("_probe", "c", SESSION, 0, subscribed=subscribed)
+        head, _ = protocol.decode_output(wire(parts))
+        assert head["subscribed"] is subscribed
+    head, _ = protocol.decode_output(wire(protocol.encode_output_eos("cam0", "c", SESSION, 0)))
+    assert "subscribed" not in head
+
+
+def test_output_fps_round_trip() -> None:
+    array = np.zeros((1, 1, 2), np.float32)
+    head, _ = protocol.decode_output(
+        wire(protocol.encode_output("cam0", "c", SESSION, 0, 0, array, fps=12.5))
+    )
+    assert head["fps"] == 12.5
+    head, _ = protocol.decode_output(
+        wire(protocol.encode_output("cam0", "c", SESSION, 0, 0, array))
+    )
+    assert "fps" not in head
 
 
 def test_encode_frame_rejects_unsupported_arrays() -> None:
@@ -188,33 +279,87 @@ def test_output_encode_rejects_bad_arrays() -> None:
         protocol.encode_output("cam0", "c", SESSION, 0, 0, np.zeros((1, 2, 2)), dtype="int8")
 
 
+def out_header(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "v": 1,
+        "kind": "output",
+        "stream": "cam0",
+        "layer": "conv1",
+        "session": SESSION,
+        "seq": 3,
+        "t_ns": 1000,
+        "t_out_ns": 2000,
+        "shape": [1, 1, 2],
+        "dtype": "float32",
+    }
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not ...}
+
+
+def out_message(payload: bytes = bytes(8), **changes: Any) -> list[Any]:
+    return [b"cam0/conv1/", json.dumps(out_header(**changes)).encode(), payload]
+
+
+def test_a_valid_output_header_decodes() -> None:
+    """The base of the malformed cases below is itself valid: each case tests one fault."""
+    head, out = protocol.decode_output(out_message())
+    assert out is not None
+    assert (head["stream"], head["layer"], out.shape) == ("cam0", "conv1", (1, 1, 2))
+
+
 @pytest.mark.parametrize(
     ("parts", "fault"),
     [
         ([b"t/", b"{}"], "3 parts"),
         ([b"t/", b"nope", b""], "not UTF-8 JSON"),
-        ([b"t/", b'{"v": 1, "kind": "frame"}', b""], "'kind'"),
-        ([b"t/", b'{"v": 1, "kind": "output", "dtype": "int8"}', b""], "'dtype'"),
-        (
-            [b"t/", b'{"v": 1, "kind": "output", "dtype": "float32", "shape": [2, 2]}', b""],
-            "'shape'",
-        ),
-        (
-            [b"t/", b'{"v": 1, "kind": "output", "dtype": "float32", "shape": [1, 1, 2]}', b"1234"],
-            "needs 8",
-        ),
-        ([b"t/", b'{"v": 9, "kind": "output"}', b""], "version 9"),
+        (out_message(kind="frame"), "'kind'"),
+        (out_message(dtype="int8"), "'dtype'"),
+        (out_message(shape=[2, 2]), "'shape'"),
+        (out_message(shape=[1, 1, 2**63]), "'shape'"),
+        (out_message(shape=[1, 1, 0]), "'shape'"),
+        (out_message(payload=b"1234"), "needs 8"),
+        (out_message(v=9), "version 9"),
+        (out_message(v=1.0), "version 1.0"),
+        (out_message(v=True), "version True"),
+        (out_message(stream=...), "'stream'"),
+        (out_message(stream="a/b"), "'stream'"),
+        (out_message(layer=...), "'layer'"),
+        (out_message(layer="../x"), "'layer'"),
+        (out_message(session=...), "'session'"),
+        (out_message(session=""), "'session'"),
+        (out_message(seq=...), "'seq'"),
+        (out_message(seq=-1), "'seq'"),
+        (out_message(seq=3.0), "'seq'"),
+        (out_message(seq=10**100), "'seq'"),
+        (out_message(seq=2**63), "'seq'"),
+        (out_message(t_ns=...), "'t_ns'"),
+        (out_message(t_ns=2**70), "'t_ns'"),
+        (out_message(t_out_ns=...), "'t_out_ns'"),
+        (out_message(t_out_ns=2**64), "'t_out_ns'"),
+        (out_message(fps=0), "'fps'"),
+        (out_message(fps="25"), "'fps'"),
+        (out_message(fps=10**400), "'fps'"),
+        (out_message(discontinuity="yes"), "'discontinuity'"),
+        (out_message(discontinuity=1), "'discontinuity'"),
+        (out_message(kind="eos", subscribed=1), "'subscribed'"),
+        (out_message(kind="eos", seq=10**100), "'seq'"),
+        (out_message(kind="eos", layer=...), "'layer'"),
     ],
 )
 def test_malformed_output_is_rejected_naming_the_fault(parts: list[Any], fault: str) -> None:
-    with pytest.raises(ProtocolError, match=fault):
+    with pytest.raises(ProtocolError, match=re.escape(fault)):
         protocol.decode_output(parts)
 
 
-def test_uint8_output_without_scale_is_a_protocol_error() -> None:
-    head = {"v": 1, "kind": "output", "dtype": "uint8", "shape": [1, 1, 1]}
+@pytest.mark.parametrize(
+    ("scale", "offset"),
+    [(..., 0.0), (1.0, ...), ("1", 0.0), (True, 0.0), (1e300, 0.0), (1.0, 1e39), (10**400, 0)],
+    ids=["no-scale", "no-offset", "string", "bool", "overflows", "offset-overflows", "huge-int"],
+)
+def test_uint8_output_without_usable_scale_is_a_protocol_error(scale: Any, offset: Any) -> None:
+    parts = out_message(b"\x00", dtype="uint8", shape=[1, 1, 1], scale=scale, offset=offset)
     with pytest.raises(ProtocolError, match="scale"):
-        protocol.decode_output([b"t/", json.dumps(head).encode(), b"\x00"])
+        protocol.decode_output(parts)
 
 
 def test_huge_shape_is_a_protocol_error() -> None:

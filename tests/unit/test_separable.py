@@ -124,3 +124,44 @@ def test_non_finite_weights_are_rejected() -> None:
     layer = MemoryConv3d(1, 1, 1)
     with pytest.raises(ValueError, match="NaN or infinite"):
         layer.set_weight(torch.tensor([1.0, float("nan")]))
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+            ],
+        ),
+    ],
+)
+@pytest.mark.parametrize("convert", [False, True], ids=["normal weight", "inference weight"])
+def test_the_cache_sees_weight_changes_under_inference_mode(device: str, convert: bool) -> None:
+    kernel = exponential_kernel(1.0, length=3)[:, None, None] * gaussian_kernel(1.0)
+    x = torch.randn(1, 1, 8, 12, 12, dtype=torch.float64)
+    with torch.inference_mode():
+        if convert:  # converted under inference mode: an inference tensor, no version counter
+            layer = MemoryConv3d(1, 1, (3, 7, 7)).to(device, torch.float64)
+        else:  # built under inference mode: still a normal parameter
+            layer = MemoryConv3d(1, 1, (3, 7, 7), device=device, dtype=torch.float64)
+        layer.set_weight(kernel)  # the same size: copied into the weight in place
+        assert layer.weight.is_inference() == convert
+        first = layer.run(x)
+        assert layer._factor_cache is not None
+        layer.weight.mul_(-2.0)  # in place: the version counter or the value check sees it
+        layer.reset()
+        doubled = layer.run(x)
+        layer.set_weight(2 * kernel)
+        layer.reset()
+        last = layer.run(x)
+    assert layer._factor_cache is not None  # still the fast path
+    assert isinstance(first, torch.Tensor)
+    assert isinstance(doubled, torch.Tensor)
+    assert isinstance(last, torch.Tensor)
+    assert rel_err(doubled.numpy(), -2 * first.numpy()) < 1e-12
+    reference = offline_conv(x.numpy(), layer.weight.detach().cpu().numpy())
+    assert rel_err(last.numpy(), reference) < 1e-12

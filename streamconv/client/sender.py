@@ -1,0 +1,419 @@
+"""Send frames to a worker from any process: `Sender`, as simple as imagezmq's ImageSender.
+
+    from streamconv.client import Sender
+
+    with Sender("tcp://127.0.0.1:5555", stream="cam0", mode="live", fps=30.0) as sender:
+        for frame in frames:              # numpy (H, W) or (H, W, C): uint8, uint16 or float32
+            if not sender.send(frame):    # False: live mode dropped it (or stop() was called)
+                pass
+    print(sender.summary())               # queued, dropped, and whether the worker stayed
+
+The first send waits (up to `wait_s`, 0 = forever) until a worker has completed the ZeroMQ
+handshake, and raises StartupError if none does: a PUSH socket accepts frames whether or not
+anyone is at the other end, so without this a sender could queue into the void. `close()`
+(or leaving the `with` block) queues the end of stream (eos, seq = frames sent) and waits a
+bounded time for the queue to drain.
+
+Modes (docs/PROTOCOL.md):
+- lossless: a send waits while the queue (`queue` frames, the PUSH high-water mark) is full,
+  so the worker's pace becomes the sender's. If the worker goes away, a send waits up to
+  `wait_s` for it to come back, then raises WorkerLostError.
+- live: a frame that cannot be queued at once is dropped and counted (`dropped`), and so is
+  every frame offered while no worker is connected (also counted in `dropped_no_worker`).
+
+Sequence numbers count frames actually queued: a dropped frame takes no number, so the worker
+sees no gap (a gap would reset the stream's state). Delivery is never claimed: ZeroMQ says when
+a frame is queued, not when the worker has it. What the sender does know, and reports, is
+whether the worker's connection held, and whether the queue drained before the socket closed.
+`stop()` (or setting the `stop` event passed in, from any thread or a signal handler) makes a
+waiting send return False promptly. A Sender is used by one thread; it never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from streamconv.errors import ConfigError, ProtocolError, StartupError, StreamconvError
+from streamconv.wire import protocol, transport
+from streamconv.wire.protocol import PROBE_STREAM
+
+log = logging.getLogger(__name__)
+
+MODES = ("lossless", "live")
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_OUTPUT = "tcp://127.0.0.1:5556"
+DEFAULT_QUEUE = {"lossless": 8, "live": 2}
+DEFAULT_LINGER_MS = {"lossless": 5000, "live": 1000}
+POLL_MS = 100  # the longest single wait: a stop request is seen within this
+ANNOUNCE_S = 1.0  # waiting this long for a worker is logged (once)
+STALL_WARN_S = 5.0  # a lossless send blocked this long (worker connected) is logged once
+STOP_WAIT_S = 1.0  # once stopped, or with the worker gone: the most time for eos, then linger
+
+
+class WorkerLostError(StreamconvError):
+    """The worker went away mid-stream and did not come back within the wait."""
+
+
+def _endpoint_error(endpoint: str, e: Exception) -> ConfigError:
+    why = e if isinstance(e, transport.ZMQError) else "not a tcp://, ipc:// or inproc:// endpoint"
+    return ConfigError(f"cannot connect to {endpoint!r}: {why} (write e.g. tcp://HOST:PORT)")
+
+
+class Sender:
+    """Frames to the worker at `endpoint` as stream `stream`; see the module docstring.
+
+    `queue` is the number of frames queued before a send waits (lossless) or drops (live):
+    8 lossless, 2 live by default. `fps` is the source's nominal rate, sent with every frame.
+    `linger_ms` bounds how long close() lets queued frames drain (5000 lossless, 1000 live);
+    `close_timeout_s` bounds the wait to queue the eos.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        stream: str = "cam0",
+        mode: str = "lossless",
+        queue: int | None = None,
+        wait_s: float = 30.0,
+        fps: float | None = None,
+        *,
+        stop: threading.Event | None = None,
+        linger_ms: int | None = None,
+        close_timeout_s: float = 5.0,
+    ) -> None:
+        if mode not in MODES:
+            msg = f"sender mode must be one of {MODES}, got {mode!r}"
+            raise ConfigError(msg)
+        if queue is not None and queue < 1:
+            msg = f"queue size must be >= 1, got {queue}"
+            raise ConfigError(msg)
+        if wait_s < 0 or (fps is not None and not fps > 0):
+            msg = f"wait_s must be >= 0 (0: forever) and fps > 0, got {wait_s} and {fps}"
+            raise ConfigError(msg)
+        try:
+            self.stream = protocol.check_name(stream, "stream id")
+        except ProtocolError as e:
+            msg = f"{e}: pick another stream id"
+            raise ConfigError(msg) from e
+        self.endpoint, self.mode, self.wait_s, self.fps = endpoint, mode, wait_s, fps
+        self.queue = queue or DEFAULT_QUEUE[mode]
+        self.linger_ms = DEFAULT_LINGER_MS[mode] if linger_ms is None else linger_ms
+        self.close_timeout_s = close_timeout_s
+        self.session = protocol.new_session()
+        self.sent = 0  # frames queued, and the next frame's seq
+        self.dropped = 0  # live frames not queued, for any reason
+        self.dropped_no_worker = 0  # of those, offered while no worker was connected
+        self.eos_sent = False
+        self.drained: bool | None = None  # after close: the queue emptied within the linger
+        self._linger_ms = self.linger_ms  # the linger close() used
+        self._stop = stop if stop is not None else threading.Event()
+        self._ready = self._closed = False
+        self._gone_since: float | None = None
+        self._ctx = transport.context()
+        try:
+            self.sock, self._watch = transport.watched_push(
+                self._ctx, endpoint, hwm=self.queue, linger_ms=self.linger_ms
+            )
+        except (ValueError, transport.ZMQError) as e:
+            self._ctx.term()
+            raise _endpoint_error(endpoint, e) from e
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def disconnects(self) -> int:
+        """How often the worker's connection closed after it was first made."""
+        return self._watch.disconnects
+
+    @property
+    def connected(self) -> bool:
+        """Whether a worker holds a completed connection right now."""
+        return not self._closed and self._peers() > 0
+
+    def stop(self) -> None:
+        """Make a waiting (or any later) send return False; safe from any thread."""
+        self._stop.set()
+
+    # -- sending -------------------------------------------------------------------------------
+    def wait_worker(self) -> bool:
+        """Wait until a worker has completed the handshake: True; False if stopped first.
+
+        Raises StartupError after `wait_s` (0: never). The first send() calls this.
+        """
+        self._check_open()
+        if self._ready:
+            return True
+        start = time.monotonic()
+        announced = False
+        while not self._stop.is_set():
+            if self._watch.update(POLL_MS) > 0:
+                self._ready = True
+                log.debug("the worker at %s answered", self.endpoint)
+                return True
+            waited = time.monotonic() - start
+            if self.wait_s and waited >= self.wait_s:
+                msg = (
+                    f"no worker answered at {self.endpoint} within {self.wait_s:g} s; "
+                    "is `streamconv worker` running? (--wait to wait longer)"
+                )
+                raise StartupError(msg)
+            if not announced and waited >= ANNOUNCE_S:
+                announced = True
+                limit = f"up to {self.wait_s:g} s" if self.wait_s else "no time limit"
+                log.info("waiting for a worker at %s (%s)", self.endpoint, limit)
+        return False
+
+    def send(self, frame: np.ndarray, t_ns: int | None = None) -> bool:
+        """Queue one frame (taken at `t_ns`, default now): True if queued.
+
+        False when live mode dropped it or stop() was called. Raises ProtocolError for a frame
+        the protocol cannot carry, StartupError if no worker answers (first send), and, in
+        lossless mode, WorkerLostError if the worker went away and did not come back in time.
+        """
+        self._check_open()
+        parts = self._encode(frame, t_ns)
+        if self._stop.is_set() or not self.wait_worker():
+            return False
+        queued = self._send_live(parts) if self.mode == "live" else self._send_lossless(parts)
+        self.sent += queued
+        return queued
+
+    def _encode(self, frame: np.ndarray, t_ns: int | None) -> list[Any]:
+        if not isinstance(frame, np.ndarray):
+            msg = f"a frame must be a numpy array, got {type(frame).__name__}"
+            raise ProtocolError(msg)
+        if 0 in frame.shape:
+            msg = f"frame shape {frame.shape} is empty: every size must be > 0"
+            raise ProtocolError(msg)
+        if frame.dtype == np.float32 and not np.isfinite(frame).all():
+            # The worker would drop it; in lossless mode that is a gap that resets its state.
+            msg = "float32 frame holds NaN or infinite values"
+            raise ProtocolError(msg)
+        return protocol.encode_frame(self.stream, self.session, self.sent, frame, t_ns, self.fps)
+
+    def _send_live(self, parts: list[Any]) -> bool:
+        if self._peers() == 0:
+            self.dropped += 1
+            self.dropped_no_worker += 1
+            return False
+        if transport.send(self.sock, parts, block=False):
+            return True
+        self.dropped += 1
+        return False
+
+    def _send_lossless(self, parts: list[Any]) -> bool:
+        since, warned = time.monotonic(), False
+        while not self._stop.is_set():
+            if self._peers() == 0:
+                if not self._await_worker_back():
+                    return False
+                since = time.monotonic()
+                continue
+            if transport.wait_writable(self.sock, POLL_MS) and transport.send(
+                self.sock, parts, block=False
+            ):
+                return True
+            if not warned and time.monotonic() - since > STALL_WARN_S:
+                warned = True
+                log.warning(
+                    "the worker at %s is connected but has taken no frame for %.0f s; "
+                    "still waiting (busy or stuck?)",
+                    self.endpoint,
+                    STALL_WARN_S,
+                )
+        return False
+
+    def _peers(self, timeout_ms: int = 0) -> int:
+        """The peer count, logging each time the worker goes away or comes back."""
+        peers = self._watch.update(timeout_ms)
+        if peers and self._gone_since is not None:
+            log.info(
+                "the worker at %s is back after %.1f s",
+                self.endpoint,
+                time.monotonic() - self._gone_since,
+            )
+            self._gone_since = None
+        elif not peers and self._gone_since is None and self._ready:
+            self._gone_since = time.monotonic()
+            then = (
+                f"waiting up to {self.wait_s:g} s for it to come back"
+                if self.mode == "lossless" and self.wait_s
+                else "waiting for it to come back"
+                if self.mode == "lossless"
+                else "dropping frames until it is back"
+            )
+            log.warning(
+                "the worker at %s disconnected after %d frames were queued; frames queued "
+                "since may be lost; %s",
+                self.endpoint,
+                self.sent,
+                then,
+            )
+        return peers
+
+    def _await_worker_back(self) -> bool:
+        """Lossless: wait for the worker to reconnect; False if stopped, WorkerLostError after
+        `wait_s`."""
+        while not self._stop.is_set():
+            if self._peers(POLL_MS) > 0:
+                return True
+            gone_s = time.monotonic() - (self._gone_since or time.monotonic())
+            if self.wait_s and gone_s >= self.wait_s:
+                msg = (
+                    f"the worker at {self.endpoint} went away after {self.sent} frames were "
+                    f"queued and did not come back within {self.wait_s:g} s; frames queued "
+                    "after it left may be lost (--wait to wait longer)"
+                )
+                raise WorkerLostError(msg)
+        return False
+
+    # -- readiness of a subscriber -------------------------------------------------------------
+    def wait_subscriber(self, output: str = DEFAULT_OUTPUT, timeout_s: float | None = None) -> bool:
+        """Wait until the worker has a subscriber for this stream: True; False if stopped first.
+
+        Probes through the worker (docs/PROTOCOL.md, "Knowing that a subscriber is connected"):
+        an eos on stream `_probe` that `watch`es this stream, every 100 ms, answered on the
+        worker's `output` endpoint. Raises StartupError after `timeout_s` (default `wait_s`;
+        0: never), or at once if the worker's answers cannot say (a worker without `watch`).
+        """
+        if not self.wait_worker():
+            return False
+        limit = self.wait_s if timeout_s is None else timeout_s
+        try:
+            sub = transport.sub_socket(self._ctx, output, [protocol.stream_topic(PROBE_STREAM)])
+        except (ValueError, transport.ZMQError) as e:
+            raise _endpoint_error(output, e) from e
+        log.info("waiting for a subscriber of stream %s on %s", self.stream, output)
+        prefix, start, answered, n = protocol.new_session()[:16] + ".", time.monotonic(), False, 0
+        try:
+            while not self._stop.is_set():
+                n += 1
+                probe = protocol.encode_eos(PROBE_STREAM, f"{prefix}{n}", 0, watch=self.stream)
+                transport.send(self.sock, probe, block=False)
+                end = time.monotonic() + POLL_MS / 1000
+                while (left_ms := int((end - time.monotonic()) * 1000)) > 0:
+                    subscribed = self._probe_answer(sub, prefix, left_ms)
+                    if subscribed is None:
+                        continue
+                    if subscribed:
+                        log.info("subscriber present for stream %s", self.stream)
+                        return True
+                    answered = True
+                if limit and time.monotonic() - start >= limit:
+                    raise StartupError(self._no_subscriber(output, limit, answered))
+            return False
+        finally:
+            transport.close(sub, 0)
+
+    def _probe_answer(self, sub: transport.Socket, prefix: str, timeout_ms: int) -> bool | None:
+        """`subscribed` of one answer to this sender's probes, or None (no answer, or another's)."""
+        frames = transport.recv(sub, timeout_ms)
+        if frames is None:
+            return None
+        try:
+            header, _ = protocol.decode_output([f.buffer for f in frames])
+        except ProtocolError:
+            return None
+        if header["stream"] != PROBE_STREAM or not header["session"].startswith(prefix):
+            return None  # another client's probe: its answer is about another stream
+        if "subscribed" not in header:
+            msg = (
+                "the worker answers probes without 'subscribed': it is too old to tell whether "
+                f"stream {self.stream} has a subscriber (run without --wait-subscriber)"
+            )
+            raise StartupError(msg)
+        return bool(header["subscribed"])
+
+    def _no_subscriber(self, output: str, limit: float, answered: bool) -> str:
+        if answered:
+            return (
+                f"no subscriber of stream {self.stream} on {output} within {limit:g} s; "
+                "start one, or --wait to wait longer"
+            )
+        return (
+            f"no answer on {output} within {limit:g} s: is it the output endpoint of the worker "
+            f"at {self.endpoint}? (--output)"
+        )
+
+    # -- closing -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Queue the eos (seq = frames sent) and close, each bounded in time; idempotent."""
+        if self._closed:
+            return
+        try:
+            if self._ready:
+                self.eos_sent = self._send_eos()
+        finally:
+            self._closed = True
+            hurry = self._stop.is_set() or not self._ready or self._watch.update(0) == 0
+            linger_ms = min(self.linger_ms, int(STOP_WAIT_S * 1000)) if hurry else self.linger_ms
+            self._watch.close()
+            transport.close(self.sock, linger_ms)
+            start = time.monotonic()
+            self._ctx.term()  # returns once the queue drained, or the linger ran out
+            took_ms = (time.monotonic() - start) * 1000
+            if self._ready and linger_ms > 0:
+                self.drained = took_ms < linger_ms - 20
+            self._linger_ms = linger_ms
+
+    def _send_eos(self) -> bool:
+        parts = protocol.encode_eos(self.stream, self.session, seq=self.sent)
+        wait_s = self.close_timeout_s
+        if self._stop.is_set() or self._watch.update(0) == 0:
+            wait_s = min(wait_s, STOP_WAIT_S)
+        deadline = time.monotonic() + wait_s
+        while True:
+            if transport.wait_writable(self.sock, POLL_MS) and transport.send(
+                self.sock, parts, block=False
+            ):
+                return True
+            if time.monotonic() >= deadline:
+                log.warning("eos not queued within %.1f s: the worker's queue stayed full", wait_s)
+                return False
+
+    def summary(self, seconds: float | None = None) -> str:
+        """One line: what was queued and dropped (in `seconds`), and what is known of delivery."""
+        took = "" if seconds is None else f" in {seconds:.2f} s"
+        stopped = ", stopped" if self._stop.is_set() else ""
+        if not self._ready:
+            return f"queued nothing{took}{stopped}: no worker had answered at {self.endpoint}"
+        text = f"queued {self.sent} frames to {self.endpoint}, dropped {self.dropped}"
+        if self.dropped_no_worker:
+            text += f" ({self.dropped_no_worker} while no worker was connected)"
+        text += f" ({self.mode} mode){took}{stopped}"
+        if self.disconnects:
+            text += (
+                f"; the worker disconnected {self.disconnects} time(s): frames queued after "
+                "that may be lost"
+            )
+        else:
+            text += "; the worker's connection held throughout"
+        if self._closed and not self.eos_sent:
+            text += "; the eos was not queued"
+        if self.drained is False:
+            text += (
+                f"; the queue had not drained when the {self._linger_ms / 1000:g} s linger ran "
+                "out: its last frames were discarded"
+            )
+        return text
+
+    def _check_open(self) -> None:
+        if self._closed:
+            msg = "this Sender is closed"
+            raise StreamconvError(msg)
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,174 @@
+"""The settings tree for the roles: sockets as data, worker, capture, HTTP and logging.
+
+`Settings` is the root of a config file: [worker], [capture], [log] and the [[layers]].
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from streamconv.config.layers import LayerSpec, Strict
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Url = Annotated[str, Field(pattern=r"^(tcp|ipc|inproc)://.+$")]
+HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9_.:\[\]-]+):(?P<port>\d{1,5})$")
+
+
+class SocketSettings(Strict):
+    """One ZeroMQ socket, as data; `wire.transport.open_socket` makes it.
+
+    A plain string in a config file, an environment variable or a flag is its endpoint, with
+    the role's defaults for the rest: `input = "tcp://0.0.0.0:5555"`.
+    """
+
+    endpoint: Url
+    bind: bool = False
+    hwm: int = Field(default=8, ge=1, description="messages queued before back-pressure")
+    linger_ms: int = Field(default=0, ge=0, description="how long close() may flush")
+    max_message_bytes: int = Field(
+        default=-1, ge=-1, description="receiving side: a larger part disconnects its sender"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoint_shorthand(cls, data: Any) -> Any:
+        return {"endpoint": data} if isinstance(data, str) else data
+
+
+class InputSocket(SocketSettings):
+    """The worker's PULL: frames from every sender (bound)."""
+
+    endpoint: Url = "tcp://127.0.0.1:5555"
+    bind: bool = True
+    hwm: int = Field(default=8, ge=1, description="frames queued per sender connection")
+
+
+class OutputSocket(SocketSettings):
+    """The worker's XPUB: layer outputs to every subscriber (bound)."""
+
+    endpoint: Url = "tcp://127.0.0.1:5556"
+    bind: bool = True
+    hwm: int = Field(
+        default=1000, ge=1, description="messages queued per subscriber; a slower one loses some"
+    )
+
+
+class CaptureSocket(SocketSettings):
+    """A capture's PUSH to the worker (connects). hwm 0: 8 frames lossless, 2 live."""
+
+    endpoint: Url = "tcp://127.0.0.1:5555"
+    hwm: int = Field(default=0, ge=0, description="frames queued; 0 picks by mode")
+
+
+def parse_http(value: str) -> tuple[str, int] | None:
+    """'HOST:PORT' -> (host, port); 'off' -> None. Port 0 picks a free port."""
+    if value == "off":
+        return None
+    match = HOST_PORT.fullmatch(value)
+    if match is None or int(match["port"]) > 65535:
+        msg = f"must be HOST:PORT (e.g. 127.0.0.1:5557) or 'off', got {value!r}"
+        raise ValueError(msg)
+    return match["host"].strip("[]"), int(match["port"])
+
+
+class WorkerSettings(Strict):
+    input: InputSocket = InputSocket()
+    output: OutputSocket = OutputSocket()
+    http: str = Field(
+        default="127.0.0.1:5557",
+        description="HOST:PORT for /healthz, /readyz, /metrics and /status; 'off' for none",
+    )
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:INDEX")
+    dtype: Literal["float32", "float16", "bfloat16", "float64"] = "float32"
+    chunk: int = Field(default=8, ge=1, le=4096)
+    max_wait_ms: float = Field(default=20.0, ge=0)
+    color: Literal["as-is", "gray", "rgb"] = "gray"
+    in_channels: int = Field(default=1, ge=1, description="input channels for color 'as-is'")
+    output_dtype: Literal["float32", "float16", "uint8"] = "float32"
+    max_message_bytes: int = Field(default=64 * 2**20, ge=1024)
+    max_streams: int = Field(default=64, ge=1)
+    idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="free a stream's state after this long without input"
+    )
+    shutdown_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="at SIGTERM, the most time spent finishing chunks in hand; the rest is "
+        "counted and logged as not flushed",
+    )
+    tf32: bool = Field(
+        default=False,
+        description="let CUDA convolutions use TF32 (faster on Ampere+, ~1e-3 relative error)",
+    )
+    threads: int = Field(
+        default=1,
+        ge=0,
+        description="torch CPU threads; 0 keeps torch's default (all cores). One leaves the "
+        "cores to capture and subscribers and keeps live latency low (BENCHMARKS.md)",
+    )
+
+    @field_validator("http")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        parse_http(value)
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if re.fullmatch(r"auto|cpu|cuda(:\d{1,2})?", value) is None:
+            msg = f"must be auto, cpu, cuda or cuda:INDEX (e.g. cuda:1), got {value!r}"
+            raise ValueError(msg)
+        return value
+
+
+class CaptureSettings(Strict):
+    """A capture: where frames come from and how they are sent."""
+
+    source: str | None = None
+    stream: Name | None = None
+    connect: CaptureSocket = CaptureSocket()
+    mode: Literal["auto", "lossless", "live"] = "auto"
+    resize: tuple[int, int] | None = None
+    gray: bool = False
+    limit: int | None = Field(default=None, ge=1)
+    loop: bool = False
+    realtime: bool = False
+    wait_s: float = Field(
+        default=30.0, ge=0, description="how long to wait for a worker (0: forever)"
+    )
+    output: Url = Field(
+        default="tcp://127.0.0.1:5556",
+        description="the worker's output endpoint, used by wait_subscriber",
+    )
+    wait_subscriber: bool = Field(
+        default=False,
+        description="send frame 0 only once the worker has a subscriber for this stream",
+    )
+
+
+class LogSettings(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    stats_every_s: float = Field(default=10.0, ge=0, description="periodic stats line; 0: off")
+
+
+class Settings(Strict):
+    """A config file: [worker], [capture], [log] and the [[layers]] pipeline, in order."""
+
+    worker: WorkerSettings = WorkerSettings()
+    capture: CaptureSettings = CaptureSettings()
+    log: LogSettings = LogSettings()
+    layers: list[LayerSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        names = [layer.name for layer in self.layers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            msg = f"layer names must be unique, repeated: {dupes}"
+            raise ValueError(msg)
+        return self

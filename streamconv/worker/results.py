@@ -1,0 +1,54 @@
+"""What the engine hands the publisher: outputs, ends of streams and failures, as values.
+
+Torch-free: the publisher and the stats read these without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streamconv.errors import Drop
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    """Outputs for consecutive frames of one stream: layers[name] is (T, C, H, W)."""
+
+    stream: str
+    session: str
+    seqs: list[int]
+    t_ns: list[int]
+    discontinuity: bool
+    layers: dict[str, np.ndarray]
+    # For uint8 output: per layer, each frame's (scales, offsets): value = byte*scale+offset.
+    quant: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    fps: float | None = None  # the source's nominal rate, forwarded to subscribers
+    compute_s: float = 0.0  # time in the model, copies in and out included
+
+
+@dataclass(frozen=True, slots=True)
+class EndResult:
+    """The stream's session ended; `seq` is the frame count the sender reported.
+
+    `watch` is set for an answer to a readiness probe that asked about a stream."""
+
+    stream: str
+    session: str
+    seq: int
+    watch: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Input that was dropped: `frames` frames (0 for a message that never became one) of
+    `stream` (None when the message could not be read), for `reason`, explained by `detail`."""
+
+    reason: Drop
+    detail: str
+    stream: str | None = None
+    frames: int = 1
+
+
+Result = ChunkResult | EndResult | Failed

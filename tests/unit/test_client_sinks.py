@@ -1,0 +1,127 @@
+"""The subscriber's sinks (.npy files, preview videos) and the client's import rule."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from streamconv.client.monitor import NpyWriter, PreviewWriter, safe_name
+from tests.conftest import REPO
+
+
+def head(**changes: Any) -> dict[str, Any]:
+    base = {"kind": "output", "stream": "cam0", "layer": "c1", "session": "abcdef0123", "seq": 4}
+    return base | changes
+
+
+def frame(value: float = 0.5, size: tuple[int, int] = (8, 6), channels: int = 1) -> np.ndarray:
+    a = np.full((channels, size[1], size[0]), value, np.float32)
+    a[:, 0, 0] = value + 1.0
+    return a
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("cam-0.a_b", "cam-0.a_b"),
+        ("a/b", "a_b"),
+        ("..", "__"),
+        ("../../etc", "______etc"),
+        (".hidden", "_hidden"),
+        ("a..b", "a__b"),
+        ("", "_"),
+        ("x\\y:z\t", "x_y_z_"),
+        ("é", "_"),
+    ],
+)
+def test_safe_name(value: str, expected: str) -> None:
+    assert safe_name(value) == expected
+
+
+def test_safe_name_is_bounded() -> None:
+    assert safe_name("x" * 1000) == "x" * 64
+
+
+@pytest.mark.parametrize("session", ["ab/cd/ef", "../../../x", "/etc/passwd", "..", ".x/y"])
+def test_npy_names_stay_in_the_folder(tmp_path: Path, session: str) -> None:
+    """Before the fix a session holding '/' crashed np.save (or wrote outside the folder)."""
+    folder = tmp_path / "out" / "npy"
+    NpyWriter(folder).add(head(session=session), frame())
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) == 1, written
+    assert written[0].parent == folder
+    assert not written[0].name.startswith(".")
+    np.testing.assert_array_equal(np.load(written[0]), frame())
+
+
+def test_npy_name_keeps_its_parts(tmp_path: Path) -> None:
+    NpyWriter(tmp_path).add(head(), frame())
+    assert [p.name for p in tmp_path.iterdir()] == ["cam0_c1_abcdef01_000004.npy"]
+
+
+def test_preview_names_stay_in_the_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "previews"
+    preview = PreviewWriter(folder)
+    preview.add(head(stream="..", layer=".x"), frame())
+    [path] = preview.close()
+    assert path.parent == folder
+    assert path.name == "____x.mp4"  # "__" + "_" + "_x"
+
+
+def read_video(path: Path) -> tuple[int, float, tuple[int, int]]:
+    """(frames, fps, (width, height)) as OpenCV reads the file back."""
+    video = cv2.VideoCapture(str(path))
+    try:
+        assert video.isOpened(), path
+        fps = video.get(cv2.CAP_PROP_FPS)
+        size = (int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        count = 0
+        while video.read()[0]:
+            count += 1
+    finally:
+        video.release()
+    return count, fps, size
+
+
+@pytest.mark.parametrize(("fps", "expected"), [(10.0, 10.0), (None, 25.0)])
+def test_preview_plays_at_the_source_fps(
+    tmp_path: Path, fps: float | None, expected: float
+) -> None:
+    """Before the fix every preview played at 25 fps, whatever the source's rate."""
+    preview = PreviewWriter(tmp_path)
+    extra = {} if fps is None else {"fps": fps}
+    for seq in range(5):
+        preview.add(head(seq=seq, **extra), frame(seq / 10))
+    [path] = preview.close()
+    count, got_fps, size = read_video(path)
+    assert (count, size) == (5, (8, 6))
+    assert got_fps == pytest.approx(expected)
+
+
+def test_preview_of_colour_frames_with_a_new_size_and_non_finite_values(tmp_path: Path) -> None:
+    preview = PreviewWriter(tmp_path)
+    preview.add(head(), frame(channels=3))
+    odd = frame(2.0, size=(16, 12), channels=3)
+    odd[0, 1, 1], odd[1, 2, 2] = np.inf, np.nan
+    preview.add(head(seq=5), odd)  # a new frame size mid-stream: scaled to the first
+    [path] = preview.close()
+    assert read_video(path)[::2] == (2, (8, 6))
+
+
+def test_client_imports_neither_zmq_nor_torch() -> None:
+    """Only wire/transport.py talks to ZeroMQ; the client goes through it."""
+    banned = {"zmq", "torch"}
+    for path in sorted((REPO / "streamconv" / "client").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = {node.module.split(".")[0]}
+            else:
+                continue
+            assert not names & banned, f"{path.name}:{node.lineno} imports {names & banned}"
