@@ -38,21 +38,35 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Shows a flag's default when it has one; flags that override the config say so."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _logging_args(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: given before or after the subcommand, neither default hides the other.
+    g = p.add_argument_group("logging")
+    g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging")  # fmt: skip
+    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   default=argparse.SUPPRESS, help="default: info, or [log] level")  # fmt: skip
+    g.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
+                   help="json: one object per line (default: text)")  # fmt: skip
 
 
 def _common() -> argparse.ArgumentParser:
     """Options every subcommand takes, after its name: `streamconv worker -v`."""
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("logging")
-    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    g.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
-    g.add_argument(
+    _logging_args(p)
+    p.add_argument(
         "--config",
         default=DEFAULT_CONFIG,
-        help=f"TOML config file, or a preset: {', '.join(preset_names())}",
+        help=f"TOML config file or preset name ({', '.join(preset_names())}; default: default)",
     )
     return p
 
@@ -81,14 +95,17 @@ def _capture_args(p: argparse.ArgumentParser) -> None:
 
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:INDEX (overrides [worker] device)")
-    p.add_argument("--chunk", type=int, help="frames per forward pass (overrides [worker] chunk)")
-    p.add_argument("--max-wait-ms", type=float, help="run a partial chunk after this long")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:INDEX (default: [worker] device, "
+                   "auto in the presets)")  # fmt: skip
+    p.add_argument("--chunk", type=int, help="frames per forward pass (default: [worker] chunk)")
+    p.add_argument("--max-wait-ms", type=float, help="run a partial chunk after this long "
+                   "(default: [worker] max_wait_ms)")  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="streamconv", description=__doc__, formatter_class=_Help)
     root.add_argument("--version", action="version", version=f"streamconv {_version()}")
+    _logging_args(root)
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = [_common()]
 
@@ -163,8 +180,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
             capture["connect"] = connect
         if args.command == "run":
             capture.pop("output", None)
-    level = "debug" if args.verbose else args.log_level
-    logs = pick(level=level, format=args.log_format)
+    level = "debug" if a.get("verbose") else a.get("log_level")
+    logs = pick(level=level, format=a.get("log_format"))
     tree = {"worker": worker, "capture": capture, "log": logs}
     return {k: v for k, v in tree.items() if v}
 
