@@ -1,6 +1,7 @@
 """The worker role: PULL frames -> decode -> engine -> publisher -> XPUB, plus HTTP health.
 
     Worker(load_settings("default")).run()   # startup(), serve(), shutdown(); blocks
+    # from another thread: worker.ready.wait(); worker.stop()   (see streamconv.worker)
 
 Bad input never stops it: each drop is a Failed result, counted by reason in the Stats and
 logged (rate-limited). SIGTERM/SIGINT only set a flag: the loop stops reading at once,
@@ -50,10 +51,12 @@ class Worker:
         self.stats = Stats()
         self.health = Health()
         self.stop_event = threading.Event()
+        self.ready = threading.Event()  # set once the model is built and the sockets bound
         self.abort_event = threading.Event()  # a second signal: skip the rest of the flush
         self.engine: Engine | None = None
         self.publisher: Publisher | None = None
         self.http: HttpServer | None = None
+        self.endpoints: tuple[str, str] | None = None  # (input, output) as bound
         self._drops = DropLog(settings.log.stats_every_s or 10.0)
         self._ctx: transport.Context | None = None
         self._pull: transport.Socket | None = None
@@ -121,13 +124,12 @@ class Worker:
             msg = f"cannot bind worker sockets ({w.input.endpoint}, {w.output.endpoint}): {e}"
             raise StartupError(msg) from e
         self.publisher = Publisher(pub, publish, w.output_dtype, self.stats)
+        self.endpoints = (transport.endpoint(self._pull), transport.endpoint(pub))
         self.health.info = {"device": str(device), "layers": publish}
         self.health.phase = "ready"
+        self.ready.set()
         log.info(
-            "worker ready on input %s output %s (layers: %s)",
-            transport.endpoint(self._pull),
-            transport.endpoint(pub),
-            ", ".join(publish),
+            "worker ready on input %s output %s (layers: %s)", *self.endpoints, ", ".join(publish)
         )
 
     def _started(self) -> tuple[Engine, Publisher, transport.Socket]:
