@@ -72,7 +72,7 @@ def machine() -> str:
 def settings_for(name: str, live: bool = False) -> Any:
     config, worker, _ = PIPELINES[name]
     ports = {"input": procs.free_endpoint(), "output": procs.free_endpoint()}
-    overrides = {"worker": {**worker, **ports, **(LIVE if live else {})}}
+    overrides = {"worker": {**worker, **ports, "http": "off", **(LIVE if live else {})}}
     return load_settings(CONFIGS / f"{config}.toml", overrides)
 
 
