@@ -155,7 +155,10 @@ def test_every_role_with_its_defaults(python_env: dict[str, str], tmp_path: Path
             proc.communicate(timeout=10)
 
 
-def test_ctrl_c_on_run_prints_the_summary(python_env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stopped_run_prints_the_summary(
+    python_env: dict[str, str], tmp_path: Path, sig: signal.Signals
+) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamconv", "run", "synthetic:64x48:100000", "--realtime",
          "--device", "cpu", "--out", str(tmp_path)],
@@ -164,7 +167,7 @@ def test_ctrl_c_on_run_prints_the_summary(python_env: dict[str, str], tmp_path: 
     )  # fmt: skip
     try:
         time.sleep(8)  # started, and some outputs went through
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
