@@ -1,15 +1,16 @@
 # streamconv image: one image, three roles (worker, capture, subscribe); the first argument picks one.
 #
 #   docker build -t streamconv .
-#   docker run --rm --init -p 127.0.0.1:5555-5557:5555-5557 streamconv            # worker, preset "default"
+#   docker run --rm --init -p 127.0.0.1:5555-5557:5555-5557 streamconv     # the worker, preset "default"
 #   docker run --rm --no-healthcheck streamconv capture sample --connect tcp://HOST:5555 --stream s0
 #
 # Which torch the image gets (docs/CONTAINER.md has the details):
 #   - By default, torch==2.13.0 from PyPI. On Linux x86_64 that is a CUDA build: several GB with
-#     its nvidia-* wheels. It runs on the CPU too, and on a GPU with the NVIDIA Container Toolkit on the host
-#     (compose profile "gpu"); the CUDA libraries come in those wheels, so the base needs no CUDA.
+#     its nvidia-* wheels. It runs on the CPU too, and on a GPU where the host has the NVIDIA
+#     Container Toolkit (compose profile "gpu"); the CUDA libraries come in those wheels, so the
+#     base needs no CUDA.
 #   - --build-arg TORCH_INDEX_URL=<PyTorch's CPU-only wheel index, from pytorch.org's install page>
-#     gives the CPU-only build (about 200 MB): small image, no GPU.
+#     gives the CPU-only build (a wheel of about 190 MB; the whole image about 1.4 GB): no GPU.
 #   - Wheels in a wheels/ folder of the build context are used first (pip --find-links), e.g. a CPU
 #     torch wheel already on disk, for builds without that index. The folder is optional and is
 #     only mounted while installing, so the wheels do not stay in a layer.
@@ -20,7 +21,7 @@
 #                    manylinux wheels. The wheel of streamconv is built on it as well, so it is the
 #                    only image a build needs.
 #   TORCH_SPEC       the torch requirement installed before the other dependencies. On a base that
-#                    already has the torch you want (e.g. pytorch/pytorch), pass TORCH_SPEC= (empty).
+#                    already has the torch you want (e.g. pytorch/pytorch), pass TORCH_SPEC= (empty)
 #   TORCH_INDEX_URL  empty by default; if set, torch (only) is installed from this index instead.
 #   Build arguments are kept in the image history: never put credentials in an index URL.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -215,7 +216,27 @@ def presets(name: str | None) -> int:
     return 0
 
 
+class _StoppedEarly(Exception):  # noqa: N818 - a signal, not an error
+    """SIGTERM before a role installed its own handler (e.g. `docker stop` during startup)."""
+
+
+def _stop_early(signum: int, frame: object) -> None:
+    raise _StoppedEarly
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Until a role takes over SIGTERM, it ends the command cleanly (exit 0), not with 143.
+    previous = signal.signal(signal.SIGTERM, _stop_early)
+    try:
+        return _main(argv)
+    except _StoppedEarly:
+        print("streamconv: stopped before it had started", file=sys.stderr)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.command == "presets":

@@ -153,7 +153,8 @@ class Sender:
         while not self._stop.is_set():
             if self._watch.update(POLL_MS) > 0:
                 self._ready = True
-                log.debug("the worker at %s answered", self.endpoint)
+                level = logging.INFO if announced else logging.DEBUG
+                log.log(level, "the worker at %s answered", self.endpoint)
                 return True
             waited = time.monotonic() - start
             if self.wait_s and waited >= self.wait_s:
@@ -240,13 +241,10 @@ class Sender:
             self._gone_since = None
         elif not peers and self._gone_since is None and self._ready:
             self._gone_since = time.monotonic()
-            then = (
-                f"waiting up to {self.wait_s:g} s for it to come back"
-                if self.mode == "lossless" and self.wait_s
-                else "waiting for it to come back"
-                if self.mode == "lossless"
-                else "dropping frames until it is back"
-            )
+            limit = f" up to {self.wait_s:g} s" if self.wait_s else ""
+            then = f"waiting{limit} for it to come back"
+            if self.mode == "live":
+                then = "dropping frames until it is back"
             log.warning(
                 "the worker at %s disconnected after %d frames were queued; frames queued "
                 "since may be lost; %s",

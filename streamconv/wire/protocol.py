@@ -22,6 +22,7 @@ VERSION = 1
 INT64_MAX = 2**63 - 1  # every integer field fits a signed 64-bit integer (any language can hold it)
 MAX_SESSION_CHARS = 128
 F32_MAX = float(np.finfo(np.float32).max) / 2  # margin for float32 rounding when dequantising
+MIN_QUANT_RANGE = 255.0 / F32_MAX  # below this, 255/range would not fit a float32
 PROBE_STREAM = "_probe"  # eos on this stream asks the worker for an eos back (readiness)
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # Multi-byte values are little-endian on the wire, whatever the machine.
@@ -314,7 +315,9 @@ def quantize(array: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarr
     """uint8 bytes, scale and offset spanning the frame's range (value = byte*scale+offset);
     the bytes go into `out` when given."""
     lo, hi = float(array.min()), float(array.max())
-    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    # A range so small that 1/scale would overflow float32 (subnormal differences) is flat:
+    # every byte 0, each value within that range of `lo`.
+    scale = (hi - lo) / 255.0 if hi - lo > MIN_QUANT_RANGE else 1.0
     # Values are >= 0 after subtracting the minimum, so +0.5 then truncation rounds.
     q = np.subtract(array, np.float32(lo), dtype=np.float32)
     q *= np.float32(1.0 / scale)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +20,10 @@ import pytest
 
 from streamconv.capture.role import Capture, CaptureStats, derive_stream
 from streamconv.capture.sources import ArraySource, open_source, synthetic_frame, write_sample_video
+from streamconv.client import Subscriber
 from streamconv.errors import ConfigError
 from streamconv.wire import protocol, transport
-from tests.conftest import recv_parts
+from tests.conftest import REPO, recv_parts
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +83,9 @@ def test_file_arrives_whole_in_order(zmq_ctx: Any, spawn: Spawn, tmp_path: Path)
         assert (msg.stream, msg.fps) == ("clip", 25.0)
         np.testing.assert_array_equal(msg.frame, frame)
     assert (stats.sent, stats.dropped, stats.stopped, stats.eos_sent) == (20, 0, False, True)
-    assert "capture: sent 20, dropped 0 (lossless mode)" in err
+    assert (stats.disconnects, stats.drained) == (0, True)
+    assert f"capture: queued 20 frames to {endpoint}, dropped 0 (lossless mode) in " in err
+    assert "the worker's connection held throughout" in err
 
 
 def test_lossless_waits_for_a_slow_reader(zmq_ctx: Any, spawn: Spawn) -> None:
@@ -108,22 +116,8 @@ def test_live_mode_drops_and_counts_without_seq_gaps(zmq_ctx: Any, spawn: Spawn)
     assert stats.dropped > 0
     assert stats.sent + stats.dropped == total
     assert len(frames) == stats.sent
-    assert f"capture: sent {stats.sent}, dropped {stats.dropped} (live mode)" in err
-
-
-def test_sigterm_stops_and_sends_eos(zmq_ctx: Any, spawn: Spawn) -> None:
-    sock, endpoint = pull(zmq_ctx, hwm=4)
-    args = {"source": "synthetic:32x24:10", "endpoint": endpoint, "loop": True, "realtime": True}
-    proc = spawn(CHILD, json.dumps(args))
-    for _ in range(3):
-        recv_parts(sock)
-    proc.send_signal(signal.SIGTERM)
-    frames, eos = drain(sock)
-    stats, err = finish(proc)
-    assert stats.stopped
-    assert stats.eos_sent
-    assert eos.seq == stats.sent == len(frames) + 3
-    assert "stop requested" in err
+    assert stats.dropped_no_worker == 0
+    assert f"queued {stats.sent} frames to {endpoint}, dropped {stats.dropped} (live mode)" in err
 
 
 def test_stop_from_another_thread_and_realtime_pacing(zmq_ctx: Any) -> None:
@@ -160,6 +154,7 @@ def test_mode_and_stream_defaults() -> None:
     assert derive_stream("clips/my clip.mp4") == "my_clip"
     assert derive_stream("rtsp://host:554/live/front") == "front"
     assert derive_stream("frames/") == "frames"
+    assert derive_stream("frames/*.png") == "frames"
 
 
 @pytest.mark.parametrize(
@@ -179,3 +174,226 @@ def test_bad_settings_are_config_errors(kwargs: dict[str, Any], fault: str) -> N
 def test_spec_options_with_a_source_object_are_rejected() -> None:
     with pytest.raises(ConfigError, match="resize"):
         Capture(ArraySource([]), gray=True)
+
+
+# -- the `streamconv capture` command, as a user runs it -------------------------------------
+
+
+@dataclass
+class CaptureCli:
+    """A running `python -m streamconv capture ...`; its stderr is read as it comes."""
+
+    proc: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def err(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in list(self.lines)):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                time.sleep(0.2)  # the last lines of an exited process
+                if any(text in line for line in self.lines):
+                    return
+                pytest.fail(f"capture logged no {text!r} (exit {self.proc.poll()}):\n{self.err()}")
+            time.sleep(0.02)
+
+    @contextlib.contextmanager
+    def explained(self) -> Iterator[None]:
+        """A receive that fails inside says what the capture logged (and whether it exited)."""
+        try:
+            yield
+        except pytest.fail.Exception as e:
+            pytest.fail(f"{e}; capture exit {self.proc.poll()}, its log:\n{self.err()}")
+
+    def finish(self, timeout_s: float = 20.0) -> tuple[int, str]:
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail(f"capture did not exit within {timeout_s} s:\n{self.err()}")
+        if self.reader is not None:
+            self.reader.join(5)
+        return code, self.err()
+
+
+@pytest.fixture
+def capture_cli(python_env: dict[str, str]) -> Iterator[Callable[..., CaptureCli]]:
+    """capture_cli(*args) starts `python -m streamconv capture *args`; killed at teardown."""
+    started: list[CaptureCli] = []
+
+    def start(*args: str) -> CaptureCli:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamconv", "capture", *args],
+            cwd=REPO, env=python_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        cli = CaptureCli(proc)
+        cli.reader = threading.Thread(target=cli._drain, daemon=True)
+        cli.reader.start()
+        started.append(cli)
+        return cli
+
+    yield start
+    for cli in started:
+        if cli.proc.poll() is None:
+            cli.proc.kill()
+        cli.proc.wait(10)
+        if cli.reader is not None:
+            cli.reader.join(5)
+        if cli.proc.stderr is not None:
+            cli.proc.stderr.close()
+
+
+def rebind(ctx: transport.Context, endpoint: str) -> transport.Socket:
+    """A PULL on the endpoint a closed one held (the port may take a moment to free)."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            return transport.pull_socket(ctx, endpoint, hwm=4)
+        except transport.ZMQError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("mode", ["lossless", "live"])
+def test_no_worker_exits_3_within_wait(
+    capture_cli: Callable[..., CaptureCli], free_endpoint: Callable[[], str], mode: str
+) -> None:
+    # Before: lossless blocked forever, and live dropped nearly every frame, then exited 0.
+    endpoint = free_endpoint()
+    start = time.monotonic()
+    cli = capture_cli("synthetic:64x48:10", "--connect", endpoint, "--wait", "1", "--mode", mode)
+    code, err = cli.finish()
+    assert code == 3, err
+    assert time.monotonic() - start < 10
+    assert (
+        f"streamconv: no worker answered at {endpoint} within 1 s; is `streamconv worker` "
+        "running? (--wait to wait longer)"
+    ) in err
+    assert "queued" not in err  # no claim about frames that went nowhere
+
+
+def test_sigterm_while_waiting_for_a_worker_exits_0(
+    capture_cli: Callable[..., CaptureCli], free_endpoint: Callable[[], str]
+) -> None:
+    endpoint = free_endpoint()
+    cli = capture_cli("synthetic:64x48:10", "--connect", endpoint, "--wait", "0")
+    cli.wait_for_line(f"waiting for a worker at {endpoint} (no time limit)")
+    signalled = time.monotonic()
+    cli.proc.send_signal(signal.SIGTERM)
+    code, err = cli.finish()
+    assert code == 0, err
+    assert time.monotonic() - signalled < 3
+    assert "capture: queued nothing in " in err
+    assert f"stopped: no worker had answered at {endpoint}" in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_ends_the_capture_cleanly(
+    zmq_ctx: Any, capture_cli: Callable[..., CaptureCli], sig: int
+) -> None:
+    sock, endpoint = pull(zmq_ctx, hwm=4)
+    cli = capture_cli("synthetic:64x48:100000", "--connect", endpoint, "--realtime")
+    with cli.explained():
+        first = [protocol.decode_input(recv_parts(sock)) for _ in range(3)]
+        signalled = time.monotonic()
+        cli.proc.send_signal(sig)
+        rest, eos = drain(sock)
+    code, err = cli.finish()
+    assert code == 0, err
+    assert time.monotonic() - signalled < 5
+    frames = first + rest
+    assert_contiguous(frames, eos)  # eos.seq == every frame the PULL side received
+    assert "stop requested" in err
+    pattern = (
+        rf"capture: queued {len(frames)} frames to {re.escape(endpoint)}, dropped 0 "
+        r"\(lossless mode\) in [\d.]+ s, stopped; the worker's connection held throughout"
+    )
+    assert re.search(pattern, err), err
+
+
+def test_worker_disconnect_mid_stream_is_reported(
+    zmq_ctx: Any, capture_cli: Callable[..., CaptureCli]
+) -> None:
+    first, endpoint = pull(zmq_ctx, hwm=4)
+    cli = capture_cli("synthetic:64x48:100000", "--connect", endpoint, "--realtime")
+    with cli.explained():
+        for _ in range(3):
+            recv_parts(first)
+        transport.close(first, 0)  # the worker goes away...
+        cli.wait_for_line("disconnected after")
+        second = rebind(zmq_ctx, endpoint)  # ...and comes back within --wait (30 s)
+        cli.wait_for_line("is back after")
+        seqs = [protocol.decode_input(recv_parts(second)).seq for _ in range(3)]
+        assert seqs == sorted(seqs)
+        cli.proc.send_signal(signal.SIGTERM)
+        _, eos = drain(second)
+    code, err = cli.finish()
+    assert code == 0, err
+    assert f"capture: queued {eos.seq} frames to {endpoint}" in err
+    assert "the worker disconnected 1 time(s): frames queued after that may be lost" in err
+    assert "connection held throughout" not in err
+
+
+def test_lossless_worker_gone_for_good_fails_naming_the_count(
+    zmq_ctx: Any, capture_cli: Callable[..., CaptureCli]
+) -> None:
+    sock, endpoint = pull(zmq_ctx, hwm=4)
+    cli = capture_cli("synthetic:64x48:100000", "--connect", endpoint, "--realtime", "--wait", "1")
+    with cli.explained():
+        for _ in range(3):
+            recv_parts(sock)
+    transport.close(sock, 0)
+    code, err = cli.finish()
+    assert code == 1, err
+    assert re.search(
+        rf"streamconv: the worker at {re.escape(endpoint)} went away after \d+ frames were "
+        r"queued and did not come back within 1 s",
+        err,
+    ), err
+
+
+def test_wait_subscriber_delivers_every_frame_from_seq_0(
+    start_worker: Any, capture_cli: Callable[..., CaptureCli]
+) -> None:
+    # Before: a subscriber started with the capture (as compose does) missed the first frames.
+    worker = start_worker()
+    cli = capture_cli(
+        "synthetic:64x48:20", "--connect", worker.input, "--output", worker.output,
+        "--stream", "ws", "--wait-subscriber",
+    )  # fmt: skip
+    cli.wait_for_line(f"waiting for a subscriber of stream ws on {worker.output}")
+    with Subscriber(worker.output, stream="ws", timeout_s=30) as sub:
+        messages = list(sub)
+        gaps = sum(sub.gaps.values())
+    code, err = cli.finish()
+    assert code == 0, err
+    assert "subscriber present" in err
+    outputs = [h for h, _ in messages if h["kind"] == "output"]
+    layers = {h["layer"] for h, _ in messages}
+    assert len(layers) == 3  # the default preset publishes smooth, change, motion
+    for layer in layers:
+        assert [h["seq"] for h in outputs if h["layer"] == layer] == list(range(20)), layer
+    assert gaps == 0
+
+
+def test_wait_subscriber_without_one_exits_3(
+    start_worker: Any, capture_cli: Callable[..., CaptureCli]
+) -> None:
+    worker = start_worker()
+    cli = capture_cli(
+        "synthetic:64x48:20", "--connect", worker.input, "--output", worker.output,
+        "--stream", "ws", "--wait-subscriber", "--wait", "1",
+    )  # fmt: skip
+    code, err = cli.finish()
+    assert code == 3, err
+    assert f"no subscriber of stream ws on {worker.output} within 1 s" in err

@@ -177,3 +177,18 @@ def test_a_stopped_run_prints_the_summary(
     assert "stream/layer" in out, out
     assert "stopped by a signal" in out
     assert "Traceback" not in err, err
+
+
+def test_sigterm_during_startup_exits_cleanly(python_env: dict[str, str], tmp_path: Path) -> None:
+    # `docker stop` right after `docker run`: the signal lands while torch is still importing.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamconv", "worker", "--http", "off", "--input",
+         "tcp://127.0.0.1:*", "--output", "tcp://127.0.0.1:*"],
+        cwd=tmp_path, env=python_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err

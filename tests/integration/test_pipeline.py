@@ -3,6 +3,7 @@ the offline whole-video pipeline's output for every layer, whatever the chunking
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import uuid
@@ -182,8 +183,9 @@ def test_live_capture_counts_drops_and_every_sent_frame_is_processed(
                        "live", "--queue", "1")  # fmt: skip
         got = collect(sub, ["ganglion"], timeout_s=60)
         err = finish(proc)
-    line = next(x for x in err.splitlines() if "capture: sent" in x)
-    sent, dropped = (int(v) for v in line.split("sent ")[1].split(" (")[0].split(", dropped "))
+    match = re.search(r"capture: queued (\d+) frames to \S+, dropped (\d+)", err)
+    assert match is not None, err
+    sent, dropped = int(match.group(1)), int(match.group(2))
     assert sent + dropped == 150
     assert len(got["ganglion"]) == sent
     assert [h["seq"] for h, _ in got["ganglion"]] == list(range(sent))

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import cv2
 import pytest
@@ -47,8 +48,8 @@ class SubscribeProc:
             r.start()
 
     @staticmethod
-    def _drain(pipe: object, lines: list[str]) -> None:
-        for line in pipe:  # type: ignore[attr-defined]
+    def _drain(pipe: IO[str], lines: list[str]) -> None:
+        for line in pipe:
             lines.append(line.rstrip("\n"))
 
     def stdout(self) -> str:

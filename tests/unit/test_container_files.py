@@ -1,4 +1,9 @@
-"""The container files: the Dockerfile (hadolint, and the facts the roles rely on) and compose file.
+"""The container files: the Dockerfile (hadolint, and the facts the roles rely on), the compose
+file and .dockerignore.
+
+The healthcheck commands of both files are run here, against a local HTTP server, so a wrong path,
+port or syntax fails. The commands compose and the image run are parsed with streamconv's own CLI
+parser, so a flag that the CLI no longer has fails too.
 
 PyYAML is not a dependency, so the compose file is read by `_YamlSubset`, a strict reader of the
 small YAML subset that file is written in: it raises on any syntax outside that subset instead of
@@ -7,19 +12,28 @@ guessing. Where docker compose (the plugin, or the standalone docker-compose) is
 """
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
+import sys
 import sysconfig
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from streamconv.cli import parser as cli_parser
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
+DOCKERIGNORE = ROOT / ".dockerignore"
 SHELLS = {"sh", "bash", "/bin/sh", "/bin/bash", "/usr/bin/env"}
+HTTP_IN_IMAGE = "127.0.0.1:5557"  # where the image's worker serves HTTP (STREAMCONV_WORKER__HTTP)
 
 
 def _instructions(text: str) -> list[tuple[str, str]]:
@@ -41,10 +55,20 @@ def _instructions(text: str) -> list[tuple[str, str]]:
     return result
 
 
-def _final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _stages(instructions: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """Each stage's instructions (its FROM first), by its name (`AS x`) or its index."""
     starts = [i for i, (word, _) in enumerate(instructions) if word == "FROM"]
     assert starts, "the Dockerfile has no FROM"
-    return instructions[starts[-1] :]
+    stages = {}
+    for n, (start, end) in enumerate(zip(starts, [*starts[1:], len(instructions)], strict=True)):
+        words = instructions[start][1].split()
+        name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(n)
+        stages[name] = instructions[start:end]
+    return stages
+
+
+def _final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return list(_stages(instructions).values())[-1]
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +106,20 @@ def test_entrypoint_is_exec_form_streamconv(dockerfile: list[tuple[str, str]]) -
     assert json.loads(entrypoints[-1]) == ["streamconv"]
 
 
-def test_cmd_runs_the_worker_on_a_shipped_config(dockerfile: list[tuple[str, str]]) -> None:
+def _parses(argv: list[str]) -> None:
+    """Fail unless streamconv's CLI accepts `argv` (argparse exits on an unknown flag)."""
+    try:
+        cli_parser().parse_args(argv)
+    except SystemExit as e:
+        pytest.fail(f"streamconv rejects {shlex.join(argv)} (exit {e.code})")
+
+
+def test_cmd_runs_the_worker_on_a_shipped_preset(dockerfile: list[tuple[str, str]]) -> None:
     cmds = [args for word, args in _final_stage(dockerfile) if word == "CMD"]
     assert cmds, "the final stage sets no CMD"
     cmd = json.loads(cmds[-1])
     assert cmd[0] == "worker"
+    _parses(cmd)
     if "--config" in cmd:  # a preset shipped inside the package, not a file the image copies
         name = cmd[cmd.index("--config") + 1]
         assert (ROOT / "streamconv/presets" / f"{name}.toml").is_file(), name
@@ -114,7 +147,7 @@ def test_exposes_the_worker_ports(dockerfile: list[tuple[str, str]]) -> None:
         if word == "EXPOSE"
         for port in args.split()
     }
-    assert {"5555", "5556"} <= exposed
+    assert {"5555", "5556", "5557"} <= exposed
 
 
 def test_worker_listens_on_all_interfaces(dockerfile: list[tuple[str, str]]) -> None:
@@ -126,6 +159,7 @@ def test_worker_listens_on_all_interfaces(dockerfile: list[tuple[str, str]]) -> 
     )
     assert env.get("STREAMCONV_WORKER__INPUT") == "tcp://0.0.0.0:5555"
     assert env.get("STREAMCONV_WORKER__OUTPUT") == "tcp://0.0.0.0:5556"
+    assert env.get("STREAMCONV_WORKER__HTTP") == "0.0.0.0:5557"
 
 
 def test_base_image_is_a_build_argument(dockerfile: list[tuple[str, str]]) -> None:
@@ -139,6 +173,143 @@ def test_base_image_is_a_build_argument(dockerfile: list[tuple[str, str]]) -> No
     assert default.endswith("-slim"), global_args
     final_from = _final_stage(dockerfile)[0][1].split()[0]
     assert final_from in {"${BASE_IMAGE}", "$BASE_IMAGE"}
+
+
+def test_torch_index_is_an_empty_build_argument(dockerfile: list[tuple[str, str]]) -> None:
+    # Empty by default (PyPI's torch); no index URL is written into the repository.
+    args = dict(
+        args.partition("=")[::2] for word, args in _final_stage(dockerfile) if word == "ARG"
+    )
+    assert args.get("TORCH_INDEX_URL") == '""', args
+    urls = re.findall(r"https?://[^\s'\"]+", DOCKERFILE.read_text())
+    assert all(url.startswith("http://127.0.0.1:") for url in urls), urls
+
+
+def test_no_volume(dockerfile: list[tuple[str, str]]) -> None:
+    # A VOLUME makes an anonymous volume at every `docker run`, left behind after --rm-less runs.
+    assert [args for word, args in dockerfile if word == "VOLUME"] == []
+
+
+def _copy_sources(args: str) -> tuple[str | None, list[str]]:
+    """(--from stage or None, source paths) of a COPY/ADD, flags dropped, destination dropped."""
+    words = json.loads(args) if args.startswith("[") else shlex.split(args)
+    stage = next((w.split("=", 1)[1] for w in words if w.startswith("--from=")), None)
+    paths = [w for w in words if not w.startswith("--")]
+    return stage, paths[:-1]
+
+
+def test_dependencies_install_before_the_code_is_copied(
+    dockerfile: list[tuple[str, str]],
+) -> None:
+    """A code change must not rebuild the dependency layer: nothing before the step that installs
+    the dependencies copies the code, in the final stage or in the stage its inputs come from."""
+    stages = _stages(dockerfile)
+    final = list(stages.values())[-1]
+    installs = [
+        i for i, (word, args) in enumerate(final)
+        if word == "RUN" and "pip install" in args and " -r " in args
+    ]  # fmt: skip
+    assert installs, "no `pip install -r` of the dependencies in the final stage"
+    dependency_files = {"pyproject.toml", "requirements.txt"}
+
+    def code_copies(steps: list[tuple[str, str]]) -> list[int]:
+        return [
+            i for i, (word, args) in enumerate(steps)
+            if word in {"COPY", "ADD"}
+            and not {Path(s).name for s in _copy_sources(args)[1]} <= dependency_files
+        ]  # fmt: skip
+
+    code = code_copies(final)
+    assert code, "the final stage copies no code"
+    assert code[0] > installs[0], "the code arrives before the dependencies install"
+    for word, args in final[: installs[0]]:
+        if word not in {"COPY", "ADD"}:
+            continue
+        stage, sources = _copy_sources(args)
+        assert {Path(s).name for s in sources} <= dependency_files, args
+        if stage is None:
+            continue
+        # That file must be made in its stage before the code is copied there.
+        steps = stages[stage]
+        made = next(i for i, (w, a) in enumerate(steps) if w == "RUN" and "requirements" in a)
+        assert all(i > made for i in code_copies(steps)), f"{stage} copies code before {sources}"
+
+
+class _Answer(BaseHTTPRequestHandler):
+    path_ok = "/"
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == self.path_ok else 404)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def _probe(test: list[str], port: int) -> int:
+    """Run a healthcheck `test` (["CMD", "python", ...]) against 127.0.0.1:`port`."""
+    assert test[0] == "CMD", f"not exec form (a shell would be needed): {test}"
+    assert test[1] == "python", f"the image has Python and no curl: {test}"
+    assert any(HTTP_IN_IMAGE in arg for arg in test), f"not the worker's {HTTP_IN_IMAGE}: {test}"
+    argv = [sys.executable, *(a.replace(HTTP_IN_IMAGE, f"127.0.0.1:{port}") for a in test[2:])]
+    return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode
+
+
+def _check_healthcheck(test: list[str], path: str, server: ThreadingHTTPServer) -> None:
+    port = server.server_address[1]
+    _Answer.path_ok, _Answer.status = path, 200
+    assert _probe(test, port) == 0, f"{test} fails while {path} answers 200"
+    _Answer.status = 503
+    assert _probe(test, port) != 0, f"{test} passes while {path} answers 503"
+    _Answer.path_ok, _Answer.status = "/elsewhere", 200
+    assert _probe(test, port) != 0, f"{test} passes without asking {path}"
+
+
+def test_image_healthcheck_asks_healthz_with_python(
+    dockerfile: list[tuple[str, str]], http_server: ThreadingHTTPServer
+) -> None:
+    checks = [args for word, args in _final_stage(dockerfile) if word == "HEALTHCHECK"]
+    assert checks, "the final stage has no HEALTHCHECK"
+    options, _, command = checks[-1].partition("CMD ")
+    assert all(o.startswith("--") for o in options.split()), checks[-1]
+    _check_healthcheck(["CMD", *json.loads(command)], "/healthz", http_server)
+
+
+def _dockerignore_excludes(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern that matches the path or one of its parents decides."""
+    excluded = False
+    parts = path.split("/")
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        body = pattern.lstrip("!").strip("/")
+        regex = re.escape(body).replace(r"\*\*/", "(.*/)?").replace(r"\*", "[^/]*")
+        if any(re.fullmatch(regex, c) for c in candidates):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_sends_only_what_the_build_needs() -> None:
+    lines = DOCKERIGNORE.read_text().splitlines()
+    patterns = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
+    for path in ["pyproject.toml", "README.md", "streamconv/cli.py", "streamconv/presets/x.toml",
+                 "wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"]:  # fmt: skip
+        assert not _dockerignore_excludes(path, patterns), f"{path} is left out of the context"
+    for path in [".venv/bin/python", ".git/config", "tests/unit/x.py", "out/a.mp4", ".env",
+                 "streamconv/__pycache__/cli.cpython-311.pyc", "wheels/notes.txt"]:  # fmt: skip
+        assert _dockerignore_excludes(path, patterns), f"{path} is sent with the context"
 
 
 class _YamlSubset:
@@ -278,36 +449,79 @@ def _option(argv: list[str], flag: str) -> str:
     return argv[argv.index(flag) + 1]
 
 
+ROLES = ("worker", "capture", "subscriber")
+
+
 def test_compose_has_the_three_roles_on_one_image(services: dict[str, Any]) -> None:
-    assert set(services) >= {"worker", "capture", "subscriber"}
-    images = {services[name].get("image") for name in ("worker", "capture", "subscriber")}
+    assert set(services) >= set(ROLES)
+    images = {services[name].get("image") for name in ROLES}
     assert len(images) == 1, images
     assert None not in images
-    assert services["worker"].get("build") == "."
-    assert [services[name]["command"][0] for name in ("worker", "capture", "subscriber")] == [
-        "worker",
-        "capture",
-        "subscribe",
-    ]
+    assert services["worker"]["build"]["context"] == "."
+    assert [services[name]["command"][0] for name in ROLES] == ["worker", "capture", "subscribe"]
 
 
-def test_compose_worker_publishes_on_host_loopback_and_mounts_config(
+def test_compose_commands_are_valid_streamconv_commands(services: dict[str, Any]) -> None:
+    for service in services.values():
+        _parses(service["command"])
+
+
+def test_compose_every_role_stops_cleanly(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        assert service.get("stop_grace_period") == "10s", name
+        assert service.get("init") == "true", name
+
+
+def test_compose_worker_publishes_on_host_loopback_and_uses_a_shipped_preset(
     services: dict[str, Any],
 ) -> None:
     worker = services["worker"]
-    assert set(worker["ports"]) == {"127.0.0.1:5555:5555", "127.0.0.1:5556:5556"}
-    assert "./config:/config:ro" in worker["volumes"]
-    assert worker["stop_grace_period"] == "10s"
+    assert set(worker["ports"]) == {f"127.0.0.1:{p}:{p}" for p in (5555, 5556, 5557)}
+    # Presets ship inside the package: no config folder to mount.
+    assert "volumes" not in worker
+    name = _option(worker["command"], "--config")
+    assert (ROOT / "streamconv/presets" / f"{name}.toml").is_file(), name
 
 
-def test_compose_clients_connect_to_the_worker(services: dict[str, Any]) -> None:
+def test_compose_worker_healthcheck_asks_readyz(
+    services: dict[str, Any], http_server: ThreadingHTTPServer
+) -> None:
+    for name in ("worker", "worker-gpu"):
+        _check_healthcheck(services[name]["healthcheck"]["test"], "/readyz", http_server)
+
+
+def test_compose_clients_wait_for_a_healthy_worker(services: dict[str, Any]) -> None:
     assert _option(services["capture"]["command"], "--connect") == "tcp://worker:5555"
     assert _option(services["subscriber"]["command"], "--connect") == "tcp://worker:5556"
     for name in ("capture", "subscriber"):
-        assert "worker" in services[name]["depends_on"], f"{name} does not depend on worker"
-    capture_source = services["capture"]["command"][1]
-    mounts = {v.split(":")[1] for v in services["capture"]["volumes"]}
-    assert str(Path(capture_source).parent) in mounts, f"{capture_source} is not in a mounted dir"
+        assert services[name]["depends_on"] == {"worker": {"condition": "service_healthy"}}
+        # They serve no HTTP, so the image's /healthz check would mark them unhealthy.
+        assert services[name]["healthcheck"] == {"disable": "true"}, name
+
+
+def test_compose_subscriber_gets_every_frame_from_frame_0(services: dict[str, Any]) -> None:
+    capture = services["capture"]["command"]
+    # The capture sends only once the worker has a subscriber for its stream.
+    assert "--wait-subscriber" in capture
+    assert _option(capture, "--output") == _option(services["subscriber"]["command"], "--connect")
+    assert _option(capture, "--stream") == _option(services["subscriber"]["command"], "--stream")
+    source = capture[1]
+    if source != "sample":  # the built-in clip needs no mount; a file does
+        mounts = {v.split(":")[1] for v in services["capture"].get("volumes", [])}
+        assert str(Path(source).parent) in mounts, f"{source} is not in a mounted folder"
+
+
+def test_compose_gpu_profile_reserves_an_nvidia_gpu(services: dict[str, Any]) -> None:
+    gpu = [s for s in services.values() if "gpu" in s.get("profiles", [])]
+    assert len(gpu) == 1, "one service in the gpu profile"
+    service = gpu[0]
+    assert service["command"][0] == "worker"
+    assert _option(service["command"], "--device").startswith("cuda")
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    assert {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]} in devices
+    host_ports = {p.rsplit(":", 1)[0] for s in services.values() for p in s.get("ports", [])}
+    published = [p.rsplit(":", 1)[0] for s in services.values() for p in s.get("ports", [])]
+    assert len(host_ports) == len(published), "two services publish on the same host port"
 
 
 def _compose_command() -> list[str] | None:

@@ -254,6 +254,17 @@ def test_output_uint8_round_trip_within_one_step(array: np.ndarray) -> None:
     )
 
 
+@pytest.mark.parametrize("tiny", [1.1754944e-38, 1e-45, 1e-37, 1e-35])
+def test_uint8_quantising_a_subnormal_range_does_not_overflow(tiny: float) -> None:
+    """Found by hypothesis: 1/scale overflowed float32 (a RuntimeWarning, inf bytes)."""
+    array = np.array([[[tiny, 0.0]]], np.float32)
+    _, out = protocol.decode_output(
+        wire(protocol.encode_output("cam0", "c", SESSION, 0, 0, array, dtype="uint8"))
+    )
+    assert out is not None
+    np.testing.assert_allclose(out, array, atol=1e-36)
+
+
 def test_output_flags_and_eos() -> None:
     array = np.zeros((1, 2, 2), np.float32)
     head, _ = protocol.decode_output(

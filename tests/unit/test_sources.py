@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from streamconv.capture.role import Capture, derive_stream
 from streamconv.capture.sources import (
     ArraySource,
     ImageSource,
@@ -215,3 +216,22 @@ def test_sample_is_the_built_in_clip(tmp_path: Path) -> None:
     assert len(frames) == 120
     assert frames[0].shape == (120, 160, 3)
     assert sample_clip(tmp_path / "clip.mp4").is_file()
+
+
+def test_a_glob_source_is_named_after_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: 'frames/*.png' became stream '_' (the stem of the pattern, '*', sanitised).
+    write_pngs(tmp_path / "frames", ["0.png", "1.png"])
+    spec = str(tmp_path / "frames" / "*.png")
+    assert len(frames_of(spec)) == 2
+    assert derive_stream(spec) == "frames"
+    assert Capture(spec).stream == "frames"
+    assert derive_stream("frames/*.png") == "frames"
+    assert derive_stream("shots/day[12]/*.png") == "shots"
+    monkeypatch.chdir(tmp_path / "frames")
+    assert derive_stream("*.png") == "frames"
+    assert derive_stream("/*.png") == "images"
+    # A file whose name holds a wildcard character is a file, not a glob.
+    write_pngs(tmp_path, ["[x] a.png"])
+    assert derive_stream(str(tmp_path / "[x] a.png")) == "_x__a"
