@@ -50,11 +50,11 @@ class PipelineVariant:
     """A worker (kept up across repeats) and this process's subscriber to its last layer."""
 
     def __init__(self, stack: ExitStack, settings: Any, name: str) -> None:
-        self.input, self.layer = settings.worker.input, settings.layers[-1].name
+        self.input, self.layer = settings.worker.input.endpoint, settings.layers[-1].name
         self.worker = stack.enter_context(procs.child(procs.worker_entry, settings, name=name))
         self.sub = stack.enter_context(
             Subscriber(
-                settings.worker.output,
+                settings.worker.output.endpoint,
                 stream=procs.STREAM,
                 layers=[self.layer],
                 timeout_s=RECV_TIMEOUT_S,
