@@ -62,5 +62,6 @@ def quantize_torch(frames: torch.Tensor) -> tuple[np.ndarray, tuple[list[float],
     span = hi - lo
     step = torch.where(span > 0, span / 255.0, torch.ones_like(span))
     # >= 0 after subtracting the minimum, so +0.5 then truncation rounds to nearest.
-    q = (flat - lo[:, None]).mul_((1.0 / step)[:, None]).add_(0.5).to(torch.uint8)
+    # Divide, not multiply by 1/step: 1/step overflows float32 for a tiny (subnormal) range.
+    q = (flat - lo[:, None]).div_(step[:, None]).add_(0.5).clamp_(max=255).to(torch.uint8)
     return q.reshape(frames.shape).cpu().numpy(), (step.tolist(), lo.tolist())

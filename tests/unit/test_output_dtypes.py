@@ -95,3 +95,17 @@ def test_the_gpu_quantiser_agrees_with_the_cpu_one() -> None:
         assert offsets_t[i] == pytest.approx(offset_n, rel=1e-6)
         assert np.abs(q_t[i].astype(int) - q_n.astype(int)).max() <= 1
     assert np.all(q_t[3] == 0)
+
+
+def test_the_torch_quantiser_survives_a_tiny_range() -> None:
+    # A range of 1e-40 (subnormal): 1/step would overflow float32 to inf and give garbage.
+    frames = torch.zeros(2, 1, 4, 4)
+    frames[0, 0, 0, 0] = 1e-40
+    frames[1] = torch.linspace(0, 1, 16).reshape(1, 4, 4)
+    q, (scales, offsets) = quantize_torch(frames)
+    assert q[0, 0, 0, 0] == 255
+    assert int(q[0].sum()) == 255  # every other pixel is the minimum
+    assert q[1].min() == 0
+    assert q[1].max() == 255
+    assert scales[0] > 0
+    assert offsets == [0.0, 0.0]
