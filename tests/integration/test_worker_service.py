@@ -84,8 +84,14 @@ def test_endpoints_report_what_was_sent(
     ):
         sub_a.wait_ready(worker.input)
         sub_b.wait_ready(worker.input)
-        subs = json.loads(get(worker, "/status")[1])["subscriptions"]
-        assert subs == {"a/": 1, "b/motion/": 1}
+        # wait_ready's probe unsubscription reaches the worker a moment after it returns
+        deadline = time.monotonic() + 10
+        while (subs := json.loads(get(worker, "/status")[1])["subscriptions"]) != {
+            "a/": 1,
+            "b/motion/": 1,
+        }:
+            assert time.monotonic() < deadline, subs
+            time.sleep(0.05)
         for stream, clip in frames.items():
             send_stream(push, stream, clip)
         transport.send(push, [b"not json", b""])
