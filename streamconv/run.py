@@ -9,14 +9,11 @@ down cleanly and the summary is printed (the offline check is skipped).
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -30,6 +27,7 @@ from streamconv.config import CaptureSettings, Settings
 from streamconv.errors import ConfigError, StartupError, StreamconvError
 from streamconv.layers import Output
 from streamconv.model import build_model, input_channels
+from streamconv.signals import on_stop
 from streamconv.supervisor import Supervisor, capture_main, worker_main
 from streamconv.worker.pixels import frame_to_chw
 
@@ -51,19 +49,6 @@ def free_endpoint() -> str:
 def resolve_sample(source: str, out: Path) -> str:
     """'sample' is the built-in clip, written into the output folder for the user to see."""
     return str(sample_clip(out / "sample.mp4")) if source == "sample" else source
-
-
-def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-    return restore
 
 
 def run_pipeline(settings: Settings, out: Path, *, verify: bool = True) -> int:
@@ -88,7 +73,7 @@ def run_pipeline(settings: Settings, out: Path, *, verify: bool = True) -> int:
     capture = capture.model_copy(update={"connect": connect, "stream": stream})
     layers = [spec.name for spec in settings.layers if spec.publish]
     stop = threading.Event()
-    restore = _stop_on_signals(stop)
+    restore = on_stop(lambda signum: stop.set())
     children = Supervisor()
     children.start("worker", worker_main, settings)
     monitor, preview = Monitor(), PreviewWriter(out)

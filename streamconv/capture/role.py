@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from streamconv.capture.sources import Size, Source, open_source
@@ -41,6 +38,7 @@ from streamconv.client.sender import (
 )
 from streamconv.config import CaptureSettings
 from streamconv.errors import ConfigError, ProtocolError
+from streamconv.signals import on_stop
 from streamconv.wire import protocol
 
 log = logging.getLogger(__name__)
@@ -206,7 +204,7 @@ class Capture:
     def run(self) -> CaptureStats:
         """Wait for a worker (and a subscriber, if asked), send every frame (or until stopped),
         then eos; every wait is bounded. Raises StartupError if nobody answers in time."""
-        restore = self._install_signals()
+        restore = on_stop(lambda signum: self._stop.set())  # flags only
         start = time.monotonic()
         try:
             sender = self.sender = Sender(
@@ -275,23 +273,6 @@ class Capture:
                 bar.update(offered)
         finally:
             bar.finish(offered)
-
-    def _install_signals(self) -> Callable[[], None]:
-        """SIGINT/SIGTERM set the stop flag; only the main thread may install handlers."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def handler(signum: int, frame: FrameType | None) -> None:
-            self._stop.set()
-
-        sigs = (signal.SIGINT, signal.SIGTERM)
-        previous = {s: signal.signal(s, handler) for s in sigs}
-
-        def restore() -> None:
-            for s, h in previous.items():
-                signal.signal(s, h if h is not None else signal.SIG_DFL)
-
-        return restore
 
 
 def capture_kwargs(s: CaptureSettings, progress: bool = False) -> dict[str, Any]:

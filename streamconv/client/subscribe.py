@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from types import FrameType
+from collections.abc import Iterable
 
 from streamconv.client.monitor import Monitor, NpyWriter, PreviewWriter
 from streamconv.client.subscriber import Subscriber
+from streamconv.signals import on_stop
 
 REPORT_EVERY_S = 2.0
 POLL_S = 0.2  # how soon a stop signal is noticed
@@ -26,7 +25,7 @@ POLL_S = 0.2  # how soon a stop signal is noticed
 def subscribe(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     """Run the subscriber of `args` (the CLI's); `stop` ends it from another thread."""
     stop = threading.Event() if stop is None else stop
-    restore = _install_signals(stop)
+    restore = on_stop(lambda signum: stop.set())  # SIGINT, SIGTERM
     try:
         _run(args, stop)
     finally:
@@ -90,21 +89,3 @@ def _enough(counts: Counter[tuple[str, str]], n: int | None, layers: Iterable[st
         return True
     seen = {layer for _, layer in counts}
     return bool(counts) and set(layers or ()) <= seen and min(counts.values()) >= n
-
-
-def _install_signals(stop: threading.Event) -> Callable[[], None]:
-    """SIGINT and SIGTERM (docker stop) set `stop`; only the main thread may install handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    sigs = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, handler) for s in sigs}
-
-    def restore() -> None:
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
-
-    return restore

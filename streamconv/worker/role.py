@@ -16,8 +16,6 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
-from types import FrameType
 
 from streamconv.config import Settings, parse_http
 from streamconv.errors import Drop, ProtocolError, ShutdownCutError, StartupError, StreamconvError
@@ -29,6 +27,7 @@ from streamconv.model import (
     input_channels,
     resolve_device,
 )
+from streamconv.signals import on_stop
 from streamconv.wire import transport
 from streamconv.wire.protocol import decode_input
 from streamconv.worker import metrics
@@ -70,7 +69,7 @@ class Worker:
         self.stop_event.set()
 
     def run(self) -> None:
-        restore = self._install_signals()  # before startup: a signal then ends it cleanly
+        restore = on_stop(self._on_signal)  # before startup: a signal then ends it cleanly
         try:
             try:
                 self.startup()
@@ -240,24 +239,12 @@ class Worker:
     def _device_memory(self) -> int | None:
         return device_memory(self.engine.device) if self.engine is not None else None
 
-    def _install_signals(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def handler(signum: int, frame: FrameType | None) -> None:
-            # Handlers run in the main thread between bytecodes (logging's locks re-enter).
-            self._signals += 1
-            if self._signals == 1:
-                self.stop()
-                log.info("%s received: stopping", signal.Signals(signum).name)
-            else:
-                self.abort_event.set()
-                log.warning("second stop signal: skipping the rest of the shutdown")
-
-        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-
-        def restore() -> None:
-            for s, h in old.items():
-                signal.signal(s, h)
-
-        return restore
+    def _on_signal(self, signum: int) -> None:
+        # Handlers run in the main thread between bytecodes (logging's locks re-enter).
+        self._signals += 1
+        if self._signals == 1:
+            self.stop()
+            log.info("%s received: stopping", signal.Signals(signum).name)
+        else:
+            self.abort_event.set()
+            log.warning("second stop signal: skipping the rest of the shutdown")

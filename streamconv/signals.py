@@ -1,0 +1,31 @@
+"""Stop signals for every role: SIGINT (Ctrl-C) and SIGTERM (`docker stop`) call one handler.
+
+Handlers only set flags (they run in the main thread between bytecodes); only the main thread
+may install them, so elsewhere (a worker inside a caller's thread) this does nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def on_stop(handle: Callable[[int], None]) -> Callable[[], None]:
+    """Call `handle(signum)` on SIGINT/SIGTERM; returns a function restoring the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        handle(signum)
+
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+    return restore
