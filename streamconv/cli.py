@@ -1,7 +1,8 @@
 """streamconv: stream video through stateful torch layers over ZeroMQ.
 
 Roles: `worker` runs the layers, `capture` feeds it frames, `subscribe` reads its outputs,
-`run` starts all three on a source, `presets` lists the shipped configs.
+`view` shows them live in a browser, `run` starts them all on a source, `presets` lists the
+shipped configs.
 Exit codes: 0 ok, 1 runtime error, 2 usage or config, 3 startup (no worker, port in use),
 130 a second SIGTERM/SIGINT cut the shutdown short.
 """
@@ -141,11 +142,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=0, help="stop after this many idle s; 0: "
                    "never (ends at eos when --stream is given)")  # fmt: skip
 
+    v = add("view", "serve a live web page of every stream's layers (a subscriber)")
+    v.add_argument("--connect", help="worker output endpoint (default tcp://127.0.0.1:5556)")
+    v.add_argument("--listen", help="HOST:PORT for the page (default 127.0.0.1:8080)")
+
     r = add("run", "capture + worker + subscriber in one command, then check exactness")
     _capture_args(r)
     _worker_args(r)
     r.add_argument("--out", type=Path, default=Path("out"), help="folder for previews")
     r.add_argument("--no-verify", action="store_true", help="skip the offline comparison")
+    r.add_argument("--view", action="store_true", help="also serve the live page; the capture "
+                   "starts once a page is open, paced in real time")  # fmt: skip
+    r.add_argument("--listen", help="HOST:PORT for --view's page (default 127.0.0.1:8080)")
 
     p = add("presets", "list the shipped config presets, or print one to start a config from")
     p.add_argument("name", nargs="?", help="print this preset's TOML")
@@ -181,9 +189,12 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
             capture["connect"] = connect
         if args.command == "run":
             capture.pop("output", None)
+    view: dict[str, Any] = pick(listen=a.get("listen"))
+    if args.command == "view" and a.get("connect"):
+        view["connect"] = {"endpoint": a["connect"]}
     level = "debug" if a.get("verbose") else a.get("log_level")
     logs = pick(level=level, format=a.get("log_format"))
-    tree = {"worker": worker, "capture": capture, "log": logs}
+    tree = {"worker": worker, "capture": capture, "view": view, "log": logs}
     return {k: v for k, v in tree.items() if v}
 
 
@@ -202,9 +213,14 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from streamconv.client.subscribe import subscribe
 
         return subscribe(args)
+    if args.command == "view":
+        from streamconv.client.view.role import View
+
+        View(settings.view).run()
+        return 0
     from streamconv.run import run_pipeline
 
-    return run_pipeline(settings, args.out, verify=not args.no_verify)
+    return run_pipeline(settings, args.out, verify=not args.no_verify, view=args.view)
 
 
 def presets(name: str | None) -> int:

@@ -8,11 +8,14 @@ down cleanly and the summary is printed (the offline check is skipped).
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +26,12 @@ from streamconv.capture.role import derive_stream
 from streamconv.capture.sources import open_source, sample_clip
 from streamconv.client import Subscriber
 from streamconv.client.monitor import Monitor, PreviewWriter
-from streamconv.config import CaptureSettings, Settings
+from streamconv.config import CaptureSettings, Settings, parse_http
 from streamconv.errors import ConfigError, StartupError, StreamconvError
 from streamconv.layers import Output
 from streamconv.model import build_model, input_channels
 from streamconv.signals import on_stop
-from streamconv.supervisor import Supervisor, capture_main, worker_main
+from streamconv.supervisor import Supervisor, capture_main, view_main, worker_main
 from streamconv.worker.pixels import frame_to_chw
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,35 @@ def resolve_sample(source: str, out: Path) -> str:
     return str(sample_clip(out / "sample.mp4")) if source == "sample" else source
 
 
-def run_pipeline(settings: Settings, out: Path, *, verify: bool = True) -> int:
+def run_pipeline(settings: Settings, out: Path, *, verify: bool = True, view: bool = False) -> int:
+    """Run the pipeline on `settings.capture.source`; with `view`, serve the live page too,
+    start the capture once a page is open (paced in real time), and keep the page up after
+    the stream has ended until SIGINT/SIGTERM."""
+    stop = threading.Event()
+    restore = on_stop(lambda signum: stop.set())
+    viewer = Supervisor()  # apart from the pipeline's children: the page outlives them
+    try:
+        url, output = _start_view(viewer, settings) if view else (None, free_endpoint())
+        page = None if url is None else (lambda: wait_for_page(str(url), viewer, stop))
+        code = _run(settings, out, verify, stop, output, page)
+        if url is not None and not stop.is_set():
+            print(f"the view stays at {url} until Ctrl-C", flush=True)
+            while not stop.wait(0.5) and viewer.failed() is None:
+                pass
+        return code
+    finally:
+        viewer.stop()
+        restore()
+
+
+def _run(
+    settings: Settings,
+    out: Path,
+    verify: bool,
+    stop: threading.Event,
+    output: str,
+    wait_page: Callable[[], None] | None,
+) -> int:
     capture = settings.capture
     if capture.source is None:
         msg = "run needs a source"
@@ -61,7 +92,9 @@ def run_pipeline(settings: Settings, out: Path, *, verify: bool = True) -> int:
     capture = capture.model_copy(update={"source": source})
     # Open the source here first: a bad spec is a clear error before any process starts.
     open_source(source, resize=capture.resize, gray=capture.gray).close()
-    endpoints = {"input": free_endpoint(), "output": free_endpoint()}
+    endpoints = {"input": free_endpoint(), "output": output}
+    if wait_page is not None:
+        capture = capture.model_copy(update={"realtime": True})  # watchable, not a blur
     w = settings.worker
     sockets = {
         "input": w.input.model_copy(update={"endpoint": endpoints["input"]}),
@@ -72,8 +105,6 @@ def run_pipeline(settings: Settings, out: Path, *, verify: bool = True) -> int:
     connect = capture.connect.model_copy(update={"endpoint": endpoints["input"]})
     capture = capture.model_copy(update={"connect": connect, "stream": stream})
     layers = [spec.name for spec in settings.layers if spec.publish]
-    stop = threading.Event()
-    restore = on_stop(lambda signum: stop.set())
     children = Supervisor()
     children.start("worker", worker_main, settings)
     monitor, preview = Monitor(), PreviewWriter(out)
@@ -82,6 +113,8 @@ def run_pipeline(settings: Settings, out: Path, *, verify: bool = True) -> int:
     try:
         with Subscriber(endpoints["output"], stream=stream, timeout_s=60) as sub:
             _wait_ready(sub, endpoints["input"], children, stop)
+            if wait_page is not None:
+                wait_page()
             children.start("capture", capture_main, capture, settings.log.level,
                            settings.log.format)  # fmt: skip
             ended: set[str] = set()
@@ -109,7 +142,6 @@ def run_pipeline(settings: Settings, out: Path, *, verify: bool = True) -> int:
             gaps = sum(sub.gaps.values())
     finally:
         children.stop()
-        restore()
     print(file=sys.stderr)
     print(monitor.table())
     print(f"subscriber gaps (outputs lost between worker and subscriber): {gaps}")
@@ -125,6 +157,34 @@ def run_pipeline(settings: Settings, out: Path, *, verify: bool = True) -> int:
         print(f"offline comparison skipped: {why}")
         return 0
     return _verify(settings, capture, received)
+
+
+def _start_view(viewer: Supervisor, settings: Settings) -> tuple[str, str]:
+    """Start `streamconv view` on a free output endpoint: (the page's URL, that endpoint)."""
+    host, port = parse_http(settings.view.listen) or ("127.0.0.1", 0)
+    if port == 0:  # the child binds it: pick it here so that the URL is known
+        port = int(free_endpoint().rsplit(":", 1)[1])
+    output = free_endpoint()
+    connect = settings.view.connect.model_copy(update={"endpoint": output})
+    view = settings.view.model_copy(update={"listen": f"{host}:{port}", "connect": connect})
+    viewer.start("view", view_main, view, settings.log.level, settings.log.format)
+    return f"http://{host}:{port}/", output
+
+
+def wait_for_page(url: str, viewer: Supervisor, stop: threading.Event) -> None:
+    """Block until a browser has opened the page (the view's /status counts pages)."""
+    print(f"view: open {url} in a browser; the capture starts when the page is open "
+          "(Ctrl-C to stop)", flush=True)  # fmt: skip
+    while not stop.wait(0.25):
+        failed = viewer.failed()
+        if failed:
+            raise StartupError(failed)
+        try:
+            with urllib.request.urlopen(url + "status", timeout=2) as reply:
+                if json.load(reply).get("pages_total", 0) > 0:
+                    return
+        except (OSError, ValueError):
+            continue  # not listening yet
 
 
 def _check_children(children: Supervisor, idle_s: float) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from streamconv.config import CaptureSettings, Settings
+from streamconv.config import CaptureSettings, Settings, ViewSettings
 from streamconv.logs import configure as configure_logging
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,14 @@ def capture_main(settings: CaptureSettings, level: str, fmt: str) -> None:
 
     configure_logging(level, fmt)
     Capture.from_settings(settings).run()
+
+
+def view_main(settings: ViewSettings, level: str, fmt: str) -> None:
+    """Child process entry: serve the live page until SIGTERM."""
+    from streamconv.client.view.role import View
+
+    configure_logging(level, fmt)
+    View(settings).run()
 
 
 class Supervisor:

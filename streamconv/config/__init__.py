@@ -31,6 +31,8 @@ from streamconv.config.roles import (
     OutputSocket,
     Settings,
     SocketSettings,
+    ViewSettings,
+    ViewSocket,
     WorkerSettings,
     parse_http,
 )
@@ -53,6 +55,8 @@ __all__ = [
     "RandomKernel",
     "Settings",
     "SocketSettings",
+    "ViewSettings",
+    "ViewSocket",
     "WorkerSettings",
     "env_overrides",
     "load_settings",

@@ -1,6 +1,6 @@
 """The settings tree for the roles: sockets as data, worker, capture, HTTP and logging.
 
-`Settings` is the root of a config file: [worker], [capture], [log] and the [[layers]].
+`Settings` is the root of a config file: [worker], [capture], [view], [log] and the [[layers]].
 """
 
 from __future__ import annotations
@@ -150,6 +150,42 @@ class CaptureSettings(Strict):
     )
 
 
+class ViewSocket(SocketSettings):
+    """The view's SUB to the worker's outputs (connects)."""
+
+    endpoint: Url = "tcp://127.0.0.1:5556"
+    hwm: int = Field(
+        default=64, ge=1, description="outputs queued; more are dropped by the worker's XPUB"
+    )
+
+
+class ViewSettings(Strict):
+    """`streamconv view`: a subscriber that serves a live page of every stream's layers."""
+
+    connect: ViewSocket = ViewSocket()
+    listen: str = Field(default="127.0.0.1:8080", description="HOST:PORT the page is served on")
+    fps: float = Field(default=15.0, gt=0, le=120, description="page updates per second, at most")
+    quality: int = Field(default=85, ge=10, le=100, description="JPEG quality of the images")
+    max_side: int = Field(
+        default=640, ge=16, description="images are scaled down to fit this many pixels a side"
+    )
+    history_s: float = Field(default=5.0, gt=0, le=600, description="seconds of the live plots")
+    stale_s: float = Field(
+        default=2.0, gt=0, description="a stream without outputs this long is shown as stale"
+    )
+    max_streams: int = Field(
+        default=32, ge=1, description="streams kept; the longest-silent one goes first"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if parse_http(value) is None:
+            msg = "must be HOST:PORT (e.g. 127.0.0.1:8080)"
+            raise ValueError(msg)
+        return value
+
+
 class LogSettings(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -157,10 +193,11 @@ class LogSettings(Strict):
 
 
 class Settings(Strict):
-    """A config file: [worker], [capture], [log] and the [[layers]] pipeline, in order."""
+    """A config file: [worker], [capture], [view], [log] and the [[layers]] pipeline, in order."""
 
     worker: WorkerSettings = WorkerSettings()
     capture: CaptureSettings = CaptureSettings()
+    view: ViewSettings = ViewSettings()
     log: LogSettings = LogSettings()
     layers: list[LayerSpec] = Field(min_length=1)
 
