@@ -121,3 +121,36 @@ def start_worker(
             w.reader.join(5)  # EOF once the process is gone
         if w.proc.stderr is not None:
             w.proc.stderr.close()
+
+
+@pytest.fixture
+def start_view(python_env: dict[str, str]) -> Iterator[Callable[..., WorkerProc]]:
+    """start_view(connect, *flags): `streamconv view` on a free port, once it logs its URL
+    (in `.http`); killed at teardown if still running."""
+    views: list[WorkerProc] = []
+
+    def start(connect: str, *flags: str, wait: bool = True) -> WorkerProc:
+        cmd = [sys.executable, "-m", "streamconv", "view", "--connect", connect,
+               "--listen", "127.0.0.1:0", *flags]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=python_env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        view = WorkerProc(proc, "", connect)
+        view.reader = threading.Thread(target=view._drain, daemon=True)
+        view.reader.start()
+        views.append(view)
+        if wait:
+            line = view.wait_for_line(r"view on http://", READY_TIMEOUT_S)
+            view.http = line.split("view on ")[1].split()[0]
+        return view
+
+    yield start
+    for v in views:
+        if v.proc.poll() is None:
+            v.proc.kill()
+        v.proc.wait(10)
+        if v.reader is not None:
+            v.reader.join(5)
+        if v.proc.stderr is not None:
+            v.proc.stderr.close()
