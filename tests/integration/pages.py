@@ -78,10 +78,11 @@ def stalled_page(url: str) -> socket.socket:
     sock.settimeout(10)
     sock.connect((host, port))
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
+    request = (
         f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
     )
+    sock.sendall(request.encode() + b"\r\n")
     assert sock.recv(12) == b"HTTP/1.1 101"
     return sock
 

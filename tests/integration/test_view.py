@@ -76,7 +76,8 @@ def test_a_page_sees_every_layer_of_every_stream(
         assert (layer["width"], layer["height"], layer["channels"]) == (40, 30, 1)
         assert layer["min"] <= layer["max"]
     change = page.layer("a", "change")
-    assert change is not None and change["colormap"] == "diverging"  # a temporal difference
+    assert change is not None
+    assert change["colormap"] == "diverging"
     assert change["lo"] == -change["hi"]
     page.until(frames_seen(page, "b", 5), what="stream b")
     assert page.image("b", "motion").shape == (48, 64, 3)
@@ -141,7 +142,9 @@ def test_view_before_its_worker_and_after_it_goes_away(
     page.until(frames_seen(page, "cam", 20), what="frames after the restart")
     assert (page.stream("cam") or {}).get("status") == "live"
     smooth = page.layer("cam", "smooth")
-    assert smooth is not None and smooth["resets"] == 2 and smooth["lost"] == 0
+    assert smooth is not None
+    assert smooth["resets"] == 2
+    assert smooth["lost"] == 0
 
 
 def _port_free(port: int) -> bool:
@@ -170,7 +173,8 @@ def test_view_with_no_flags_serves_its_page_on_8080(python_env: dict[str, str]) 
         assert '<script src="/static/view.js"' in html
         for asset in ("view.js", "view.css"):
             with urllib.request.urlopen(f"http://127.0.0.1:8080/static/{asset}", timeout=5) as r:
-                assert r.status == 200 and len(r.read()) > 500
+                assert r.status == 200
+                assert len(r.read()) > 500
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
@@ -235,7 +239,8 @@ def test_run_view_starts_the_capture_once_a_page_is_open(
         assert "(OK)" in wait_line("streamed == offline")
         wait_line("the view stays at")
         layer = page.layer("synthetic", "motion")
-        assert layer is not None and layer["frames"] == 45
+        assert layer is not None
+        assert layer["frames"] == 45
         assert 10 < layer["fps"] <= 45  # paced at the source's 30 frames/s
         page.close()
         proc.send_signal(signal.SIGTERM)

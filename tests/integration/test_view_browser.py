@@ -107,7 +107,8 @@ def test_the_page_shows_every_layer_moving(
             browser.close()
     assert not errors, errors
     picture = cv2.imdecode(np.frombuffer(shot, np.uint8), cv2.IMREAD_COLOR)
-    assert picture is not None and picture.shape[1] == 1280
+    assert picture is not None
+    assert picture.shape[1] == 1280
     assert picture.std() > 20, "the screenshot is (nearly) uniform"
     colours = np.unique(picture.reshape(-1, 3), axis=0)
     assert len(colours) > 200, f"only {len(colours)} colours: no images drawn?"

@@ -19,3 +19,15 @@ def test_readme_config_example_loads(tmp_path: Path) -> None:
     documented = set(re.findall(r"^(\w+) = ", block.group(1).split("[[layers]]")[0], re.M))
     assert documented == set(WorkerSettings.model_fields)  # every worker setting, no others
     assert [layer.name for layer in settings.layers] == ["opl", "bipolar", "ganglion"]
+
+
+def test_every_view_setting_is_documented() -> None:
+    from streamconv.config import ViewSettings
+
+    readme = (REPO / "README.md").read_text()
+    line = re.search(r"^\[view\] (.*?)\n\[log\]", readme, re.S | re.M)
+    assert line is not None
+    in_readme = set(re.findall(r"(\w+) = ", line.group(1)))
+    table = (REPO / "docs/VIEW.md").read_text()
+    in_table = set(re.findall(r"^\| `(\w+)` \|", table, re.M))
+    assert in_readme == in_table == set(ViewSettings.model_fields)

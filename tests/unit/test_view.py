@@ -1,4 +1,4 @@
-"""The view's pieces without sockets: colour maps and scaling, encoding, the hub, page back-pressure."""
+"""The view's pieces without sockets: colour maps, scaling, encoding, the hub, back-pressure."""
 
 from __future__ import annotations
 
@@ -64,7 +64,10 @@ def test_channels_tile_in_a_grid_and_big_planes_scale_down() -> None:
     frame = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 2, 3), np.float32)
     grid = render.tile(frame)
     assert grid.shape == (2 * 2, 3 * 3)  # 5 channels: 3 columns, 2 rows
-    assert grid[0, 0] == 0 and grid[0, 3] == 1 and grid[2, 3] == 4 and grid[2, 6] == 0
+    assert grid[0, 0] == 0
+    assert grid[0, 3] == 1
+    assert grid[2, 3] == 4
+    assert grid[2, 6] == 0
     assert render.fit(np.ones((1080, 1920), np.float32), 640).shape == (360, 640)
     small = np.ones((10, 20), np.float32)
     assert render.fit(small, 640) is small
@@ -100,7 +103,8 @@ def test_hub_counts_lost_outputs_and_resets_and_tracks_ranges() -> None:
     assert (lv.frames, lv.lost, lv.resets, lv.last_seq) == (3, 2, 1, 4)
     assert (lv.frame_min, lv.frame_max) == (2.0, 2.0)
     assert (lv.run_min, lv.run_max) == (-2.0, 2.0)
-    assert lv.shown("running") is not None and lv.shown("running").colormap == "diverging"  # type: ignore[union-attr]
+    assert lv.shown("running") is not None
+    assert lv.shown("running").colormap == "diverging"
     hub.take(header(5, discontinuity=True), frame, display=True)  # a reset is not a loss
     assert (lv.lost, lv.resets) == (2, 2)
     hub.take(header(5), None, display=True)  # eos
@@ -128,14 +132,16 @@ def test_history_and_streams_are_bounded() -> None:
     assert len(hub.streams["cam0"].layers["a"].history) == HISTORY_MAX
     for name in ("b", "c", "d"):
         hub.take(header(0, stream=name), frame, display=True)
-    assert set(hub.streams) == {"c", "d"} and hub.evicted == 2
+    assert set(hub.streams) == {"c", "d"}
+    assert hub.evicted == 2
 
 
 def test_a_wide_frame_is_kept_at_display_size_only() -> None:
     hub = Hub(max_side=64)
     hub.take(header(0), np.ones((2, 480, 640), np.float32), display=True)
     lv = hub.layer("cam0", "a")
-    assert lv is not None and lv.plane is not None
+    assert lv is not None
+    assert lv.plane is not None
     assert lv.shape == (2, 480, 640)
     assert max(lv.plane.shape) <= 64
 
@@ -145,7 +151,8 @@ def test_nan_and_inf_do_not_break_the_ranges() -> None:
     frame = np.array([[[np.nan, np.inf], [1.0, -1.0]]], np.float32)
     hub.take(header(0), frame, display=True)
     lv = hub.layer("cam0", "a")
-    assert lv is not None and (lv.frame_min, lv.frame_max) == (-1.0, 1.0)
+    assert lv is not None
+    assert (lv.frame_min, lv.frame_max) == (-1.0, 1.0)
     hub.take(header(1), np.full((1, 2, 2), np.nan, np.float32), display=True)
     assert math.isnan(lv.frame_min)
 
@@ -166,7 +173,9 @@ def test_a_stalled_page_has_at_most_one_pending_frame_per_layer() -> None:
         page.mark_sent(key, shown.version)
     assert page.tick("tcp://x")[1] == []  # nothing new: nothing to send
     layer = state["streams"][0]["layers"][0]
-    assert layer["frames"] == 200 and layer["lost"] == 0 and len(layer["points"]) == 200
+    assert layer["frames"] == 200
+    assert layer["lost"] == 0
+    assert len(layer["points"]) == 200
     assert page.tick("tcp://x")[0]["streams"][0]["layers"][0]["points"] == []
 
 
@@ -189,7 +198,9 @@ def test_page_options_are_validated() -> None:
     page = Page(hub)
     page.options({"scaling": "bogus", "plot": 3, "probe": "x"})
     assert (page.scaling, page.plot) == ("frame", "mean")
-    page.options({"scaling": "running", "plot": "pixel", "probe": {"stream": "cam0", "x": 2, "y": 0.3}})
+    page.options(
+        {"scaling": "running", "plot": "pixel", "probe": {"stream": "cam0", "x": 2, "y": 0.3}}
+    )
     assert (page.scaling, page.plot) == ("running", "pixel")
     assert hub.streams["cam0"].probe == (1.0, 0.3)
     hub.take(header(1), np.arange(100, dtype=np.float32).reshape(1, 10, 10), display=True)

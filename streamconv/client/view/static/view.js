@@ -90,9 +90,13 @@ function onText(data) {
 function onHello(msg) {
   colormaps = msg.colormaps || {};
   if (Number.isFinite(msg.history_s) && msg.history_s > 0) historyS = msg.history_s;
+  // The page's own choices survive a reconnect: tell the (fresh) server session about any
+  // that differ from its defaults.
   const opts = msg.options || {};
-  if (opts.scaling) $("#scaling").value = opts.scaling;
-  if (opts.plot) $("#plot").value = opts.plot;
+  for (const key of ["scaling", "plot"]) {
+    const chosen = $(`#${key}`).value;
+    if (opts[key] !== undefined && opts[key] !== chosen) send({ [key]: chosen });
+  }
 }
 
 function clearAll() {
@@ -435,7 +439,7 @@ function drawPlot(L) {
   let penDown = false, lx = 0, ly = 0;
   for (const p of L.points) {
     const v = p[idx];
-    if (v == null) { penDown = false; continue; }
+    if (v == null) continue;       // a burst's older frames have no mean: join across
     lx = xOf(p[0]); ly = yOf(v);
     if (penDown) ctx.lineTo(lx, ly); else ctx.moveTo(lx, ly);
     penDown = true;
