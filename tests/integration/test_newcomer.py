@@ -78,6 +78,13 @@ def test_the_installed_package_runs_outside_the_checkout(
     )  # fmt: skip
     assert where.stdout.startswith(str(target)), where.stdout
     assert streamconv("presets", cwd=work, env=env).stdout.split() == ["default", "retina"]
+    assets = subprocess.run(  # the view's page is package data too
+        [sys.executable, "-c", "from streamconv.client.view.server import app, Served; "
+         "from streamconv.client.view.hub import Hub; from streamconv.client.view.page import "
+         "Encoder; app(Served(Hub(), Encoder(80), 'tcp://x', 15.0, 5.0)); print('ok')"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert assets.stdout.strip() == "ok", assets.stderr
     done = streamconv("run", "sample", "--config", "retina", "--device", "cpu", cwd=work,
                       env=env, timeout_s=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
