@@ -107,7 +107,8 @@ read -r IN OUT HTTP REF_IN REF_OUT < <(free_ports 5)
 # --- the worker in a container -------------------------------------------------------------------
 case $ENGINE in
     docker | podman)
-        "$ENGINE" run -d --name "$CONTAINER" \
+        # Published on the host's loopback only, so plaintext is allowed explicitly (README, Security).
+        "$ENGINE" run -d --name "$CONTAINER" -e STREAMCONV_WORKER__ALLOW_INSECURE=true \
             -p "127.0.0.1:$IN:5555" -p "127.0.0.1:$OUT:5556" -p "127.0.0.1:$HTTP:5557" \
             "$IMAGE" >/dev/null || fail "the worker container did not start"
         ctr_logs() { "$ENGINE" logs "$CONTAINER" 2>&1; }

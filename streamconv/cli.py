@@ -96,6 +96,13 @@ def _capture_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", type=int, help="frames queued before wait/drop (8 lossless, 2 live)")
 
 
+def _client_keys(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("CURVE (encrypted, authenticated sockets; README, Security)")
+    g.add_argument("--curve-secret", type=Path, help="this client's secret certificate "
+                   "(NAME.key_secret from `streamconv keys generate`)")  # fmt: skip
+    g.add_argument("--curve-server", type=Path, help="the worker's public certificate (NAME.key)")
+
+
 def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:INDEX (default: [worker] device, "
                    "auto in the presets)")  # fmt: skip
@@ -121,6 +128,11 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--output", help="output endpoint to bind (default tcp://127.0.0.1:5556)")
     w.add_argument("--http", help="HOST:PORT for health and metrics, or 'off' (default "
                    "127.0.0.1:5557)")  # fmt: skip
+    g = w.add_argument_group("CURVE (encrypted, authenticated sockets; README, Security)")
+    g.add_argument("--curve-secret", type=Path, help="the worker's secret certificate "
+                   "(NAME.key_secret from `streamconv keys generate`)")  # fmt: skip
+    g.add_argument("--curve-clients", type=Path, help="folder of the public certificates "
+                   "(*.key) of the clients allowed to send and to subscribe")  # fmt: skip
 
     c = add("capture", "read a source and push its frames to a worker")
     _capture_args(c)
@@ -131,6 +143,7 @@ def parser() -> argparse.ArgumentParser:
                    "(default tcp://127.0.0.1:5556)")  # fmt: skip
     c.add_argument("--wait-subscriber", action="store_true", default=None,
                    help="send only once the worker has a subscriber for this stream")  # fmt: skip
+    _client_keys(c)
 
     s = add("subscribe", "print per-layer frames/s and latency; save outputs")
     s.add_argument("--connect", default="tcp://127.0.0.1:5556", help="worker output endpoint")
@@ -141,10 +154,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--count", type=int, help="stop after this many frames (of every layer)")
     s.add_argument("--timeout", type=float, default=0, help="stop after this many idle s; 0: "
                    "never (ends at eos when --stream is given)")  # fmt: skip
+    _client_keys(s)
 
     v = add("view", "serve a live web page of every stream's layers (a subscriber)")
     v.add_argument("--connect", help="worker output endpoint (default tcp://127.0.0.1:5556)")
     v.add_argument("--listen", help="HOST:PORT for the page (default 127.0.0.1:8080)")
+    _client_keys(v)
 
     r = add("run", "capture + worker + subscriber in one command, then check exactness")
     _capture_args(r)
@@ -154,6 +169,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--view", action="store_true", help="also serve the live page; the capture "
                    "starts once a page is open, paced in real time")  # fmt: skip
     r.add_argument("--listen", help="HOST:PORT for --view's page (default 127.0.0.1:8080)")
+    r.add_argument("--curve", action="store_true", help="encrypt every socket with CURVE, "
+                   "with throwaway keys made for this run")  # fmt: skip
+
+    k = add("keys", "make CURVE key pairs (zmq.auth certificates)")
+    k.add_argument("action", choices=["generate"], help="generate: write NAME.key and "
+                   "NAME.key_secret (mode 0600) into DIR")  # fmt: skip
+    k.add_argument("dir", type=Path, help="folder for the certificates")
+    k.add_argument("--name", default="client", help="file name stem")
 
     p = add("presets", "list the shipped config presets, or print one to start a config from")
     p.add_argument("name", nargs="?", help="print this preset's TOML")
@@ -177,21 +200,26 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     worker = pick(device=a.get("device"), chunk=a.get("chunk"), max_wait_ms=a.get("max_wait_ms"),
                   http=a.get("http"))  # fmt: skip
     if args.command == "worker":
-        worker |= pick(input=a.get("input"), output=a.get("output"))
+        server = pick(curve_secret=a.get("curve_secret"), curve_clients=a.get("curve_clients"))
+        for name in ("input", "output"):
+            sock = pick(endpoint=a.get(name)) | server
+            if sock:
+                worker[name] = sock
+    keys = pick(curve_secret=a.get("curve_secret"), curve_server=a.get("curve_server"))
     capture: dict[str, Any] = {}
     if "source" in a:
         capture = pick(source=a["source"], stream=a["stream"], mode=a["mode"],
                        resize=a["resize"], gray=a["gray"], limit=a["limit"], loop=a["loop"],
                        realtime=a["realtime"], wait_s=a.get("wait"), output=a.get("output"),
                        wait_subscriber=a.get("wait_subscriber"))  # fmt: skip
-        connect = pick(endpoint=a.get("connect"), hwm=a.get("queue"))
+        connect = pick(endpoint=a.get("connect"), hwm=a.get("queue")) | keys
         if connect:
             capture["connect"] = connect
         if args.command == "run":
             capture.pop("output", None)
     view: dict[str, Any] = pick(listen=a.get("listen"))
-    if args.command == "view" and a.get("connect"):
-        view["connect"] = {"endpoint": a["connect"]}
+    if args.command == "view" and (a.get("connect") or keys):
+        view["connect"] = pick(endpoint=a.get("connect")) | keys
     level = "debug" if a.get("verbose") else a.get("log_level")
     logs = pick(level=level, format=a.get("log_format"))
     tree = {"worker": worker, "capture": capture, "view": view, "log": logs}
@@ -220,7 +248,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     from streamconv.run import run_pipeline
 
-    return run_pipeline(settings, args.out, verify=not args.no_verify, view=args.view)
+    return run_pipeline(settings, args.out, verify=not args.no_verify, view=args.view,
+                        curve=args.curve)  # fmt: skip
 
 
 def presets(name: str | None) -> int:
@@ -229,6 +258,14 @@ def presets(name: str | None) -> int:
         print("(streamconv presets NAME prints one; --config NAME uses it)", file=sys.stderr)
     else:
         print(preset_text(name), end="")
+    return 0
+
+
+def keys(folder: Path, name: str) -> int:
+    from streamconv.wire.curve import generate
+
+    public, secret = generate(folder, name)
+    print(f"wrote {public} (public: give it to the other end) and {secret} (secret, mode 0600)")
     return 0
 
 
@@ -257,6 +294,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         if args.command == "presets":
             return presets(args.name)
+        if args.command == "keys":
+            return keys(args.dir, args.name)
         settings = load_settings(args.config, overrides(args))
         configure_logging(settings.log.level, settings.log.format)
         return dispatch(args, settings)

@@ -17,6 +17,10 @@ class Drop(StrEnum):
     OVERSIZE = "oversize"  # larger than max_message_bytes
     BAD_SHAPE = "bad_shape"  # channels the model cannot take
     TOO_MANY_STREAMS = "too_many_streams"  # max_streams states already held
+    NOT_OWNER = "not_owner"  # a frame or eos for a stream another CURVE key opened
+    QUOTA = "quota"  # the sender's key already holds max_streams_per_key streams
+    FRAME_TOO_LARGE = "frame_too_large"  # more pixels than max_frame_pixels
+    OVER_BUDGET = "over_budget"  # the stream's state would exceed state_budget_mb
     MODEL_FAILED = "model_failed"  # the layers raised on a chunk (its frames are lost)
     DECODER_BUG = "decoder_bug"  # an unexpected exception while decoding
     NOT_FLUSHED = "not_flushed"  # frames still buffered when the shutdown time ran out
@@ -52,3 +56,7 @@ class StartupError(StreamconvError):
 
 class ShutdownCutError(StreamconvError):
     """A second stop signal cut a shutdown short (exit code 130)."""
+
+
+class AuthError(StartupError):
+    """The worker refused this end's CURVE keys, or this end's keys do not fit the worker."""

@@ -171,3 +171,29 @@ def build_model(settings: Settings, device: torch.device | None = None) -> Seque
     model.eval()
     log.info("model: %s on %s (%s)", " -> ".join(stages), device, settings.worker.dtype)
     return model
+
+
+PROBE_SIDE = 32  # pixels a side of the input the state size is measured on
+
+
+def state_bytes_per_pixel(
+    model: Sequential, worker: WorkerSettings, device: torch.device, dtype: torch.dtype
+) -> float:
+    """Bytes a stream holds between chunks per input pixel: every layer's carried state
+    (measured by running one chunk of a small frame) plus the pending float32 input chunk."""
+    channels = input_channels(worker)
+    x = torch.zeros(1, channels, worker.chunk, PROBE_SIDE, PROBE_SIDE, device=device, dtype=dtype)
+    with torch.inference_mode():
+        _, state = model.step(x, None)
+    held = sum(t.numel() * t.element_size() for t in _tensors(state))
+    return held / PROBE_SIDE**2 + worker.chunk * channels * 4
+
+
+def _tensors(state: object) -> list[Tensor]:
+    if isinstance(state, Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for value in state.values() for t in _tensors(value)]
+    if isinstance(state, list | tuple):
+        return [t for value in state for t in _tensors(value)]
+    return []

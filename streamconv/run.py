@@ -12,6 +12,7 @@ import json
 import logging
 import socket
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -32,6 +33,7 @@ from streamconv.layers import Output
 from streamconv.model import build_model, input_channels
 from streamconv.signals import on_stop
 from streamconv.supervisor import Supervisor, capture_main, view_main, worker_main
+from streamconv.wire.curve import generate
 from streamconv.worker.pixels import frame_to_chw
 
 log = logging.getLogger(__name__)
@@ -54,13 +56,19 @@ def resolve_sample(source: str, out: Path) -> str:
     return str(sample_clip(out / "sample.mp4")) if source == "sample" else source
 
 
-def run_pipeline(settings: Settings, out: Path, *, verify: bool = True, view: bool = False) -> int:
+def run_pipeline(
+    settings: Settings, out: Path, *, verify: bool = True, view: bool = False, curve: bool = False
+) -> int:
     """Run the pipeline on `settings.capture.source`; with `view`, serve the live page too,
     start the capture once a page is open (paced in real time), and keep the page up after
-    the stream has ended until SIGINT/SIGTERM."""
+    the stream has ended until SIGINT/SIGTERM. With `curve`, every socket uses CURVE with
+    key pairs made for this run (in a temporary folder, removed afterwards)."""
     stop = threading.Event()
     restore = on_stop(lambda signum: stop.set())
     viewer = Supervisor()  # apart from the pipeline's children: the page outlives them
+    keys = tempfile.TemporaryDirectory(prefix="streamconv-keys-") if curve else None
+    if keys is not None:
+        settings = with_curve(settings, Path(keys.name))
     try:
         url, output = _start_view(viewer, settings) if view else (None, free_endpoint())
         page = None if url is None else (lambda: wait_for_page(str(url), viewer, stop))
@@ -73,6 +81,24 @@ def run_pipeline(settings: Settings, out: Path, *, verify: bool = True, view: bo
     finally:
         viewer.stop()
         restore()
+        if keys is not None:
+            keys.cleanup()
+
+
+def with_curve(settings: Settings, folder: Path) -> Settings:
+    """`settings` with a worker key pair and one client key pair (made in `folder`) on every
+    socket: the worker's two, the capture's, the view's (and, via the capture, run's own)."""
+    server_public, server_secret = generate(folder, "worker")
+    client_public, client_secret = generate(folder / "clients", "client")
+    server = {"curve_secret": server_secret, "curve_clients": client_public.parent}
+    client = {"curve_secret": client_secret, "curve_server": server_public}
+    w, c, v = settings.worker, settings.capture, settings.view
+    return settings.model_copy(update={
+        "worker": w.model_copy(update={"input": w.input.model_copy(update=server),
+                                       "output": w.output.model_copy(update=server)}),
+        "capture": c.model_copy(update={"connect": c.connect.model_copy(update=client)}),
+        "view": v.model_copy(update={"connect": v.connect.model_copy(update=client)}),
+    })  # fmt: skip
 
 
 def _run(
@@ -111,7 +137,9 @@ def _run(
     received: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     gaps = kept = 0
     try:
-        with Subscriber(endpoints["output"], stream=stream, timeout_s=60) as sub:
+        with Subscriber(endpoints["output"], stream=stream, timeout_s=60,
+                        curve_secret=connect.curve_secret,
+                        curve_server=connect.curve_server) as sub:  # fmt: skip
             _wait_ready(sub, endpoints["input"], children, stop)
             if wait_page is not None:
                 wait_page()

@@ -150,6 +150,8 @@ class Capture:
         wait_s: float = 30.0,
         output: str = DEFAULT_OUTPUT,
         wait_subscriber: bool = False,
+        curve_secret: Path | None = None,
+        curve_server: Path | None = None,
     ) -> None:
         if mode not in MODES:
             msg = f"capture mode must be one of {MODES}, got {mode!r}"
@@ -186,6 +188,7 @@ class Capture:
         self.wait_s = wait_s
         self.output = output
         self.wait_subscriber = wait_subscriber
+        self.keys = {"curve_secret": curve_secret, "curve_server": curve_server}
         self._stop = threading.Event()
         self.sender: Sender | None = None  # the sender of the current (or last) run
 
@@ -217,6 +220,7 @@ class Capture:
                 stop=self._stop,
                 linger_ms=self.linger_ms,
                 close_timeout_s=self.eos_timeout_s,
+                **self.keys,
             )
             with sender:
                 log.info(
@@ -295,4 +299,6 @@ def capture_kwargs(s: CaptureSettings, progress: bool = False) -> dict[str, Any]
         "wait_s": s.wait_s,
         "output": s.output,
         "wait_subscriber": s.wait_subscriber,
+        "curve_secret": s.connect.curve_secret,
+        "curve_server": s.connect.curve_server,
     }

@@ -34,12 +34,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-from streamconv.errors import ConfigError, ProtocolError, StartupError, StreamconvError
+from streamconv.errors import (
+    AuthError,
+    ConfigError,
+    ProtocolError,
+    StartupError,
+    StreamconvError,
+)
 from streamconv.wire import protocol, transport
 from streamconv.wire.protocol import PROBE_STREAM
 
@@ -86,6 +93,8 @@ class Sender:
         stop: threading.Event | None = None,
         linger_ms: int | None = None,
         close_timeout_s: float = 5.0,
+        curve_secret: Path | None = None,
+        curve_server: Path | None = None,
     ) -> None:
         if mode not in MODES:
             msg = f"sender mode must be one of {MODES}, got {mode!r}"
@@ -115,14 +124,18 @@ class Sender:
         self._stop = stop if stop is not None else threading.Event()
         self._ready = self._closed = False
         self._gone_since: float | None = None
+        self._keys: dict[str, Any] = {"curve_secret": curve_secret, "curve_server": curve_server}
         self._ctx = transport.context()
         try:
             self.sock, self._watch = transport.watched_push(
-                self._ctx, endpoint, hwm=self.queue, linger_ms=self.linger_ms
+                self._ctx, endpoint, hwm=self.queue, linger_ms=self.linger_ms, **self._keys
             )
         except (ValueError, transport.ZMQError) as e:
             self._ctx.term()
             raise _endpoint_error(endpoint, e) from e
+        except ConfigError:
+            self._ctx.term()
+            raise
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -156,6 +169,10 @@ class Sender:
                 level = logging.INFO if announced else logging.DEBUG
                 log.log(level, "the worker at %s answered", self.endpoint)
                 return True
+            if self._watch.refused:  # it answered, and the keys do not match: no use waiting
+                why = self._watch.refused
+                msg = f"the worker at {self.endpoint} did not let this capture in: {why}"
+                raise AuthError(msg)
             waited = time.monotonic() - start
             if self.wait_s and waited >= self.wait_s:
                 msg = (
@@ -283,7 +300,8 @@ class Sender:
             return False
         limit = self.wait_s if timeout_s is None else timeout_s
         try:
-            sub = transport.sub_socket(self._ctx, output, [protocol.stream_topic(PROBE_STREAM)])
+            topics = [protocol.stream_topic(PROBE_STREAM)]
+            sub = transport.sub_socket(self._ctx, output, topics, **self._keys)
         except (ValueError, transport.ZMQError) as e:
             raise _endpoint_error(output, e) from e
         log.info("waiting for a subscriber of stream %s on %s", self.stream, output)

@@ -40,7 +40,8 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> None:
     idle_s = args.timeout if args.timeout and args.timeout > 0 else math.inf  # 0: no limit
     counts: Counter[tuple[str, str]] = Counter()  # outputs taken, per (stream, layer)
     try:
-        with Subscriber(args.connect, stream=args.stream, layers=args.layer) as sub:
+        keys = {"curve_secret": args.curve_secret, "curve_server": args.curve_server}
+        with Subscriber(args.connect, stream=args.stream, layers=args.layer, **keys) as sub:
             last_message = last_report = time.monotonic()
             while not stop.is_set() and not _enough(counts, args.count, args.layer):
                 got = sub.poll(POLL_S)

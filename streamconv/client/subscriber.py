@@ -19,12 +19,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-from streamconv.errors import ProtocolError
+from streamconv.errors import AuthError, ProtocolError
 from streamconv.wire import protocol, transport
 from streamconv.wire.protocol import PROBE_STREAM
 
@@ -44,8 +45,11 @@ class Subscriber:
         timeout_s: float = 10.0,
         hwm: int = 1000,
         ctx: transport.Context | None = None,
+        curve_secret: Path | None = None,
+        curve_server: Path | None = None,
     ) -> None:
         self.stream, self.layers, self.timeout_s = stream, set(layers or []), timeout_s
+        self.endpoint = endpoint
         if stream is None:
             topics = [b""]  # layer filtering, if any, happens below: topics are prefixes
         elif self.layers:
@@ -54,7 +58,15 @@ class Subscriber:
             topics = [protocol.stream_topic(stream)]
         self._own_ctx = ctx is None
         self._ctx = transport.context() if ctx is None else ctx
-        self.sock = transport.sub_socket(self._ctx, endpoint, topics, hwm=hwm)
+        self._keys: dict[str, Any] = {"curve_secret": curve_secret, "curve_server": curve_server}
+        try:
+            self.sock = transport.sub_socket(self._ctx, endpoint, topics, hwm=hwm, **self._keys)
+        except BaseException:
+            if self._own_ctx:
+                self._ctx.term()
+            raise
+        # With CURVE, a refused handshake is reported instead of a silent timeout.
+        self._watch = transport.PeerWatch(self.sock) if curve_secret else None
         self.gaps: Counter[tuple[str, str]] = Counter()
         self.bad_messages = 0
         self._last: dict[tuple[str, str], tuple[str, int]] = {}
@@ -79,6 +91,7 @@ class Subscriber:
             left_s = deadline - time.monotonic()
             frames = transport.recv(self.sock, int(max(0.0, min(left_s, SLICE_S)) * 1000))
             if frames is None:
+                self._check_refused()
                 if left_s <= SLICE_S:
                     return None
                 continue
@@ -97,6 +110,12 @@ class Subscriber:
             self._check_gap(header)
             self._track_end(header)
             return header, array
+
+    def _check_refused(self) -> None:
+        if self._watch is not None and self._watch.update() == 0 and self._watch.refused:
+            why = self._watch.refused
+            msg = f"the worker at {self.endpoint} did not let this subscriber in: {why}"
+            raise AuthError(msg)
 
     def recv(self, timeout_s: float | None = None) -> Message:
         """The next matching (header, array); TimeoutError if none comes in time."""
@@ -148,7 +167,7 @@ class Subscriber:
         """
         probe = protocol.stream_topic(PROBE_STREAM)
         transport.subscribe(self.sock, probe)
-        push = transport.push_socket(self._ctx, input_endpoint, linger_ms=0)
+        push = transport.push_socket(self._ctx, input_endpoint, linger_ms=0, **self._keys)
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:
@@ -165,6 +184,8 @@ class Subscriber:
             transport.unsubscribe(self.sock, probe)
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         transport.close(self.sock, 0)
         if self._own_ctx:
             self._ctx.term()

@@ -68,6 +68,8 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), str):
+            out[key] = {"endpoint": out[key]}  # a socket's shorthand, now with more keys
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -31,11 +32,44 @@ class SocketSettings(Strict):
     max_message_bytes: int = Field(
         default=-1, ge=-1, description="receiving side: a larger part disconnects its sender"
     )
+    curve_secret: Path | None = Field(
+        default=None, description="CURVE: this end's secret certificate (NAME.key_secret)"
+    )
+    curve_server: Path | None = Field(
+        default=None, description="CURVE client: the worker's public certificate (NAME.key)"
+    )
+    curve_clients: Path | None = Field(
+        default=None, description="CURVE server: folder of the clients' public certificates"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _endpoint_shorthand(cls, data: Any) -> Any:
         return {"endpoint": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _curve_pairs(self) -> SocketSettings:
+        if (self.curve_server or self.curve_clients) and not self.curve_secret:
+            msg = "CURVE needs curve_secret (this end's NAME.key_secret) as well"
+            raise ValueError(msg)
+        if self.curve_secret and self.bind and not self.curve_clients:
+            msg = "a CURVE server socket needs curve_clients (a folder of allowed NAME.key files)"
+            raise ValueError(msg)
+        if self.curve_secret and not self.bind and not self.curve_server:
+            msg = "a CURVE client socket needs curve_server (the worker's NAME.key)"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def curve(self) -> bool:
+        return self.curve_secret is not None
+
+    def local(self) -> bool:
+        """ipc://, inproc:// and loopback TCP endpoints: only this machine can reach them."""
+        if not self.endpoint.startswith("tcp://"):
+            return True
+        host = self.endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+        return host in ("localhost", "::1") or host.startswith("127.")
 
 
 class InputSocket(SocketSettings):
@@ -99,6 +133,19 @@ class WorkerSettings(Strict):
         description="at SIGTERM, the most time spent finishing chunks in hand; the rest is "
         "counted and logged as not flushed",
     )
+    allow_insecure: bool = Field(
+        default=False,
+        description="let input/output bind a non-loopback address without CURVE",
+    )
+    max_streams_per_key: int = Field(
+        default=16, ge=1, description="streams one sender (one CURVE key) may hold at once"
+    )
+    max_frame_pixels: int = Field(
+        default=3840 * 2160, ge=1, description="larger frames are refused (width x height)"
+    )
+    state_budget_mb: float = Field(
+        default=4096, gt=0, description="memory for all streams' state; a stream over it is refused"
+    )
     tf32: bool = Field(
         default=False,
         description="let CUDA convolutions use TF32 (faster on Ampere+, ~1e-3 relative error)",
@@ -115,6 +162,20 @@ class WorkerSettings(Strict):
     def _http(cls, value: str) -> str:
         parse_http(value)
         return value
+
+    @model_validator(mode="after")
+    def _exposed(self) -> WorkerSettings:
+        for name, sock in (("input", self.input), ("output", self.output)):
+            if not sock.local() and not sock.curve and not self.allow_insecure:
+                msg = (
+                    f"{name} {sock.endpoint} is reachable from other machines without CURVE: "
+                    "anyone could feed or read every stream. Set --curve-secret and "
+                    "--curve-clients (keys from `streamconv keys generate`), or allow it "
+                    "explicitly with allow_insecure = true ([worker], or "
+                    "STREAMCONV_WORKER__ALLOW_INSECURE=true)"
+                )
+                raise ValueError(msg)
+        return self
 
     @field_validator("device")
     @classmethod

@@ -8,13 +8,16 @@ high-water mark, so no queue grows without limit. Payload buffers travel zero-co
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import zmq
+from pydantic import ValidationError
 from zmq.utils.monitor import recv_monitor_message
 
 from streamconv.config.roles import SocketSettings
+from streamconv.errors import ConfigError
+from streamconv.wire import curve
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +38,26 @@ def context() -> Context:
 
 
 def open_socket(
-    ctx: Context, kind: Kind, s: SocketSettings, *, topics: Iterable[bytes | str] = ()
+    ctx: Context,
+    kind: Kind,
+    s: SocketSettings,
+    *,
+    topics: Iterable[bytes | str] = (),
+    guard: curve.Guard | None = None,
 ) -> Socket:
-    """The socket `s` describes: options set, then bound or connected.
+    """The socket `s` describes: options set, CURVE keys loaded, then bound or connected.
 
     Sending kinds get SNDHWM, receiving kinds RCVHWM and MAXMSGSIZE (a peer sending a larger
     part is disconnected before it costs memory). An XPUB passes every subscribe and
     unsubscribe up (XPUB_VERBOSER), so its owner can count subscriptions. A SUB subscribes to
-    `topics` (prefixes). Raises zmq.ZMQError when the endpoint cannot be bound or parsed.
+    `topics` (prefixes). A CURVE server socket (bound, with `curve_secret`) lets in only the
+    keys in `curve_clients`, checked by `guard` (the context's ZAP authenticator). Raises
+    zmq.ZMQError when the endpoint cannot be bound or parsed, ConfigError for bad key files.
     """
+    keys = _curve_keys(s, guard)
     sock = ctx.socket(_TYPES[kind])
+    if keys is not None:
+        keys(sock)
     sock.setsockopt(zmq.LINGER, s.linger_ms)
     if kind in _SENDS:
         sock.setsockopt(zmq.SNDHWM, s.hwm)
@@ -66,8 +79,32 @@ def open_socket(
     return sock
 
 
+def _curve_keys(s: SocketSettings, guard: curve.Guard | None) -> Callable[[Socket], None] | None:
+    """Load the key files first (a bad file is a ConfigError before any socket exists)."""
+    if s.curve_secret is None:
+        return None
+    pair = curve.load_secret(s.curve_secret)
+    if s.bind:
+        if guard is None or s.curve_clients is None:
+            msg = f"{s.endpoint}: a CURVE server socket needs an authenticator and curve_clients"
+            raise ConfigError(msg)
+        domain = guard.allow(curve.load_allowed(s.curve_clients))
+        return lambda sock: curve.serve(sock, pair, domain)
+    if s.curve_server is None:
+        msg = f"{s.endpoint}: a CURVE client socket needs curve_server"
+        raise ConfigError(msg)
+    server = curve.load_public(s.curve_server)
+    return lambda sock: curve.client(sock, pair, server)
+
+
 def _settings(endpoint: str, bind: bool, hwm: int, linger_ms: int, **kw: Any) -> SocketSettings:
-    return SocketSettings(endpoint=endpoint, bind=bind, hwm=hwm, linger_ms=linger_ms, **kw)
+    try:
+        return SocketSettings(endpoint=endpoint, bind=bind, hwm=hwm, linger_ms=linger_ms, **kw)
+    except ValidationError as e:
+        if any(err["loc"] and err["loc"][0] == "endpoint" for err in e.errors()):
+            raise  # callers explain a bad endpoint themselves
+        why = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+        raise ConfigError(f"socket {endpoint!r}: {why}") from e
 
 
 def push_socket(
@@ -77,9 +114,10 @@ def push_socket(
     bind: bool = False,
     hwm: int = DEFAULT_HWM,
     linger_ms: int = DEFAULT_LINGER_MS,
+    **keys: Any,
 ) -> Socket:
-    """A PUSH socket for sending frames (shorthand for open_socket)."""
-    return open_socket(ctx, "push", _settings(endpoint, bind, hwm, linger_ms))
+    """A PUSH socket for sending frames (shorthand for open_socket); `keys` as for sub_socket."""
+    return open_socket(ctx, "push", _settings(endpoint, bind, hwm, linger_ms, **keys))
 
 
 def pull_socket(
@@ -110,9 +148,11 @@ def sub_socket(
     *,
     bind: bool = False,
     hwm: int = DEFAULT_HWM,
+    **keys: Any,
 ) -> Socket:
-    """A SUB socket subscribed to `topics` (shorthand for open_socket)."""
-    return open_socket(ctx, "sub", _settings(endpoint, bind, hwm, 0), topics=topics)
+    """A SUB socket subscribed to `topics` (shorthand for open_socket); `keys`: curve_secret
+    and curve_server for a CURVE client."""
+    return open_socket(ctx, "sub", _settings(endpoint, bind, hwm, 0, **keys), topics=topics)
 
 
 def subscribe(sock: Socket, topic: bytes | str) -> None:
@@ -172,6 +212,21 @@ def subscription_event(parts: Sequence[Frame]) -> tuple[bool, bytes] | None:
     return raw[0] == 1, raw[1:]
 
 
+_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_REFUSED: dict[int, str] = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the worker refused this client's key: its public "
+    "certificate is not in the worker's curve_clients folder",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the security handshake failed: a wrong "
+    "--curve-server (it must be the worker's public certificate), or CURVE on one end only",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the security handshake failed (protocol error): "
+    "CURVE on one end only, or a wrong --curve-server",
+}
+
+
 class PeerWatch:
     """Watches a connecting socket's peers: has a handshake with the other end completed?
 
@@ -180,11 +235,12 @@ class PeerWatch:
     """
 
     def __init__(self, sock: Socket) -> None:
-        events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | _FAILED
         self._mon = sock.get_monitor_socket(events)
         self._sock = sock
         self.peers = 0  # handshakes completed minus disconnects
         self.disconnects = 0
+        self.refused: str | None = None  # why the last handshake failed, if it did
 
     def update(self, timeout_ms: int = 0) -> int:
         """Take pending events (waiting up to `timeout_ms` for the first); the peer count."""
@@ -193,6 +249,10 @@ class PeerWatch:
             event = recv_monitor_message(self._mon)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.peers += 1
+                self.refused = None
+            elif event & _FAILED:
+                no_detail = _REFUSED[zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL]
+                self.refused = _REFUSED.get(int(event), no_detail)
             elif event == zmq.EVENT_DISCONNECTED:
                 self.peers = max(0, self.peers - 1)
                 self.disconnects += 1
@@ -216,16 +276,27 @@ def close(sock: Socket, linger_ms: int | None = None) -> None:
 
 
 ZMQError = zmq.ZMQError  # what open_socket raises, for callers that import no zmq
+Guard = curve.Guard  # the ZAP authenticator a CURVE server socket needs
+peer_key = curve.peer_key  # the CURVE key a message came from
 
 
 def watched_push(
-    ctx: Context, endpoint: str, *, hwm: int = DEFAULT_HWM, linger_ms: int = DEFAULT_LINGER_MS
+    ctx: Context,
+    endpoint: str,
+    *,
+    hwm: int = DEFAULT_HWM,
+    linger_ms: int = DEFAULT_LINGER_MS,
+    **keys: Any,
 ) -> tuple[Socket, PeerWatch]:
     """A connecting PUSH, as push_socket makes it, and a PeerWatch that was listening before
     the connect: on loopback the handshake can complete before a watch attached afterwards
-    starts, and that handshake would never be seen. Raises like open_socket."""
-    s = _settings(endpoint, False, hwm, linger_ms)
+    starts, and that handshake would never be seen. `keys`: curve_secret and curve_server
+    for a CURVE client. Raises like open_socket."""
+    s = _settings(endpoint, False, hwm, linger_ms, **keys)
+    setup = _curve_keys(s, None)
     sock = ctx.socket(zmq.PUSH)
+    if setup is not None:
+        setup(sock)
     sock.setsockopt(zmq.LINGER, s.linger_ms)
     sock.setsockopt(zmq.SNDHWM, s.hwm)
     watch = PeerWatch(sock)

@@ -20,6 +20,7 @@ import torch
 from streamconv.errors import Drop, StreamconvError
 from streamconv.layers import Sequential, State
 from streamconv.wire.protocol import PROBE_STREAM, InputMessage
+from streamconv.worker.admission import Admission
 from streamconv.worker.outputs import gather
 from streamconv.worker.pixels import chw_shape, frame_to_chw
 from streamconv.worker.results import ChunkResult, EndResult, Failed, Result
@@ -49,6 +50,7 @@ class _Stream:
     fps: float | None = None
     resets: int = 0
     recent_sessions: deque[str] = field(default_factory=lambda: deque(maxlen=4))
+    owner: str | None = None  # the CURVE key that opened the stream
 
     def restart(self, session: str) -> None:
         self.session, self.state, self.shape, self.discontinuity = session, None, None, True
@@ -71,6 +73,7 @@ class Engine:
         publish: list[str] | None = None,
         output_dtype: str = "float32",
         stats: Stats | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         self.chunk, self.max_wait_s = chunk, max_wait_s
@@ -79,15 +82,18 @@ class Engine:
         self.output_dtype = output_dtype
         self.streams: dict[str, _Stream] = {}
         self.stats = stats if stats is not None else Stats()
+        self.admission = admission
         self._staging: dict[tuple[int, ...], torch.Tensor] = {}
         self._copied: torch.cuda.Event | None = None
 
     # -- input ----------------------------------------------------------------------------
-    def submit(self, msg: InputMessage, now: float) -> list[Result]:
-        """Take one decoded message; returns the results it completes (a frame that cannot
-        enter the model is a Failed result, and nothing else changes then)."""
+    def submit(self, msg: InputMessage, now: float, sender: str | None = None) -> list[Result]:
+        """Take one decoded message from `sender` (its CURVE key, None without CURVE);
+        returns the results it completes (a frame that cannot enter the model, or may not,
+        is a Failed result, and nothing else changes then)."""
         if msg.kind == "eos":
-            return self._end(msg)
+            refused = self.admission and self.admission.end(msg.stream, sender, self.streams)
+            return [refused] if refused else self._end(msg)
         if msg.frame is None:
             why = f"frame message of stream {msg.stream!r} carries no pixels"
             return [Failed(Drop.MALFORMED, why, msg.stream)]
@@ -95,13 +101,16 @@ class Engine:
             shape = chw_shape(msg.frame, self.color, self.in_channels)
         except StreamconvError as e:
             return [Failed(Drop.BAD_SHAPE, f"stream {msg.stream!r}: {e}", msg.stream)]
+        refused = self.admission and self.admission.frame(msg.stream, shape, sender, self.streams)
+        if refused:
+            return [refused]
         st = self.streams.get(msg.stream)
         results: list[Result] = []
         if st is None:
             if len(self.streams) >= self.max_streams:
                 why = f"too many streams ({self.max_streams}); end one with eos first"
                 return [Failed(Drop.TOO_MANY_STREAMS, why, msg.stream)]
-            st = self.streams[msg.stream] = _Stream(msg.stream, msg.session)
+            st = self.streams[msg.stream] = _Stream(msg.stream, msg.session, owner=sender)
             self._started(st, shape)
         elif (
             st.session != msg.session

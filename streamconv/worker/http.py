@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ class Health:
     phase: str = "starting"  # starting | ready | stopping
     beat: float = field(default_factory=time.monotonic)
     info: dict[str, Any] = field(default_factory=dict)
+    live: Callable[[], dict[str, Any]] = dict  # more of /status, computed when asked
 
     def alive(self) -> bool:
         return self.phase != "ready" or time.monotonic() - self.beat < STALL_S
@@ -51,7 +53,8 @@ def app(health: Health, stats: Stats, registry: CollectorRegistry) -> Starlette:
         return Response(render(registry), media_type=CONTENT_TYPE)
 
     async def status(request: Request) -> Response:
-        return JSONResponse({"phase": health.phase, **health.info, **stats.snapshot()})
+        body = {"phase": health.phase, **health.info, **health.live(), **stats.snapshot()}
+        return JSONResponse(body)
 
     routes = [
         Route("/healthz", healthz),

@@ -26,11 +26,13 @@ from streamconv.model import (
     device_memory,
     input_channels,
     resolve_device,
+    state_bytes_per_pixel,
 )
 from streamconv.signals import on_stop
 from streamconv.wire import transport
 from streamconv.wire.protocol import decode_input
 from streamconv.worker import metrics
+from streamconv.worker.admission import Admission
 from streamconv.worker.engine import Engine
 from streamconv.worker.http import Health, HttpServer, app
 from streamconv.worker.publisher import Publisher
@@ -59,6 +61,9 @@ class Worker:
         self._drops = DropLog(settings.log.stats_every_s or 10.0)
         self._ctx: transport.Context | None = None
         self._pull: transport.Socket | None = None
+        self._guard: transport.Guard | None = None
+        self._curve_in = settings.worker.input.curve  # read each sender's key
+        self.admission: Admission | None = None
         self._signals = 0
         self._in_at_stop: int | None = None  # frames taken when the stop was asked for
 
@@ -97,6 +102,12 @@ class Worker:
         device = resolve_device(w.device)
         model = build_model(self.settings, device)
         publish = [spec.name for spec in self.settings.layers if spec.publish]
+        self.admission = Admission(
+            max_streams_per_key=w.max_streams_per_key,
+            max_frame_pixels=w.max_frame_pixels,
+            budget_bytes=int(w.state_budget_mb * 2**20),
+            bytes_per_pixel=state_bytes_per_pixel(model, w, device, DTYPES[w.dtype]),
+        )
         self.engine = Engine(
             model,
             device=device,
@@ -109,27 +120,49 @@ class Worker:
             publish=publish,
             output_dtype=w.output_dtype,
             stats=self.stats,
+            admission=self.admission,
         )
         self._ctx = transport.context()
+        if w.input.curve or w.output.curve:  # the ZAP authenticator checks client keys
+            self._guard = transport.Guard(self._ctx)
         # The socket limit is a backstop (a larger part disconnects its sender); the
         # configured limit itself is checked per message, so it is counted.
         inp = w.input
         if inp.max_message_bytes < 0:
             inp = inp.model_copy(update={"max_message_bytes": 2 * w.max_message_bytes})
         try:
-            self._pull = transport.open_socket(self._ctx, "pull", inp)
-            pub = transport.open_socket(self._ctx, "xpub", w.output)
+            self._pull = transport.open_socket(self._ctx, "pull", inp, guard=self._guard)
+            pub = transport.open_socket(self._ctx, "xpub", w.output, guard=self._guard)
         except transport.ZMQError as e:
             msg = f"cannot bind worker sockets ({w.input.endpoint}, {w.output.endpoint}): {e}"
             raise StartupError(msg) from e
         self.publisher = Publisher(pub, publish, w.output_dtype, self.stats)
         self.endpoints = (transport.endpoint(self._pull), transport.endpoint(pub))
-        self.health.info = {"device": str(device), "layers": publish}
+        self.health.live = self._live
+        self.health.info = {"device": str(device), "layers": publish,
+                            "curve": {"input": inp.curve, "output": w.output.curve}}  # fmt: skip
         self.health.phase = "ready"
         self.ready.set()
         log.info(
             "worker ready on input %s output %s (layers: %s)", *self.endpoints, ", ".join(publish)
         )
+        for name, sock in (("input", inp), ("output", w.output)):
+            if sock.curve:
+                log.info("%s: CURVE, clients allowed from %s", name, sock.curve_clients)
+            elif not sock.local():
+                log.warning("%s %s: plaintext, allowed by allow_insecure", name, sock.endpoint)
+
+    def _live(self) -> dict[str, object]:
+        """The state budget in use and the refused keys, for /status (the HTTP thread)."""
+        if self.admission is None or self.engine is None:
+            return {}
+        a = self.admission
+        used = a.used(list(self.engine.streams.values()))
+        refused = self._guard.refused if self._guard is not None else 0
+        return {"state_budget": {"used_mb": round(used / 2**20, 3),
+                                 "budget_mb": round(a.budget_bytes / 2**20, 3),
+                                 "bytes_per_pixel": a.bytes_per_pixel},
+                "curve_refused": refused}  # fmt: skip
 
     def _started(self) -> tuple[Engine, Publisher, transport.Socket]:
         if self.engine is None or self.publisher is None or self._pull is None:
@@ -194,7 +227,8 @@ class Worker:
             if not self.stats.drops[Drop.DECODER_BUG]:
                 log.exception("decoder failed on a message")  # the traceback, once
             return [Failed(Drop.DECODER_BUG, f"undecodable message: {type(e).__name__}")]
-        return self._started()[0].submit(msg, time.monotonic())
+        sender = transport.peer_key(parts[0]) if self._curve_in else None
+        return self._started()[0].submit(msg, time.monotonic(), sender)
 
     def shutdown(self) -> None:
         """Finish the chunks in hand (bounded), deliver them, close everything."""
@@ -229,6 +263,9 @@ class Worker:
         if self.publisher is not None:
             # Sends are asynchronous: linger 0 would discard the outputs just flushed.
             transport.close(self.publisher.sock, 0 if self.abort_event.is_set() else LINGER_MS)
+        if self._guard is not None:  # before the context: its thread holds a socket
+            self._guard.stop()
+            self._guard = None
         if self._ctx is not None:
             self._ctx.destroy(linger=0)
             self._ctx = None

@@ -28,6 +28,7 @@ from streamconv.errors import Drop
 from streamconv.layers import Output
 from streamconv.model import build_model, input_channels
 from streamconv.wire import protocol, transport
+from streamconv.wire.curve import generate
 from streamconv.worker.stats import BURST
 from tests.conftest import REPO
 from tests.integration.conftest import WorkerProc
@@ -246,6 +247,17 @@ def assert_matches_offline(
         )
 
 
+def curve_flags(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    """Worker flags and client keys for CURVE with one allowed client."""
+    generate(folder / "keys", "worker")
+    generate(folder / "keys" / "clients", "client")
+    flags = ["--curve-secret", str(folder / "keys/worker.key_secret"),
+             "--curve-clients", str(folder / "keys/clients")]  # fmt: skip
+    keys = {"curve_secret": folder / "keys/clients/client.key_secret",
+            "curve_server": folder / "keys/worker.key"}  # fmt: skip
+    return flags, keys
+
+
 def send_marker(push: transport.Socket, sub: Subscriber) -> None:
     """An eos on stream 'marker' behind what `push` sent before; returns once it is published.
 
@@ -261,14 +273,17 @@ def send_marker(push: transport.Socket, sub: Subscriber) -> None:
 
 
 # -- bad input -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("secure", [False, True], ids=["plaintext", "curve"])
 def test_bad_input_is_dropped_counted_and_valid_streams_still_match_offline(
-    start_worker: StartWorker, zmq_ctx: transport.Context, tmp_path: Path
+    start_worker: StartWorker, zmq_ctx: transport.Context, tmp_path: Path, secure: bool
 ) -> None:
     config = write_config(tmp_path)
+    flags, keys = curve_flags(tmp_path) if secure else ([], {})
     # max_message_bytes from the environment: the limit the oversized case must meet
-    worker = start_worker(config, env={"STREAMCONV_WORKER__MAX_MESSAGE_BYTES": str(LIMIT)})
-    bad = transport.push_socket(zmq_ctx, worker.input)
-    with Subscriber(worker.output, timeout_s=15) as sub:
+    worker = start_worker(config, *flags,
+                          env={"STREAMCONV_WORKER__MAX_MESSAGE_BYTES": str(LIMIT)})  # fmt: skip
+    bad = transport.push_socket(zmq_ctx, worker.input, **keys)
+    with Subscriber(worker.output, timeout_s=15, **keys) as sub:
         sub.wait_ready(worker.input)
 
         seen: Counter[Drop] = Counter()
@@ -290,8 +305,8 @@ def test_bad_input_is_dropped_counted_and_valid_streams_still_match_offline(
         good = [rng.integers(0, 256, (H, W), dtype=np.uint8) for _ in range(11)]
         other = [rng.integers(0, 256, (20, 28, 1), dtype=np.uint8) for _ in range(9)]
         s_good, s_other = protocol.new_session(), protocol.new_session()
-        push_good = transport.push_socket(zmq_ctx, worker.input)
-        push_other = transport.push_socket(zmq_ctx, worker.input)
+        push_good = transport.push_socket(zmq_ctx, worker.input, **keys)
+        push_other = transport.push_socket(zmq_ctx, worker.input, **keys)
         for i in range(max(len(good), len(other))):
             if i < len(good):
                 transport.send(push_good, protocol.encode_frame("good", s_good, i, good[i]))

@@ -116,12 +116,34 @@ def test_env_overrides_parse_json(tmp_path: Path) -> None:
         "STREAMCONV_WORKER__CHUNK": "16",
         "STREAMCONV_WORKER__DEVICE": "cpu",
         "STREAMCONV_WORKER__INPUT": "tcp://0.0.0.0:5555",
+        "STREAMCONV_WORKER__ALLOW_INSECURE": "true",
         "UNRELATED": "x",
         "STREAMCONV_NOSECTION": "ignored",
     }
     w = load_settings(path, environ=env).worker
     assert (w.chunk, w.device, w.input.endpoint) == (16, "cpu", "tcp://0.0.0.0:5555")
     assert isinstance(w.chunk, int)
+    assert w.allow_insecure is True
+
+
+def test_an_exposed_bind_without_curve_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[worker]\noutput = "tcp://0.0.0.0:5556"\n{LAYER}')
+    with pytest.raises(
+        ConfigError, match=r"output tcp://0.0.0.0:5556 is reachable .*allow_insecure"
+    ):
+        load_settings(path, environ={})
+    for local in ("tcp://127.0.0.1:5556", "tcp://localhost:5556", "tcp://[::1]:5556",
+                  "ipc:///tmp/sc-out", "inproc://out"):  # fmt: skip
+        assert load_settings(path, {"worker": {"output": local}}, environ={})
+
+
+def test_curve_settings_come_in_pairs(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[worker.input]\ncurve_secret = "s.key_secret"\n{LAYER}')
+    with pytest.raises(ConfigError, match="curve_clients"):
+        load_settings(path, environ={})
+    path = write(tmp_path, f'[capture.connect]\ncurve_server = "w.key"\n{LAYER}')
+    with pytest.raises(ConfigError, match="curve_secret"):
+        load_settings(path, environ={})
 
 
 def test_precedence_file_then_env_then_overrides(tmp_path: Path) -> None:

@@ -483,6 +483,18 @@ def test_compose_worker_publishes_on_host_loopback_and_uses_a_shipped_preset(
     assert (ROOT / "streamconv/presets" / f"{name}.toml").is_file(), name
 
 
+def test_compose_allows_plaintext_only_where_it_publishes_on_loopback(
+    services: dict[str, Any],
+) -> None:
+    """The worker binds 0.0.0.0 in the container: plaintext is allowed explicitly, and only
+    for workers whose ports reach nothing but the host's loopback (README, Security)."""
+    for name, service in services.items():
+        env = service.get("environment", {})
+        if env.get("STREAMCONV_WORKER__ALLOW_INSECURE") == "true":
+            assert all(str(p).startswith("127.0.0.1:") for p in service["ports"]), name
+    assert services["worker"]["environment"]["STREAMCONV_WORKER__ALLOW_INSECURE"] == "true"
+
+
 def test_compose_worker_healthcheck_asks_readyz(
     services: dict[str, Any], http_server: ThreadingHTTPServer
 ) -> None:

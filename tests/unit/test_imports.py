@@ -138,9 +138,10 @@ def test_only_transport_creates_zmq_sockets() -> None:
 
 
 def test_only_transport_imports_zmq() -> None:
-    """Sockets, contexts and options live in one place; roles speak to transport only."""
+    """Sockets, contexts and options live in one place (with its CURVE half, wire/curve.py);
+    roles speak to transport only."""
     importers = {rel(p) for p in ALL if "zmq" in imported(p)}
-    assert importers == {"streamconv/wire/transport.py"}
+    assert importers == {"streamconv/wire/transport.py", "streamconv/wire/curve.py"}
 
 
 def test_capture_does_not_import_torch_at_runtime() -> None:

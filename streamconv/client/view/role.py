@@ -68,8 +68,12 @@ class View:
             self.url = http.url
             log.info("view on %s (outputs from %s)", http.url, self.settings.connect.endpoint)
             self.ready.set()
+            refused: str | None = None
             while not self.stop_event.is_set():
                 self.hub.connected = watch.update() > 0
+                if watch.refused != refused and watch.refused:  # once per change, not per retry
+                    log.error("the worker did not let the view in: %s", watch.refused)
+                refused = watch.refused
                 batch = _take(sock)
                 if batch:
                     self._account(batch)
