@@ -33,7 +33,9 @@ class HttpServer:
             msg = f"cannot serve HTTP on {host}:{port}: {e} (use {hint})"
             raise StartupError(msg) from e
         self.host, self.port = host, self.sock.getsockname()[1]
-        config = uvicorn.Config(application, log_level="warning", lifespan="off", access_log=False)
+        # No permessage-deflate: the view sends JPEGs, which it only slows down (BENCHMARKS.md).
+        config = uvicorn.Config(application, log_level="warning", lifespan="off", access_log=False,
+                                ws_per_message_deflate=False)  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._serve, name="http", daemon=True)
 
