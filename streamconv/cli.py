@@ -159,6 +159,8 @@ def parser() -> argparse.ArgumentParser:
     v = add("view", "serve a live web page of every stream's layers (a subscriber)")
     v.add_argument("--connect", help="worker output endpoint (default tcp://127.0.0.1:5556)")
     v.add_argument("--listen", help="HOST:PORT for the page (default 127.0.0.1:8080)")
+    v.add_argument("--full", action="store_true", default=None, help="every full-size output "
+                   "instead of the worker's previews (costs the worker more)")  # fmt: skip
     _client_keys(v)
 
     r = add("run", "capture + worker + subscriber in one command, then check exactness")
@@ -217,7 +219,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
             capture["connect"] = connect
         if args.command == "run":
             capture.pop("output", None)
-    view: dict[str, Any] = pick(listen=a.get("listen"))
+    view: dict[str, Any] = pick(listen=a.get("listen"), full=a.get("full"))
     if args.command == "view" and (a.get("connect") or keys):
         view["connect"] = pick(endpoint=a.get("connect")) | keys
     level = "debug" if a.get("verbose") else a.get("log_level")

@@ -103,8 +103,8 @@ class Subscriber:
                 level = logging.WARNING if self.bad_messages == 1 else logging.DEBUG
                 log.log(level, "subscriber: skipped a bad message (counted): %s", e)
                 continue
-            if header["stream"] == PROBE_STREAM:
-                continue
+            if header["stream"] == PROBE_STREAM or header.get("preview"):
+                continue  # control traffic and viewers' previews: topics starting with "_"
             if self.layers and header["layer"] not in self.layers:
                 continue
             self._check_gap(header)

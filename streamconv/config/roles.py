@@ -133,6 +133,15 @@ class WorkerSettings(Strict):
         description="at SIGTERM, the most time spent finishing chunks in hand; the rest is "
         "counted and logged as not flushed",
     )
+    preview_fps: float = Field(
+        default=10.0,
+        ge=0,
+        description="previews per second per stream and layer for viewers "
+        "(sent only while one subscribes to _preview/); 0: none",
+    )
+    preview_side: int = Field(
+        default=320, ge=16, description="previews fit this many pixels a side"
+    )
     allow_insecure: bool = Field(
         default=False,
         description="let input/output bind a non-loopback address without CURVE",
@@ -225,7 +234,12 @@ class ViewSettings(Strict):
 
     connect: ViewSocket = ViewSocket()
     listen: str = Field(default="127.0.0.1:8080", description="HOST:PORT the page is served on")
-    fps: float = Field(default=15.0, gt=0, le=120, description="page updates per second, at most")
+    fps: float = Field(default=10.0, gt=0, le=120, description="page updates per second, at most")
+    full: bool = Field(
+        default=False,
+        description="take every full-size output instead of the worker's previews (exact "
+        "ranges and a sample per frame; costs the worker as much as another subscriber)",
+    )
     quality: int = Field(default=85, ge=10, le=100, description="JPEG quality of the images")
     max_side: int = Field(
         default=640, ge=16, description="images are scaled down to fit this many pixels a side"

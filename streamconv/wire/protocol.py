@@ -24,6 +24,7 @@ MAX_SESSION_CHARS = 128
 F32_MAX = float(np.finfo(np.float32).max) / 2  # margin for float32 rounding when dequantising
 MIN_QUANT_RANGE = 255.0 / F32_MAX  # below this, 255/range would not fit a float32
 PROBE_STREAM = "_probe"  # eos on this stream asks the worker for an eos back (readiness)
+PREVIEW_PREFIX = "_preview/"  # "_preview/{stream}/{layer}/": small, rate-limited outputs
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # Multi-byte values are little-endian on the wire, whatever the machine.
 INPUT_DTYPES: dict[str, np.dtype[Any]] = {
@@ -69,6 +70,10 @@ def topic(stream: str, layer: str) -> bytes:
 
 def stream_topic(stream: str) -> bytes:
     return f"{stream}/".encode()
+
+
+def preview_topic(stream: str, layer: str) -> bytes:
+    return f"{PREVIEW_PREFIX}{stream}/{layer}/".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +316,29 @@ def encode_output(
     return [topic(stream, layer), json.dumps(header).encode(), payload]
 
 
+def encode_preview(
+    stream: str,
+    layer: str,
+    session: str,
+    seq: int,
+    t_ns: int,
+    small: np.ndarray,
+    *,
+    full_shape: tuple[int, ...],
+    discontinuity: bool,
+    lost: int,
+    fps: float | None = None,
+) -> list[Any]:
+    """A preview of output `seq`: `small` (C, h, w) float as uint8, on the preview topic, with
+    the full frame's shape, whether a discontinuity came since the previous preview, and the
+    stream's frames the worker never ran (`lost`)."""
+    parts = encode_output(stream, layer, session, seq, t_ns, small, dtype="uint8",
+                          discontinuity=discontinuity, fps=fps)  # fmt: skip
+    header = json.loads(parts[1])
+    header |= {"preview": True, "full_shape": list(full_shape), "lost": lost}
+    return [preview_topic(stream, layer), json.dumps(header).encode(), parts[2]]
+
+
 def quantize(array: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """uint8 bytes, scale and offset spanning the frame's range (value = byte*scale+offset);
     the bytes go into `out` when given."""
@@ -329,10 +357,16 @@ def quantize(array: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarr
 
 
 def encode_output_eos(
-    stream: str, layer: str, session: str, seq: int, subscribed: bool | None = None
+    stream: str,
+    layer: str,
+    session: str,
+    seq: int,
+    subscribed: bool | None = None,
+    *,
+    preview: bool = False,
 ) -> list[Any]:
     """[topic, header, b""]: no more output for this layer of this stream and session.
-    `subscribed` answers a probe's `watch`."""
+    `subscribed` answers a probe's `watch`; `preview` sends it on the preview topic."""
     header: dict[str, Any] = {
         "v": VERSION,
         "kind": "eos",
@@ -344,6 +378,9 @@ def encode_output_eos(
     }
     if subscribed is not None:
         header["subscribed"] = subscribed
+    if preview:
+        header["preview"] = True
+        return [preview_topic(stream, layer), json.dumps(header).encode(), b""]
     return [topic(stream, layer), json.dumps(header).encode(), b""]
 
 
@@ -384,6 +421,12 @@ def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
     _int_field(header, "t_out_ns")
     _flag(header, "subscribed")
     _flag(header, "discontinuity")
+    _flag(header, "preview")
+    if header.get("preview"):
+        if kind == "output":
+            header["full_shape"] = list(_shape(header.get("full_shape"), (3,)))
+        if "lost" in header:
+            _int_field(header, "lost")
     if header.get("fps") is not None:
         header["fps"] = _fps(header)
     if kind == "eos":

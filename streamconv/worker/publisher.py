@@ -6,9 +6,12 @@ capture's `watch` probe); subscribers see an ordinary PUB.
 
 from __future__ import annotations
 
+import functools
 import time
+from typing import Any
 
 from streamconv.wire import protocol, transport
+from streamconv.worker.previews import Previews
 from streamconv.worker.results import ChunkResult, EndResult, Result
 from streamconv.worker.stats import Stats
 
@@ -17,10 +20,20 @@ class Publisher:
     """Publishes every published layer's output frames, then eos on every layer."""
 
     def __init__(
-        self, sock: transport.Socket, layers: list[str], output_dtype: str, stats: Stats
+        self,
+        sock: transport.Socket,
+        layers: list[str],
+        output_dtype: str,
+        stats: Stats,
+        previews: Previews | None = None,
     ) -> None:
         self.sock, self.layers, self.output_dtype = sock, layers, output_dtype
-        self.stats = stats
+        self.stats, self.previews = stats, previews
+
+    def _previewing(self) -> Previews | None:
+        if self.previews is None or not Previews.wanted(self.stats.subscriptions):
+            return None
+        return self.previews
 
     def publish(self, results: list[Result]) -> None:
         """Send outputs and ends; Failed results are the caller's to count and log."""
@@ -65,6 +78,40 @@ class Publisher:
         for j, name in enumerate(r.layers):
             self.stats.published(r.stream, name, len(r.seqs), latencies if j == 0 else [])
         self.stats.count("published", len(r.seqs) * len(r.layers))
+        previews = self._previewing()
+        if previews is not None:
+            self._preview(r, previews)
+
+    def _preview(self, r: ChunkResult, previews: Previews) -> None:
+        """Offer the chunk's newest frame of each layer as its preview."""
+        for name in r.layers:
+            make = functools.partial(self._preview_message, r, name, previews)
+            parts = previews.offer(r.stream, name, make, r.discontinuity)
+            if parts is not None:
+                self._send_preview(parts)
+
+    def _preview_message(self, r: ChunkResult, name: str, previews: Previews) -> list[Any]:
+        last = len(r.seqs) - 1
+        frames = r.layers[name]
+        scales, offsets = r.quant.get(name, (None, None))
+        small = previews.shrink(frames[last], scales[last] if scales else None,
+                                offsets[last] if offsets else None)  # fmt: skip
+        st = self.stats.stream(r.stream)
+        return protocol.encode_preview(
+            r.stream, name, r.session, r.seqs[last], r.t_ns[last], small,
+            full_shape=frames[last].shape, lost=st.missing + sum(st.drops.values()),
+            fps=r.fps, discontinuity=previews.take_reset(r.stream, name),
+        )  # fmt: skip
+
+    def _send_preview(self, parts: list[Any]) -> None:
+        transport.send(self.sock, parts)
+        self.stats.count("previews")
+
+    def flush_previews(self) -> None:
+        """Send the previews that waited for their time (the serve loop calls this)."""
+        if self.previews is not None:
+            for parts in self.previews.due():
+                self._send_preview(parts)
 
     def _end(self, r: EndResult) -> None:
         subscribed = None
@@ -74,3 +121,11 @@ class Publisher:
             parts = protocol.encode_output_eos(r.stream, name, r.session, r.seq, subscribed)
             transport.send(self.sock, parts)
         self.stats.count("eos_published", len(self.layers))
+        previews = self._previewing()
+        if previews is not None and r.stream != protocol.PROBE_STREAM:
+            for parts in previews.due(stream=r.stream):  # the last frames, before the end
+                self._send_preview(parts)
+            for name in self.layers:
+                eos = protocol.encode_output_eos(r.stream, name, r.session, r.seq, preview=True)
+                transport.send(self.sock, eos)
+            previews.forget(r.stream)

@@ -35,6 +35,7 @@ from streamconv.worker import metrics
 from streamconv.worker.admission import Admission
 from streamconv.worker.engine import Engine
 from streamconv.worker.http import Health, HttpServer, app
+from streamconv.worker.previews import Previews
 from streamconv.worker.publisher import Publisher
 from streamconv.worker.results import Failed, Result
 from streamconv.worker.stats import DropLog, Stats
@@ -136,7 +137,8 @@ class Worker:
         except transport.ZMQError as e:
             msg = f"cannot bind worker sockets ({w.input.endpoint}, {w.output.endpoint}): {e}"
             raise StartupError(msg) from e
-        self.publisher = Publisher(pub, publish, w.output_dtype, self.stats)
+        previews = Previews(w.preview_fps, w.preview_side) if w.preview_fps > 0 else None
+        self.publisher = Publisher(pub, publish, w.output_dtype, self.stats, previews)
         self.endpoints = (transport.endpoint(self._pull), transport.endpoint(pub))
         self.health.live = self._live
         self.health.info = {"device": str(device), "layers": publish,
@@ -195,6 +197,7 @@ class Worker:
                     self.deliver(self._handle(parts))
             now = time.monotonic()
             self.deliver(engine.due(now))
+            publisher.flush_previews()
             if now - last_evict > 1.0:
                 last_evict = now
                 self.deliver(engine.evict_idle(now, self.settings.worker.idle_timeout_s))

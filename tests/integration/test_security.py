@@ -328,3 +328,38 @@ def test_keys_generate_writes_a_private_pair_and_never_overwrites(
         pair = load_secret(secret)
     assert "readable by others: chmod 600" in caplog.text
     assert pair.secret.decode() not in repr(pair) + caplog.text  # never printed
+
+
+def test_subscribe_and_view_take_client_keys(
+    start_worker: Start, start_view: Start, keys: Keys, python_env: dict[str, str]
+) -> None:
+    from tests.integration.pages import PageClient
+
+    worker = start_worker(DEFAULT, env=keys.worker_env())
+    reader = keys.client("reader")
+    flags = ["--curve-secret", str(reader["curve_secret"]),
+             "--curve-server", str(reader["curve_server"])]  # fmt: skip
+    view = start_view(worker.output, *flags)
+    page = PageClient(view.http)
+    sub = subprocess.Popen(
+        [sys.executable, "-m", "streamconv", "subscribe", "--connect", worker.output,
+         "--stream", "cam", *flags],
+        cwd=REPO, env=python_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        page.until(lambda: page.state.get("worker") == "connected", what="the view let in")
+        with Sender(worker.input, "cam", wait_s=10, **keys.client("alice")) as sender:
+            deadline = time.monotonic() + 20
+            while status(worker)["subscriptions"].get("cam/", 0) < 1:  # subscribe is in
+                assert time.monotonic() < deadline, status(worker)["subscriptions"]
+                time.sleep(0.05)
+            for f in frames(5):
+                assert sender.send(f)
+        out, err = sub.communicate(timeout=30)  # ends at the stream's eos
+        assert sub.returncode == 0, err
+        assert "cam/motion" in out
+        page.until(lambda: (page.layer("cam", "motion") or {}).get("frames") == 5, what="5")
+    finally:
+        page.close()
+        sub.kill()
+        sub.wait(10)

@@ -48,11 +48,12 @@ def frames_seen(page: PageClient, stream: str, n: int) -> Callable[[], bool]:
     return done
 
 
+@pytest.mark.parametrize("flags", [[], ["--full"]], ids=["previews", "full"])
 def test_a_page_sees_every_layer_of_every_stream(
-    start_worker: Start, start_view: Start, zmq_ctx: transport.Context
+    start_worker: Start, start_view: Start, zmq_ctx: transport.Context, flags: list[str]
 ) -> None:
     worker = start_worker()
-    view = start_view(worker.output)
+    view = start_view(worker.output, *flags)
     page = PageClient(view.http)
     assert len(page.hello["colormaps"]["diverging"]) == 256
     page.until(lambda: page.state.get("worker") == "connected", what="the worker connected")
@@ -138,8 +139,10 @@ def test_view_before_its_worker_and_after_it_goes_away(
     worker = start_worker(REPO / "streamconv/presets/default.toml", "--output", output)
     page.until(lambda: page.state.get("worker") == "connected", what="back", timeout_s=30)
     push = transport.push_socket(zmq_ctx, worker.input, linger_ms=0)
-    send(push, "cam", protocol.new_session(), range(10), 32, 24)
-    page.until(frames_seen(page, "cam", 20), what="frames after the restart")
+    again = protocol.new_session()
+    send(push, "cam", again, range(10), 32, 24)
+    page.until(lambda: (page.stream("cam") or {}).get("session") == again, what="new session")
+    page.until(frames_seen(page, "cam", 10), what="frames after the restart")
     assert (page.stream("cam") or {}).get("status") == "live"
     smooth = page.layer("cam", "smooth")
     assert smooth is not None
@@ -167,7 +170,7 @@ def test_view_with_no_flags_serves_its_page_on_8080(python_env: dict[str, str]) 
         deadline = time.monotonic() + 30
         while "view on" not in line and time.monotonic() < deadline and line:
             line = proc.stderr.readline()
-        assert "view on http://127.0.0.1:8080 (outputs from tcp://127.0.0.1:5556)" in line
+        assert "view on http://127.0.0.1:8080 (previews from tcp://127.0.0.1:5556)" in line
         with urllib.request.urlopen("http://127.0.0.1:8080/", timeout=5) as reply:
             html = reply.read().decode()
         assert '<script src="/static/view.js"' in html

@@ -215,3 +215,74 @@ def test_state_is_valid_json_without_nan(value: float) -> None:
     hub.take(header(0), np.full((1, 2, 2), value, np.float32), display=True)
     state, _ = Page(hub).tick("x")
     json.loads(json.dumps(state, allow_nan=False))
+
+
+# --- previews: the worker's side and the wire -------------------------------------------------
+
+
+def test_previews_wait_for_their_time_and_the_newest_wins() -> None:
+    from streamconv.worker.previews import Previews
+
+    p = Previews(fps=10, side=320)
+    assert p.offer("s", "a", lambda: ["first"], discontinuity=True, now=0.0) == ["first"]
+    assert p.offer("s", "a", lambda: ["older"], discontinuity=False, now=0.05) is None
+    assert p.offer("s", "a", lambda: ["newer"], discontinuity=False, now=0.06) is None
+    assert p.due(now=0.09) == []
+    assert p.due(now=0.11) == [["newer"]]  # one message: the older one was replaced
+    assert p.due(now=0.5) == []
+    assert p.take_reset("s", "a") is True  # the first offer's discontinuity, once
+    assert p.take_reset("s", "a") is False
+    assert p.offer("s", "a", lambda: ["x"], discontinuity=False, now=0.55) == ["x"]
+    assert p.offer("s", "a", lambda: ["y"], discontinuity=False, now=0.56) is None
+    assert p.due(now=0.57, stream="s") == [["y"]]  # at eos: sent whatever the time
+
+
+def test_a_preview_is_a_subsample_scaled_back_from_uint8() -> None:
+    from streamconv.worker.previews import Previews
+
+    p = Previews(fps=10, side=320)
+    frame = np.arange(2 * 480 * 640, dtype=np.float32).reshape(2, 480, 640)
+    small = p.shrink(frame)
+    assert small.shape == (2, 240, 320)
+    assert small[1, 3, 5] == frame[1, 6, 10]
+    q = np.full((1, 10, 10), 4, np.uint8)
+    assert p.shrink(q, scale=0.5, offset=-1.0)[0, 0, 0] == 1.0
+
+
+def test_preview_messages_round_trip_and_ordinary_subscribers_skip_them() -> None:
+    from streamconv.wire import protocol
+
+    small = np.linspace(-1, 1, 12, dtype=np.float32).reshape(1, 3, 4)
+    parts = protocol.encode_preview("cam", "a", "s" * 32, 41, 123, small, full_shape=(1, 30, 40),
+                                    discontinuity=True, lost=2, fps=30.0)  # fmt: skip
+    assert parts[0] == b"_preview/cam/a/"
+    assert not parts[0].startswith(protocol.stream_topic("cam"))  # a stream's subscribers miss it
+    head, array = protocol.decode_output(parts)
+    assert head["preview"] is True
+    assert (head["seq"], head["full_shape"], head["lost"]) == (41, [1, 30, 40], 2)
+    assert head["discontinuity"] is True
+    assert array is not None
+    assert np.abs(array - small).max() <= 2 / 255 / 2 + 1e-6
+    eos = protocol.encode_output_eos("cam", "a", "s" * 32, 42, preview=True)
+    assert eos[0] == b"_preview/cam/a/"
+    assert protocol.decode_output(eos)[0]["preview"] is True
+
+
+def test_the_hub_reads_a_layers_rate_and_counts_from_previews() -> None:
+    hub = Hub()
+    start = time.monotonic()
+    for i, seq in enumerate(range(9, 300, 10)):  # every 10th output of a 300 outputs/s layer
+        head = header(seq, preview=True, full_shape=[1, 480, 640], lost=3,
+                      discontinuity=i == 0)  # fmt: skip
+        hub.take(head, np.zeros((1, 240, 320), np.float32), display=True)
+        lv = hub.layer("cam0", "a")
+        assert lv is not None
+        lv.arrivals[-1] = (
+            start + seq / 300,
+            *lv.arrivals[-1][1:],
+        )  # arrival times of a 300/s layer
+    lv = hub.layer("cam0", "a")
+    assert lv is not None
+    assert (lv.frames, lv.lost, lv.resets, lv.shape) == (300, 3, 1, (1, 480, 640))
+    fps, _ = lv.rate(start + 299 / 300)
+    assert fps == pytest.approx(300, rel=1e-6)

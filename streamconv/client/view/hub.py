@@ -51,7 +51,7 @@ class LayerView:
     frame_max: float = math.nan
     run_min: float = math.inf
     run_max: float = -math.inf
-    arrivals: deque[tuple[float, float]] = field(default_factory=deque)  # (t, latency ms)
+    arrivals: deque[tuple[float, int, float]] = field(default_factory=deque)  # t, seq, ms
     history: deque[tuple[float, float | None, float | None]] = field(
         default_factory=lambda: deque(maxlen=HISTORY_MAX)
     )
@@ -68,13 +68,21 @@ class LayerView:
         return Shown(self.version, self.plane, colormap, lo, hi)
 
     def rate(self, now: float) -> tuple[float, float | None]:
-        """(frames/s, median capture-to-view latency in ms) over the last second."""
+        """(outputs/s, median capture-to-view latency in ms) over the last second of arrivals.
+
+        The rate counts seq numbers, not messages, so it is the layer's own rate whether the
+        view gets every output or a preview now and then."""
         while self.arrivals and now - self.arrivals[0][0] > RATE_WINDOW_S:
             self.arrivals.popleft()
         if not self.arrivals:
             return 0.0, None
-        fps = len(self.arrivals) / RATE_WINDOW_S
-        return fps, float(np.median([lat for _, lat in self.arrivals]))
+        first_t, first_seq, _ = self.arrivals[0]
+        last_t, last_seq, _ = self.arrivals[-1]
+        if last_t - first_t >= RATE_WINDOW_S / 2:  # outputs between the first and last seen
+            fps = (last_seq - first_seq) / (last_t - first_t)
+        else:  # too few arrivals to time: count them
+            fps = (last_seq - first_seq + 1) / RATE_WINDOW_S
+        return fps, float(np.median([lat for _, _, lat in self.arrivals]))
 
 
 @dataclass
@@ -145,21 +153,31 @@ class Hub:
         with self.lock:
             lv.frame_min, lv.frame_max = lo, hi
             lv.run_min, lv.run_max = min(lv.run_min, lo), max(lv.run_max, hi)
-            lv.plane, lv.shape, lv.header = plane, frame.shape, header
+            full = header.get("full_shape") if header.get("preview") else None
+            lv.plane, lv.header = plane, header
+            lv.shape = tuple(full) if full else frame.shape
             lv.version += 1
             lv.history.append((now - self.start, mean, probe))
             lv.samples += 1
 
     def _account(self, lv: LayerView, header: dict[str, Any], now: float) -> None:
-        lv.frames += 1
         seq = header["seq"]
         if header.get("discontinuity"):
             lv.resets += 1
             lv.last_reset = now
-        elif lv.last_seq is not None and seq > lv.last_seq + 1:
-            lv.lost += seq - lv.last_seq - 1
+        preview = bool(header.get("preview"))
+        if preview:  # a sample of the outputs: the worker counts what the stream lost
+            lv.frames = seq + 1
+            lv.lost = header.get("lost", lv.lost)
+        else:
+            lv.frames += 1
+            gap = lv.last_seq is not None and seq > lv.last_seq + 1
+            if gap and not header.get("discontinuity"):
+                lv.lost += seq - (lv.last_seq or 0) - 1
+        if header.get("discontinuity") or (lv.last_seq is not None and seq < lv.last_seq):
+            lv.arrivals.clear()  # the rate restarts with the stream
         lv.last_seq = seq
-        lv.arrivals.append((now, (time.time_ns() - header["t_ns"]) / 1e6))
+        lv.arrivals.append((now, seq, (time.time_ns() - header["t_ns"]) / 1e6))
 
     def set_probe(self, stream: str, probe: tuple[float, float] | None) -> None:
         with self.lock:

@@ -23,7 +23,7 @@ from streamconv.errors import ProtocolError, StartupError
 from streamconv.httpserver import HttpServer
 from streamconv.signals import on_stop
 from streamconv.wire import protocol, transport
-from streamconv.wire.protocol import PROBE_STREAM
+from streamconv.wire.protocol import PREVIEW_PREFIX, PROBE_STREAM
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,16 @@ class View:
             raise StartupError(msg)
         http = HttpServer(*host_port, app(self.served), hint="--listen HOST:PORT")
         ctx = transport.context()
-        sock = transport.open_socket(ctx, "sub", self.settings.connect, topics=[b""])
+        # Previews by default: full outputs at full rate cost the worker as much as a second
+        # subscriber (BENCHMARKS.md, View); `full` takes every output, exact to the frame.
+        topics = [b""] if self.settings.full else [PREVIEW_PREFIX.encode()]
+        sock = transport.open_socket(ctx, "sub", self.settings.connect, topics=topics)
         watch = transport.PeerWatch(sock)
         try:
             http.start()
             self.url = http.url
-            log.info("view on %s (outputs from %s)", http.url, self.settings.connect.endpoint)
+            what = "every output" if self.settings.full else "previews"
+            log.info("view on %s (%s from %s)", http.url, what, self.settings.connect.endpoint)
             self.ready.set()
             refused: str | None = None
             while not self.stop_event.is_set():
@@ -95,7 +99,10 @@ class View:
                 level = logging.WARNING if self.bad_messages == 1 else logging.DEBUG
                 log.log(level, "view: skipped a bad message (counted): %s", e)
                 continue
-            if header["stream"] != PROBE_STREAM:
+            if (
+                header["stream"] != PROBE_STREAM
+                and bool(header.get("preview")) != self.settings.full
+            ):
                 decoded.append((header, frame))
         newest = {(h["stream"], h["layer"]): i for i, (h, _) in enumerate(decoded)}
         for i, (header, frame) in enumerate(decoded):
