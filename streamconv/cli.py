@@ -128,6 +128,10 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--output", help="output endpoint to bind (default tcp://127.0.0.1:5556)")
     w.add_argument("--http", help="HOST:PORT for health and metrics, or 'off' (default "
                    "127.0.0.1:5557)")  # fmt: skip
+    w.add_argument("--checkpoint-dir", type=Path, help="keep each stream's state here and resume "
+                   "from it at start (README, Crash safety)")  # fmt: skip
+    w.add_argument("--checkpoint-every", type=int, help="frames per stream between checkpoints "
+                   "(default 256)")  # fmt: skip
     g = w.add_argument_group("CURVE (encrypted, authenticated sockets; README, Security)")
     g.add_argument("--curve-secret", type=Path, help="the worker's secret certificate "
                    "(NAME.key_secret from `streamconv keys generate`)")  # fmt: skip
@@ -202,6 +206,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     worker = pick(device=a.get("device"), chunk=a.get("chunk"), max_wait_ms=a.get("max_wait_ms"),
                   http=a.get("http"))  # fmt: skip
     if args.command == "worker":
+        worker |= pick(checkpoint_dir=a.get("checkpoint_dir"),
+                       checkpoint_every=a.get("checkpoint_every"))  # fmt: skip
         server = pick(curve_secret=a.get("curve_secret"), curve_clients=a.get("curve_clients"))
         for name in ("input", "output"):
             sock = pick(endpoint=a.get(name)) | server

@@ -133,6 +133,18 @@ class WorkerSettings(Strict):
         description="at SIGTERM, the most time spent finishing chunks in hand; the rest is "
         "counted and logged as not flushed",
     )
+    checkpoint_dir: Path | None = Field(
+        default=None, description="write each stream's state here, and resume from it at start"
+    )
+    checkpoint_every: int = Field(
+        default=256, ge=1, description="frames run per stream between checkpoints"
+    )
+    checkpoint_interval_s: float = Field(
+        default=0, ge=0, description="also checkpoint a stream this often (0: by frames only)"
+    )
+    checkpoint_retention_s: float = Field(
+        default=86400, gt=0, description="older checkpoints are removed at start"
+    )
     preview_fps: float = Field(
         default=10.0,
         ge=0,

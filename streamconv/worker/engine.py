@@ -21,6 +21,7 @@ from streamconv.errors import Drop, StreamconvError
 from streamconv.layers import Sequential, State
 from streamconv.wire.protocol import PROBE_STREAM, InputMessage
 from streamconv.worker.admission import Admission
+from streamconv.worker.checkpoints import Snapshot, snapshot_state
 from streamconv.worker.outputs import gather
 from streamconv.worker.pixels import chw_shape, frame_to_chw
 from streamconv.worker.results import ChunkResult, EndResult, Failed, Result
@@ -51,6 +52,7 @@ class _Stream:
     resets: int = 0
     recent_sessions: deque[str] = field(default_factory=lambda: deque(maxlen=4))
     owner: str | None = None  # the CURVE key that opened the stream
+    restored: bool = False  # its state came from a checkpoint, and no frame followed yet
 
     def restart(self, session: str) -> None:
         self.session, self.state, self.shape, self.discontinuity = session, None, None, True
@@ -119,6 +121,7 @@ class Engine:
         ):
             results += self._flush(st)
             self._reset(st, msg, shape)
+        st.restored = False
         if st.buffer is None:
             st.since = now
             # Fresh, never reused: outputs may alias it and are sent zero-copy.
@@ -210,6 +213,28 @@ class Engine:
                 done.processed,
                 done.fps(),
             )
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def snapshot(self, name: str) -> Snapshot | None:
+        """The stream's state after its last chunk run (frames waiting in a partial chunk
+        are not in it: they are run again after a restore), or None if nothing ran yet."""
+        st = self.streams.get(name)
+        if st is None or st.state is None or st.shape is None:
+            return None
+        return Snapshot(name, st.session, st.next_seq - st.count, st.shape,
+                        snapshot_state(st.state), st.owner)  # fmt: skip
+
+    def restore(self, snap: Snapshot, now: float) -> None:
+        """Hold a checkpointed stream: frames that go on from `snap.next_seq` in its session
+        continue exactly, with no discontinuity."""
+        st = _Stream(snap.stream, snap.session, next_seq=snap.next_seq, shape=snap.shape,
+                     state=snap.state, discontinuity=False, last_seen=now, owner=snap.owner,
+                     restored=True)  # fmt: skip
+        self.streams[snap.stream] = st
+        self.stats.stream(snap.stream, snap.session)
+        self.stats.count("restored")
+        log.info("stream %s: restored from its checkpoint (session %s, next seq %d)",
+                 snap.stream, snap.session[:8], snap.next_seq)  # fmt: skip
 
     # -- timing ---------------------------------------------------------------------------
     def next_deadline(self) -> float | None:

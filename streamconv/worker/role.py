@@ -16,8 +16,15 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamconv.config import Settings, parse_http
+
+if TYPE_CHECKING:
+    import torch
+
+    from streamconv.layers import Sequential
 from streamconv.errors import Drop, ProtocolError, ShutdownCutError, StartupError, StreamconvError
 from streamconv.model import (
     DTYPES,
@@ -33,8 +40,10 @@ from streamconv.wire import transport
 from streamconv.wire.protocol import decode_input
 from streamconv.worker import metrics
 from streamconv.worker.admission import Admission
+from streamconv.worker.checkpoints import Checkpoints, Writer, fingerprint
 from streamconv.worker.engine import Engine
 from streamconv.worker.http import Health, HttpServer, app
+from streamconv.worker.keeper import Keeper
 from streamconv.worker.previews import Previews
 from streamconv.worker.publisher import Publisher
 from streamconv.worker.results import Failed, Result
@@ -65,6 +74,7 @@ class Worker:
         self._guard: transport.Guard | None = None
         self._curve_in = settings.worker.input.curve  # read each sender's key
         self.admission: Admission | None = None
+        self.keeper: Keeper | None = None
         self._signals = 0
         self._in_at_stop: int | None = None  # frames taken when the stop was asked for
 
@@ -123,6 +133,8 @@ class Worker:
             stats=self.stats,
             admission=self.admission,
         )
+        if w.checkpoint_dir is not None:
+            self._keep_checkpoints(model, device, w.checkpoint_dir)
         self._ctx = transport.context()
         if w.input.curve or w.output.curve:  # the ZAP authenticator checks client keys
             self._guard = transport.Guard(self._ctx)
@@ -153,6 +165,27 @@ class Worker:
                 log.info("%s: CURVE, clients allowed from %s", name, sock.curve_clients)
             elif not sock.local():
                 log.warning("%s %s: plaintext, allowed by allow_insecure", name, sock.endpoint)
+
+    def _keep_checkpoints(self, model: Sequential, device: torch.device, where: Path) -> None:
+        """Restore the streams checkpointed in `where`, and keep checkpointing."""
+        w, engine = self.settings.worker, self._started_engine()
+        try:
+            folder = Checkpoints(where, fingerprint(model, self.settings))
+        except OSError as e:
+            msg = f"cannot use checkpoint_dir {where}: {e}"
+            raise StartupError(msg) from e
+        for snap in folder.load_all(device, w.checkpoint_retention_s, w.max_streams):
+            engine.restore(snap, time.monotonic())
+        self.keeper = Keeper(engine, Writer(folder), self.stats, w.checkpoint_every,
+                             w.checkpoint_interval_s)  # fmt: skip
+        log.info("checkpoints in %s every %d frames per stream (%d streams restored)",
+                 w.checkpoint_dir, w.checkpoint_every, len(engine.streams))  # fmt: skip
+
+    def _started_engine(self) -> Engine:
+        if self.engine is None:
+            msg = "the engine is built first"
+            raise StreamconvError(msg)
+        return self.engine
 
     def _live(self) -> dict[str, object]:
         """The state budget in use and the refused keys, for /status (the HTTP thread)."""
@@ -198,6 +231,8 @@ class Worker:
             now = time.monotonic()
             self.deliver(engine.due(now))
             publisher.flush_previews()
+            if self.keeper is not None:
+                self.keeper.tick(now)
             if now - last_evict > 1.0:
                 last_evict = now
                 self.deliver(engine.evict_idle(now, self.settings.worker.idle_timeout_s))
@@ -215,6 +250,8 @@ class Worker:
                 self.stats.drop(r.reason, r.stream, r.frames)
                 self._drops.add(r.reason, r.detail)
         self._started()[1].publish(results)
+        if self.keeper is not None:
+            self.keeper.after(results)
 
     def _handle(self, parts: list[transport.Frame]) -> list[Result]:
         size = sum(len(p) for p in parts)
@@ -257,6 +294,8 @@ class Worker:
             lost = sum(r.frames for r in results if isinstance(r, Failed))
             if lost:
                 log.warning("shutdown: %d frames were not run (counted as not_flushed)", lost)
+            if self.keeper is not None:  # the streams still open go on from here after a restart
+                self.keeper.close(self.settings.worker.shutdown_timeout_s)
             self._drops.flush(force=True)
             log.info("%s", self.stats.summary())
         self._close()

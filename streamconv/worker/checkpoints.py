@@ -1,0 +1,243 @@
+"""Checkpoint files: each stream's temporal state on disk, so a restarted worker goes on exactly.
+
+One file per stream, `{stream}.ckpt` in the checkpoint folder, replaced atomically (written
+to a temporary file, fsync'd, renamed, the folder fsync'd). The file is a magic line, the
+SHA-256 of the payload, then the payload: `torch.save` of plain tensors, numbers and strings,
+read back with `weights_only=True` (no pickled objects are ever loaded). Each checkpoint holds
+the stream's session, the seq of the next frame to run, the frame shape, every layer's state,
+and the fingerprint of the model it came from (layer specs, weights, dtype, colour handling):
+a checkpoint of another model or config is refused, as is a corrupt or truncated one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamconv.config import Settings
+from streamconv.layers import Sequential, State
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"streamconv-checkpoint 1\n"
+SUFFIX = ".ckpt"
+
+
+@dataclass
+class Snapshot:
+    """A stream's state between chunks: what a restarted worker needs to go on exactly."""
+
+    stream: str
+    session: str
+    next_seq: int  # the seq of the next frame to run
+    shape: tuple[int, ...]  # (C, H, W) of its frames
+    state: State
+    owner: str | None = None
+
+
+class CheckpointError(Exception):
+    """A checkpoint file that cannot be used; the message says why."""
+
+
+def fingerprint(model: Sequential, settings: Settings) -> str:
+    """What a checkpoint must match: the layers, their weights, dtype and colour handling."""
+    h = hashlib.sha256()
+    layers = [spec.model_dump(mode="json") for spec in settings.layers]
+    w = settings.worker
+    h.update(json.dumps([layers, w.dtype, w.color, w.in_channels], sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _to_cpu(state: Any) -> Any:
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu").clone()
+    if isinstance(state, dict):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    return state
+
+
+def _to_device(state: Any, device: torch.device) -> Any:
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    if isinstance(state, dict):
+        return {k: _to_device(v, device) for k, v in state.items()}
+    return state
+
+
+class Checkpoints:
+    """The checkpoint folder of one worker."""
+
+    def __init__(self, folder: Path, model_fingerprint: str) -> None:
+        self.folder = folder
+        self.fingerprint = model_fingerprint
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, stream: str) -> Path:
+        return self.folder / f"{stream}{SUFFIX}"
+
+    def write(self, snap: Snapshot) -> int:
+        """Write `snap` atomically; the bytes written. Raises OSError (e.g. a full disk)."""
+        payload = io.BytesIO()
+        torch.save({"fingerprint": self.fingerprint, "stream": snap.stream,
+                    "session": snap.session, "next_seq": snap.next_seq,
+                    "shape": list(snap.shape), "owner": snap.owner,
+                    "state": snap.state}, payload)  # fmt: skip
+        body = payload.getvalue()
+        data = MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+        final = self.path(snap.stream)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a crash
+        finally:
+            os.close(dir_fd)
+        return len(data)
+
+    def read(self, path: Path, device: torch.device) -> Snapshot:
+        """One checkpoint file; CheckpointError saying why it cannot be used."""
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise CheckpointError(f"unreadable: {e}") from e
+        if not data.startswith(MAGIC):
+            raise CheckpointError("not a streamconv checkpoint")
+        digest, _, body = data[len(MAGIC) :].partition(b"\n")
+        if hashlib.sha256(body).hexdigest().encode() != digest:
+            raise CheckpointError("corrupt or truncated (checksum mismatch)")
+        try:
+            raw = torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
+        except Exception as e:  # any unpickling failure: the file is not ours
+            raise CheckpointError(f"unreadable payload: {type(e).__name__}") from e
+        if not isinstance(raw, dict) or raw.get("fingerprint") != self.fingerprint:
+            raise CheckpointError("from a different model or config")
+        expected = f"{raw.get('stream')}{SUFFIX}"
+        if path.name != expected:
+            raise CheckpointError(f"names stream {raw.get('stream')!r}, not {path.stem!r}")
+        return Snapshot(raw["stream"], raw["session"], int(raw["next_seq"]),
+                        tuple(raw["shape"]), _to_device(raw["state"], device),
+                        raw.get("owner"))  # fmt: skip
+
+    def load_all(self, device: torch.device, max_age_s: float, keep: int) -> list[Snapshot]:
+        """Every usable checkpoint, newest first, at most `keep`; the rest are removed."""
+        files = sorted(self.folder.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime,
+                       reverse=True)  # fmt: skip
+        for stale in self.folder.glob(f".*{SUFFIX}.*.tmp"):  # a write cut short by a crash
+            stale.unlink(missing_ok=True)
+        snaps: list[Snapshot] = []
+        now = time.time()
+        for path in files:
+            if len(snaps) >= keep or now - path.stat().st_mtime > max_age_s:
+                log.info("checkpoint %s: past the retention limit, removed", path.name)
+                path.unlink(missing_ok=True)
+                continue
+            try:
+                snaps.append(self.read(path, device))
+            except CheckpointError as e:
+                log.warning("checkpoint %s refused: %s; that stream starts fresh", path.name, e)
+                path.unlink(missing_ok=True)
+        return snaps
+
+    def remove(self, stream: str) -> None:
+        self.path(stream).unlink(missing_ok=True)
+
+
+def snapshot_state(state: State | None) -> State:
+    """A copy of a stream's state on the CPU, safe to write from another thread."""
+    return _to_cpu(state) if state is not None else {}
+
+
+@dataclass
+class Written:
+    """What the writer thread did with one stream: a checkpoint (bytes, ms) or an error."""
+
+    stream: str
+    session: str
+    next_seq: int
+    nbytes: int = 0
+    ms: float = 0.0
+    error: str | None = None
+
+
+class Writer:
+    """Writes checkpoints on a thread of its own, so the serve loop never waits for a disk.
+
+    At most one pending snapshot per stream (a newer one replaces it); removals are queued in
+    order with writes, so an ended stream's file never comes back.
+    """
+
+    def __init__(self, checkpoints: Checkpoints) -> None:
+        self.checkpoints = checkpoints
+        self._pending: dict[str, Snapshot | None] = {}  # None: remove the file
+        self._done: list[Written] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="checkpoints", daemon=True)
+        self._thread.start()
+
+    def put(self, snap: Snapshot) -> None:
+        with self._cond:
+            self._pending[snap.stream] = snap
+            self._cond.notify()
+
+    def remove(self, stream: str) -> None:
+        with self._cond:
+            self._pending[stream] = None
+            self._cond.notify()
+
+    def done(self) -> list[Written]:
+        """What was written (or failed) since the last call."""
+        with self._cond:
+            out, self._done = self._done, []
+        return out
+
+    def close(self, timeout_s: float) -> bool:
+        """Write what is pending, then stop; False if that took longer than `timeout_s`."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                stream = next(iter(self._pending))
+                snap = self._pending.pop(stream)
+            if snap is None:
+                self.checkpoints.remove(stream)
+                continue
+            start = time.perf_counter()
+            try:
+                nbytes = self.checkpoints.write(snap)
+                written = Written(stream, snap.session, snap.next_seq, nbytes,
+                                  (time.perf_counter() - start) * 1000)  # fmt: skip
+            except (OSError, RuntimeError) as e:
+                written = Written(stream, snap.session, snap.next_seq, error=str(e))
+            with self._cond:
+                self._done.append(written)
