@@ -129,7 +129,9 @@ def _run(
     worker_settings = w.model_copy(update=sockets | {"http": "off"})
     settings = settings.model_copy(update={"worker": worker_settings})
     connect = capture.connect.model_copy(update={"endpoint": endpoints["input"]})
-    capture = capture.model_copy(update={"connect": connect, "stream": stream})
+    capture = capture.model_copy(
+        update={"connect": connect, "stream": stream, "output": endpoints["output"]}
+    )
     layers = [spec.name for spec in settings.layers if spec.publish]
     children = Supervisor()
     children.start("worker", worker_main, settings)

@@ -37,6 +37,7 @@ from streamconv.client.sender import (
     Sender,
 )
 from streamconv.config import CaptureSettings
+from streamconv.config.roles import derive_output
 from streamconv.errors import ConfigError, ProtocolError
 from streamconv.signals import on_stop
 from streamconv.wire import protocol
@@ -148,7 +149,8 @@ class Capture:
         linger_ms: int | None = None,
         eos_timeout_s: float = 5.0,
         wait_s: float = 30.0,
-        output: str = DEFAULT_OUTPUT,
+        output: str | None = None,
+        resume: bool = True,
         wait_subscriber: bool = False,
         curve_secret: Path | None = None,
         curve_server: Path | None = None,
@@ -186,7 +188,11 @@ class Capture:
         self.progress = progress
         self.eos_timeout_s = eos_timeout_s
         self.wait_s = wait_s
-        self.output = output
+        # The output endpoint by convention (input port + 1) unless given: wait_subscriber and
+        # lossless resume listen there.
+        self.output = output or derive_output(endpoint) or DEFAULT_OUTPUT
+        derivable = output is not None or derive_output(endpoint) is not None
+        self.resume = resume and self.mode == "lossless" and derivable
         self.wait_subscriber = wait_subscriber
         self.keys = {"curve_secret": curve_secret, "curve_server": curve_server}
         self._stop = threading.Event()
@@ -220,6 +226,8 @@ class Capture:
                 stop=self._stop,
                 linger_ms=self.linger_ms,
                 close_timeout_s=self.eos_timeout_s,
+                resume_output=self.output if self.resume else None,
+                resume_wait_subscriber=self.wait_subscriber,
                 **self.keys,
             )
             with sender:
@@ -298,6 +306,7 @@ def capture_kwargs(s: CaptureSettings, progress: bool = False) -> dict[str, Any]
         "progress": progress,
         "wait_s": s.wait_s,
         "output": s.output,
+        "resume": s.resume,
         "wait_subscriber": s.wait_subscriber,
         "curve_secret": s.connect.curve_secret,
         "curve_server": s.connect.curve_server,

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from streamconv.client.resend import Resender
 from streamconv.errors import (
     AuthError,
     ConfigError,
@@ -95,6 +96,8 @@ class Sender:
         close_timeout_s: float = 5.0,
         curve_secret: Path | None = None,
         curve_server: Path | None = None,
+        resume_output: str | None = None,
+        resume_wait_subscriber: bool = False,
     ) -> None:
         if mode not in MODES:
             msg = f"sender mode must be one of {MODES}, got {mode!r}"
@@ -136,6 +139,17 @@ class Sender:
         except ConfigError:
             self._ctx.term()
             raise
+        # Lossless with the worker's output known: keep what a restarted worker may ask for.
+        self._resender: Resender | None = None
+        if mode == "lossless" and resume_output is not None:
+            try:
+                self._resender = Resender(self._ctx, resume_output, self.stream, self.session,
+                                          **self._keys)  # fmt: skip
+            except (ValueError, transport.ZMQError) as e:
+                self.close()
+                raise _endpoint_error(resume_output, e) from e
+        self._resume_wait_subscriber = resume_wait_subscriber
+        self._disconnects_seen = 0
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -198,6 +212,9 @@ class Sender:
         if self._stop.is_set() or not self.wait_worker():
             return False
         queued = self._send_live(parts) if self.mode == "live" else self._send_lossless(parts)
+        if queued and self._resender is not None:
+            self._resender.keep(self.sent, parts)
+            self._resender.tick(self.sock)
         self.sent += queued
         return queued
 
@@ -212,7 +229,8 @@ class Sender:
             # The worker would drop it; in lossless mode that is a gap that resets its state.
             msg = "float32 frame holds NaN or infinite values"
             raise ProtocolError(msg)
-        return protocol.encode_frame(self.stream, self.session, self.sent, frame, t_ns, self.fps)
+        return protocol.encode_frame(self.stream, self.session, self.sent, frame, t_ns, self.fps,
+                                     lossless=self._resender is not None)  # fmt: skip
 
     def _send_live(self, parts: list[Any]) -> bool:
         if self._peers() == 0:
@@ -232,6 +250,9 @@ class Sender:
                     return False
                 since = time.monotonic()
                 continue
+            if self._watch.disconnects != self._disconnects_seen:
+                self._disconnects_seen = self._watch.disconnects
+                self._resume()
             if transport.wait_writable(self.sock, POLL_MS) and transport.send(
                 self.sock, parts, block=False
             ):
@@ -245,6 +266,35 @@ class Sender:
                     STALL_WARN_S,
                 )
         return False
+
+    def _resume(self) -> None:
+        """The worker came back (maybe restarted): send again what it has not run."""
+        if self._resender is None:
+            return
+        limit = self.wait_s or 30.0
+        point = self._resender.resume_point(self.sock, self._stop, limit,
+                                            self._resume_wait_subscriber)  # fmt: skip
+        if point is None:
+            log.warning("the worker at %s did not say where stream %s goes on; going on "
+                        "(it may see a gap)", self.endpoint, self.stream)  # fmt: skip
+            return
+        if point >= self.sent:
+            log.info("the worker is back and has every frame of stream %s", self.stream)
+            return
+        again = self._resender.since(point)
+        if again is None:
+            log.warning("the worker asks for stream %s from seq %d, which is no longer kept: "
+                        "it will see a gap", self.stream, point)  # fmt: skip
+            return
+        for parts in again:
+            while not self._stop.is_set() and not (
+                transport.wait_writable(self.sock, POLL_MS)
+                and transport.send(self.sock, parts, block=False)
+            ):
+                pass
+        self._resender.resent += len(again)
+        log.info("the worker went on from seq %d of stream %s: sent %d frames again",
+                 point, self.stream, len(again))  # fmt: skip
 
     def _peers(self, timeout_ms: int = 0) -> int:
         """The peer count, logging each time the worker goes away or comes back."""
@@ -369,6 +419,8 @@ class Sender:
             hurry = self._stop.is_set() or not self._ready or self._watch.update(0) == 0
             linger_ms = min(self.linger_ms, int(STOP_WAIT_S * 1000)) if hurry else self.linger_ms
             self._watch.close()
+            if self._resender is not None:
+                self._resender.close()
             transport.close(self.sock, linger_ms)
             start = time.monotonic()
             self._ctx.term()  # returns once the queue drained, or the linger ran out
@@ -378,6 +430,10 @@ class Sender:
             self._linger_ms = linger_ms
 
     def _send_eos(self) -> bool:
+        self._watch.update(0)
+        if self._resender is not None and self._watch.disconnects != self._disconnects_seen:
+            self._disconnects_seen = self._watch.disconnects
+            self._resume()  # a restarted worker gets the frames it lacks before the eos
         parts = protocol.encode_eos(self.stream, self.session, seq=self.sent)
         wait_s = self.close_timeout_s
         if self._stop.is_set() or self._watch.update(0) == 0:

@@ -9,7 +9,9 @@ that stream's session has sent eos on every layer: the `layers` given, or else e
 on the stream (a layer that published outputs is seen before its eos). Without a `stream` the
 outputs of all streams interleave and have no common end: iterating goes on until a receive
 times out. Gaps in seq that the worker did not mark as a discontinuity (a subscriber too slow
-for the PUB high-water mark) are counted in `gaps`.
+for the PUB high-water mark, or a worker restart) are counted in `gaps`; outputs a restarted
+worker computed again (`replay`) that this subscriber already has are skipped and counted in
+`duplicates`.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class Subscriber:
         self._watch = transport.PeerWatch(self.sock) if curve_secret else None
         self.gaps: Counter[tuple[str, str]] = Counter()
         self.bad_messages = 0
+        self.duplicates = 0  # replayed outputs already received, skipped
         self._last: dict[tuple[str, str], tuple[str, int]] = {}
         # End of stream: the layers seen in, and ended by, the stream's current session.
         self._session: str | None = None
@@ -107,6 +110,9 @@ class Subscriber:
                 continue  # control traffic and viewers' previews: topics starting with "_"
             if self.layers and header["layer"] not in self.layers:
                 continue
+            if self._duplicate(header):
+                self.duplicates += 1
+                continue
             self._check_gap(header)
             self._track_end(header)
             return header, array
@@ -125,6 +131,13 @@ class Subscriber:
             msg = f"no output within {timeout} s"
             raise TimeoutError(msg)
         return got
+
+    def _duplicate(self, header: dict[str, Any]) -> bool:
+        """An output computed again after a resume that this subscriber already has."""
+        if header["kind"] != "output" or not header.get("replay"):
+            return False
+        last = self._last.get((header["stream"], header["layer"]))
+        return last is not None and last[0] == header["session"] and header["seq"] <= last[1]
 
     def _check_gap(self, header: dict[str, Any]) -> None:
         if header["kind"] != "output":

@@ -222,9 +222,14 @@ class CaptureSettings(Strict):
     wait_s: float = Field(
         default=30.0, ge=0, description="how long to wait for a worker (0: forever)"
     )
-    output: Url = Field(
-        default="tcp://127.0.0.1:5556",
-        description="the worker's output endpoint, used by wait_subscriber",
+    output: Url | None = Field(
+        default=None,
+        description="the worker's output endpoint, for wait_subscriber and lossless resume "
+        "(default: the connect endpoint's port + 1, e.g. tcp://127.0.0.1:5556)",
+    )
+    resume: bool = Field(
+        default=True,
+        description="lossless: keep recent frames and send again what a restarted worker lacks",
     )
     wait_subscriber: bool = Field(
         default=False,
@@ -271,6 +276,14 @@ class ViewSettings(Strict):
             msg = "must be HOST:PORT (e.g. 127.0.0.1:8080)"
             raise ValueError(msg)
         return value
+
+
+def derive_output(connect: str) -> str | None:
+    """The worker's output endpoint by convention: the input's TCP port + 1."""
+    match = re.fullmatch(r"tcp://(?P<host>.+):(?P<port>\d{1,5})", connect)
+    if match is None or int(match["port"]) >= 65535:
+        return None
+    return f"tcp://{match['host']}:{int(match['port']) + 1}"
 
 
 class LogSettings(Strict):

@@ -88,6 +88,9 @@ class InputMessage:
     frame: np.ndarray | None = None
     fps: float | None = None
     watch: str | None = None  # a probe asks whether this stream has a subscriber
+    resume: str | None = None  # ...and where the watched stream's session `resume` goes on
+    lossless: bool = False  # the sender resends what a restarted worker asks for
+    replay: bool = False  # a frame sent again after a resume
 
 
 def encode_frame(
@@ -97,8 +100,12 @@ def encode_frame(
     frame: np.ndarray,
     t_ns: int | None = None,
     fps: float | None = None,
+    *,
+    lossless: bool = False,
+    replay: bool = False,
 ) -> list[Any]:
-    """[header, payload] for one frame of shape (H, W) or (H, W, C)."""
+    """[header, payload] for one frame of shape (H, W) or (H, W, C). `lossless`: the sender
+    resends from where a restarted worker asks; `replay`: this frame is such a resend."""
     dtype = frame.dtype.name
     if dtype not in INPUT_DTYPES:
         msg = f"frame dtype {dtype} is not one of {sorted(INPUT_DTYPES)}"
@@ -118,14 +125,24 @@ def encode_frame(
     }
     if fps is not None:
         header["fps"] = float(fps)
+    if lossless:
+        header["lossless"] = True
+    if replay:
+        header["replay"] = True
     return [json.dumps(header).encode(), np.ascontiguousarray(frame, dtype=INPUT_DTYPES[dtype])]
 
 
 def encode_eos(
-    stream: str, session: str, seq: int, t_ns: int | None = None, watch: str | None = None
+    stream: str,
+    session: str,
+    seq: int,
+    t_ns: int | None = None,
+    watch: str | None = None,
+    resume: str | None = None,
 ) -> list[Any]:
     """[header, b""]: the end of a stream; `seq` is the number of frames sent. A probe (stream
-    PROBE_STREAM) may `watch` a stream: the answer says whether it has a subscriber."""
+    PROBE_STREAM) may `watch` a stream: the answer says whether it has a subscriber, and with
+    `resume` (a session of that stream) the seq the worker needs next and its last checkpoint."""
     header: dict[str, Any] = {
         "v": VERSION,
         "kind": "eos",
@@ -136,6 +153,8 @@ def encode_eos(
     }
     if watch is not None:
         header["watch"] = watch
+    if resume is not None:
+        header["resume"] = resume
     return [json.dumps(header).encode(), b""]
 
 
@@ -241,7 +260,10 @@ def decode_input(parts: list[Any]) -> InputMessage:
         watch = header.get("watch")
         if watch is not None:
             watch = check_name(watch, "field 'watch'")
-        return InputMessage("eos", stream, session, seq, t_ns, watch=watch)
+        resume = header.get("resume")
+        if resume is not None:
+            resume = _session({"session": resume})
+        return InputMessage("eos", stream, session, seq, t_ns, watch=watch, resume=resume)
     dtype_name = header.get("dtype")
     if not isinstance(dtype_name, str) or dtype_name not in INPUT_DTYPES:
         msg = f"field 'dtype' must be one of {sorted(INPUT_DTYPES)}, got {_short(dtype_name)}"
@@ -252,7 +274,11 @@ def decode_input(parts: list[Any]) -> InputMessage:
     if dtype_name == "float32" and not np.isfinite(frame).all():
         msg = "float32 frame holds NaN or infinite values"
         raise ProtocolError(msg, Drop.NON_FINITE)
-    return InputMessage("frame", stream, session, seq, t_ns, frame, fps)
+    _flag(header, "lossless")
+    _flag(header, "replay")
+    return InputMessage("frame", stream, session, seq, t_ns, frame, fps,
+                        lossless=bool(header.get("lossless")),
+                        replay=bool(header.get("replay")))  # fmt: skip
 
 
 def to_float(frame: np.ndarray) -> np.ndarray:
@@ -277,8 +303,10 @@ def encode_output(
     scale: float | None = None,
     offset: float | None = None,
     fps: float | None = None,
+    replay: bool = False,
 ) -> list[Any]:
-    """[topic, header, payload] for one output frame (C, H, W) of one layer.
+    """[topic, header, payload] for one output frame (C, H, W) of one layer; `replay`: it was
+    computed again after a resume (a subscriber may already hold this seq).
 
     For dtype "uint8" a float frame is quantised here (value = byte * scale + offset); a
     uint8 frame with its `scale` and `offset` (quantised by the sender, e.g. on the GPU) is
@@ -301,6 +329,8 @@ def encode_output(
     }
     if discontinuity:
         header["discontinuity"] = True
+    if replay:
+        header["replay"] = True
     if fps is not None:
         header["fps"] = float(fps)
     if dtype == "uint8":
@@ -364,6 +394,7 @@ def encode_output_eos(
     subscribed: bool | None = None,
     *,
     preview: bool = False,
+    resume: tuple[int, int | None] | None = None,
 ) -> list[Any]:
     """[topic, header, b""]: no more output for this layer of this stream and session.
     `subscribed` answers a probe's `watch`; `preview` sends it on the preview topic."""
@@ -378,6 +409,8 @@ def encode_output_eos(
     }
     if subscribed is not None:
         header["subscribed"] = subscribed
+    if resume is not None:  # a probe's answer: where the watched stream goes on
+        header["next_seq"], header["checkpointed"] = resume
     if preview:
         header["preview"] = True
         return [preview_topic(stream, layer), json.dumps(header).encode(), b""]
@@ -422,6 +455,11 @@ def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
     _flag(header, "subscribed")
     _flag(header, "discontinuity")
     _flag(header, "preview")
+    _flag(header, "replay")
+    if header.get("next_seq") is not None:
+        _int_field(header, "next_seq")
+    if header.get("checkpointed") is not None:
+        _int_field(header, "checkpointed")
     if header.get("preview"):
         if kind == "output":
             header["full_shape"] = list(_shape(header.get("full_shape"), (3,)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +29,7 @@ from streamconv.worker.stats import Reset, Stats
 
 log = logging.getLogger(__name__)
 
+RESEND_WAIT = 128  # frames ahead dropped, after a restore, while a lossless sender resends
 RESET_LOG_LINES = 10  # state resets logged at INFO per stream; later ones at DEBUG
 STAGING_SHAPES = 4  # pinned staging buffers kept (one per recent frame size)
 __all__ = ["ChunkResult", "EndResult", "Engine", "Failed", "Result"]
@@ -46,6 +47,7 @@ class _Stream:
     count: int = 0
     seqs: list[int] = field(default_factory=list)
     t_ns: list[int] = field(default_factory=list)
+    replays: list[bool] = field(default_factory=list)
     since: float = 0.0
     last_seen: float = 0.0
     fps: float | None = None
@@ -53,6 +55,7 @@ class _Stream:
     recent_sessions: deque[str] = field(default_factory=lambda: deque(maxlen=4))
     owner: str | None = None  # the CURVE key that opened the stream
     restored: bool = False  # its state came from a checkpoint, and no frame followed yet
+    awaited: int = 0  # frames dropped while waiting for the sender to resend (restored)
 
     def restart(self, session: str) -> None:
         self.session, self.state, self.shape, self.discontinuity = session, None, None, True
@@ -85,6 +88,9 @@ class Engine:
         self.streams: dict[str, _Stream] = {}
         self.stats = stats if stats is not None else Stats()
         self.admission = admission
+        self.checkpointed: dict[str, tuple[str, int]] = {}  # stream -> (session, next seq)
+        self.fresh_until = 0.0  # until then, a restarted worker awaits resends (checkpoints on)
+        self._awaiting: Counter[str] = Counter()
         self._staging: dict[tuple[int, ...], torch.Tensor] = {}
         self._copied: torch.cuda.Event | None = None
 
@@ -107,6 +113,11 @@ class Engine:
         if refused:
             return [refused]
         st = self.streams.get(msg.stream)
+        if st is None and self._await_from_start(msg, now):
+            return []
+        same = st is not None and st.session == msg.session
+        if st is not None and same and msg.seq != st.next_seq and self._out_of_order(st, msg):
+            return []
         results: list[Result] = []
         if st is None:
             if len(self.streams) >= self.max_streams:
@@ -131,6 +142,7 @@ class Engine:
         st.count += 1
         st.seqs.append(msg.seq)
         st.t_ns.append(msg.t_ns)
+        st.replays.append(msg.replay)
         st.next_seq = msg.seq + 1
         st.last_seen = now
         st.fps = msg.fps
@@ -139,6 +151,41 @@ class Engine:
         if st.count >= self.chunk:
             results += self._flush(st)
         return results
+
+    def _await_from_start(self, msg: InputMessage, now: float) -> bool:
+        """Just restarted without this stream's state: a lossless sender resends from seq 0,
+        so frames queued before the restart are dropped until it does (up to RESEND_WAIT)."""
+        late = msg.lossless and msg.seq > 0 and not msg.replay and now < self.fresh_until
+        if not late or self._awaiting[msg.stream] >= RESEND_WAIT:
+            return False
+        self._awaiting[msg.stream] += 1
+        self.stats.count("awaiting_resend")
+        return True
+
+    def _out_of_order(self, st: _Stream, msg: InputMessage) -> bool:
+        """A frame of the stream's own session that is not the next: True to drop it.
+
+        A resend of a frame already taken is a duplicate. After a restore from a checkpoint,
+        a lossless sender resends from the seq the worker asks for, so frames ahead of it
+        (queued before the restart) are dropped until it does, up to RESEND_WAIT frames; any
+        other sender goes on from the restored state, the gap counted. Otherwise (False) the
+        gap resets the state as usual."""
+        if msg.seq < st.next_seq and msg.replay:
+            self.stats.count("duplicates")
+            return True
+        if not st.restored or msg.seq < st.next_seq:
+            return False
+        if msg.lossless and st.awaited < RESEND_WAIT:
+            st.awaited += 1
+            self.stats.count("awaiting_resend")
+            return True
+        missing = msg.seq - st.next_seq
+        self.stats.count("frames_missing", missing)
+        self.stats.stream(st.name).missing += missing
+        log.info("stream %s: %d frames missing after the restore; going on from the "
+                 "checkpointed state", st.name, missing)  # fmt: skip
+        st.next_seq = msg.seq
+        return False
 
     def _started(self, st: _Stream, shape: tuple[int, ...]) -> None:
         self.stats.stream(st.name, st.session)
@@ -176,7 +223,8 @@ class Engine:
     def _end(self, msg: InputMessage) -> list[Result]:
         if msg.stream == PROBE_STREAM:
             self.stats.count("probes")
-            return [EndResult(msg.stream, msg.session, msg.seq, watch=msg.watch)]
+            resume = self._resume_point(msg.watch, msg.resume) if msg.resume else None
+            return [EndResult(msg.stream, msg.session, msg.seq, watch=msg.watch, resume=resume)]
         st = self.streams.get(msg.stream)
         results: list[Result] = []
         if st is not None and st.session != msg.session:
@@ -215,6 +263,15 @@ class Engine:
             )
 
     # -- checkpoints ------------------------------------------------------------------------
+    def _resume_point(self, stream: str | None, session: str) -> tuple[int, int | None]:
+        """(the seq this worker needs next from that session, its last checkpoint's next seq):
+        (0, None) when it holds nothing of that session, which then starts over."""
+        st = self.streams.get(stream or "")
+        if st is None or st.session != session:
+            return 0, None
+        done = self.checkpointed.get(st.name)
+        return st.next_seq, done[1] if done is not None and done[0] == session else None
+
     def snapshot(self, name: str) -> Snapshot | None:
         """The stream's state after its last chunk run (frames waiting in a partial chunk
         are not in it: they are run again after a restore), or None if nothing ran yet."""
@@ -274,7 +331,7 @@ class Engine:
             if give_up is not None and give_up() and st.count:
                 why = f"{st.count} frames of stream {st.name!r} not run: shutdown time ran out"
                 results.append(Failed(Drop.NOT_FLUSHED, why, st.name, st.count))
-                st.buffer, st.count, st.seqs, st.t_ns = None, 0, [], []
+                st.buffer, st.count, st.seqs, st.t_ns, st.replays = None, 0, [], [], []
                 continue
             results += self._flush(st)
         return results
@@ -283,8 +340,8 @@ class Engine:
     def _flush(self, st: _Stream) -> list[Result]:
         if st.buffer is None or not st.count:
             return []
-        batch, seqs, t_ns = st.buffer[None, :, : st.count], st.seqs, st.t_ns
-        st.buffer, st.count, st.seqs, st.t_ns = None, 0, [], []
+        batch, seqs, t_ns, replays = st.buffer[None, :, : st.count], st.seqs, st.t_ns, st.replays
+        st.buffer, st.count, st.seqs, st.t_ns, st.replays = None, 0, [], [], []
         start = time.perf_counter()
         try:  # copies in and out included: CUDA errors surface there too
             x = self._to_device(batch)
@@ -299,9 +356,8 @@ class Engine:
             why = f"{len(seqs)} frames of stream {st.name!r} failed in the model: {e}"
             return [Failed(Drop.MODEL_FAILED, why, st.name, len(seqs))]
         compute_s = time.perf_counter() - start
-        result = ChunkResult(
-            st.name, st.session, seqs, t_ns, st.discontinuity, layers, quant, st.fps, compute_s
-        )
+        result = ChunkResult(st.name, st.session, seqs, t_ns, st.discontinuity, layers, quant,
+                             st.fps, compute_s, replays if any(replays) else [])  # fmt: skip
         st.discontinuity = False
         self.stats.count("frames_out", len(seqs))
         self.stats.processed(st.name, len(seqs), compute_s)

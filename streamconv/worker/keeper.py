@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 
-from streamconv.worker.checkpoints import Writer, Written
+from streamconv.worker.checkpoints import Writer
 from streamconv.worker.engine import Engine
 from streamconv.worker.results import ChunkResult, EndResult, Result
 from streamconv.worker.stats import Stats
@@ -30,7 +30,6 @@ class Keeper:
         self.every, self.interval_s = every, interval_s
         self._since: Counter[str] = Counter()  # frames run since the last checkpoint
         self._when: dict[str, float] = {}  # when a stream was last checkpointed
-        self.acks: list[Written] = []  # checkpoints written since the serve loop last looked
 
     def after(self, results: list[Result]) -> None:
         for r in results:
@@ -41,6 +40,7 @@ class Keeper:
             elif isinstance(r, EndResult) and r.stream not in self.engine.streams:
                 self._since.pop(r.stream, None)  # ended (eos or idle): its file goes too
                 self._when.pop(r.stream, None)
+                self.engine.checkpointed.pop(r.stream, None)
                 self.writer.remove(r.stream)
 
     def tick(self, now: float) -> None:
@@ -50,9 +50,9 @@ class Keeper:
                     self._take(name)
         for w in self.writer.done():
             if w.error is None:
+                self.engine.checkpointed[w.stream] = (w.session, w.next_seq)
                 self.stats.count("checkpoints")
                 self.stats.count("checkpoint_bytes", w.nbytes)
-                self.acks.append(w)
                 continue
             self.stats.count("checkpoint_errors")
             n = self.stats.counts["checkpoint_errors"]

@@ -72,6 +72,7 @@ class Publisher:
                     scale=scales[i] if scales else None,
                     offset=offsets[i] if offsets else None,
                     fps=r.fps,
+                    replay=bool(r.replays) and r.replays[i],
                 )
                 transport.send(self.sock, parts)
             latencies.append((time.time_ns() - t_ns) / 1e9)
@@ -118,7 +119,8 @@ class Publisher:
         if r.watch is not None:
             subscribed = self.stats.has_subscriber(r.watch, self.layers)
         for name in self.layers:
-            parts = protocol.encode_output_eos(r.stream, name, r.session, r.seq, subscribed)
+            parts = protocol.encode_output_eos(r.stream, name, r.session, r.seq, subscribed,
+                                               resume=r.resume)  # fmt: skip
             transport.send(self.sock, parts)
         self.stats.count("eos_published", len(self.layers))
         previews = self._previewing()

@@ -26,18 +26,21 @@ class ChunkResult:
     quant: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     fps: float | None = None  # the source's nominal rate, forwarded to subscribers
     compute_s: float = 0.0  # time in the model, copies in and out included
+    replays: list[bool] = field(default_factory=list)  # per frame: resent after a resume
 
 
 @dataclass(frozen=True, slots=True)
 class EndResult:
     """The stream's session ended; `seq` is the frame count the sender reported.
 
-    `watch` is set for an answer to a readiness probe that asked about a stream."""
+    `watch` is set for an answer to a readiness probe that asked about a stream; `resume`,
+    for one that asked where that stream goes on: (next seq needed, last checkpoint's)."""
 
     stream: str
     session: str
     seq: int
     watch: str | None = None
+    resume: tuple[int, int | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

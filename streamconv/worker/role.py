@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 50  # how quickly a stop request is noticed when no input arrives
 BATCH = 256  # messages drained per wake-up before partial chunks are checked
+RESUME_WINDOW_S = 30.0  # after a start with checkpoints: lossless senders resend what it lacks
 LINGER_MS = 1500  # the most time given to deliver the outputs flushed at shutdown
 
 
@@ -176,6 +177,7 @@ class Worker:
             raise StartupError(msg) from e
         for snap in folder.load_all(device, w.checkpoint_retention_s, w.max_streams):
             engine.restore(snap, time.monotonic())
+        engine.fresh_until = time.monotonic() + RESUME_WINDOW_S
         self.keeper = Keeper(engine, Writer(folder), self.stats, w.checkpoint_every,
                              w.checkpoint_interval_s)  # fmt: skip
         log.info("checkpoints in %s every %d frames per stream (%d streams restored)",

@@ -1,0 +1,138 @@
+"""Lossless resume: the frames a restarted worker may ask for again, and asking it where to go on.
+
+A lossless Sender keeps every frame it queued since the worker's last checkpoint of its stream
+(bounded: `max_frames` and `max_bytes`, oldest dropped first). It learns where that checkpoint
+is, and after a reconnect where the worker goes on, from probes (docs/PROTOCOL.md): an eos on
+stream `_probe` that `watch`es this stream and asks to `resume` this session, answered on the
+worker's output with `next_seq` (the seq it needs next) and `checkpointed` (its last
+checkpoint's next seq). The frames from `next_seq` on are then sent again, marked `replay`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from streamconv.errors import ProtocolError
+from streamconv.wire import protocol, transport
+from streamconv.wire.protocol import PROBE_STREAM
+
+log = logging.getLogger(__name__)
+
+ASK_EVERY_S = 1.0  # how often a running sender asks for the last checkpoint
+RETRY_MS = 100  # how often it asks while waiting to resume
+
+
+class Resender:
+    def __init__(
+        self,
+        ctx: transport.Context,
+        output: str,
+        stream: str,
+        session: str,
+        *,
+        max_frames: int = 2048,
+        max_bytes: int = 512 * 2**20,
+        **keys: Any,
+    ) -> None:
+        self.stream, self.session = stream, session
+        self.max_frames, self.max_bytes = max_frames, max_bytes
+        self.sub = transport.sub_socket(ctx, output, [protocol.stream_topic(PROBE_STREAM)],
+                                        **keys)  # fmt: skip
+        self.kept: deque[tuple[int, list[Any]]] = deque()
+        self.nbytes = 0
+        self.dropped = 0  # frames pushed out of the buffer by its bounds, before a checkpoint
+        self.resent = 0
+        self._prefix = protocol.new_session()[:16] + "."
+        self._asked = 0
+        self._last_ask = 0.0
+
+    # -- the buffer -----------------------------------------------------------------------
+    def keep(self, seq: int, parts: list[Any]) -> None:
+        self.kept.append((seq, parts))
+        self.nbytes += _size(parts)
+        while self.kept and (len(self.kept) > self.max_frames or self.nbytes > self.max_bytes):
+            self._pop()
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning("resend buffer full (%d frames, %d MB): frames before the worker's "
+                            "next checkpoint can no longer be sent again after a restart",
+                            self.max_frames, self.max_bytes // 2**20)  # fmt: skip
+
+    def _pop(self) -> None:
+        _, parts = self.kept.popleft()
+        self.nbytes -= _size(parts)
+
+    def trim(self, upto: int) -> None:
+        """Forget frames before `upto`: the worker's checkpoint has them."""
+        while self.kept and self.kept[0][0] < upto:
+            self._pop()
+
+    def since(self, seq: int) -> list[list[Any]] | None:
+        """The kept frames from `seq` on, marked as replays; None if `seq` was not kept."""
+        if not self.kept or self.kept[0][0] > seq:
+            return None
+        out = []
+        for s, parts in self.kept:
+            if s >= seq:
+                header = json.loads(bytes(parts[0])) | {"replay": True}
+                out.append([json.dumps(header).encode(), parts[1]])
+        return out
+
+    # -- asking the worker ----------------------------------------------------------------
+    def ask(self, push: transport.Socket) -> None:
+        self._asked += 1
+        probe = protocol.encode_eos(PROBE_STREAM, f"{self._prefix}{self._asked}", 0,
+                                    watch=self.stream, resume=self.session)  # fmt: skip
+        transport.send(push, probe, block=False)
+        self._last_ask = time.monotonic()
+
+    def answers(self, timeout_ms: int = 0) -> list[dict[str, Any]]:
+        """The answers to this sender's probes that arrived (waiting up to `timeout_ms`)."""
+        out = []
+        frames = transport.recv(self.sub, timeout_ms)
+        while frames is not None:
+            try:
+                header, _ = protocol.decode_output([f.buffer for f in frames])
+            except ProtocolError:
+                header = {}
+            if header.get("session", "").startswith(self._prefix) and "next_seq" in header:
+                out.append(header)
+            frames = transport.recv_nowait(self.sub)
+        return out
+
+    def tick(self, push: transport.Socket) -> None:
+        """While sending: now and then, ask for the last checkpoint and trim to it."""
+        for answer in self.answers():
+            if answer.get("checkpointed") is not None:
+                self.trim(answer["checkpointed"])
+        if time.monotonic() - self._last_ask >= ASK_EVERY_S:
+            self.ask(push)
+
+    def resume_point(
+        self, push: transport.Socket, stop: threading.Event, timeout_s: float,
+        want_subscriber: bool,
+    ) -> int | None:  # fmt: skip
+        """After a reconnect: the seq the worker needs next (with a subscriber, if wanted);
+        None if it did not say within `timeout_s` (an older worker, or no output reachable)."""
+        deadline = time.monotonic() + timeout_s
+        while not stop.is_set() and time.monotonic() < deadline:
+            self.ask(push)
+            for answer in self.answers(RETRY_MS):
+                if want_subscriber and not answer.get("subscribed"):
+                    continue
+                if answer.get("checkpointed") is not None:
+                    self.trim(answer["checkpointed"])
+                return int(answer["next_seq"])
+        return None
+
+    def close(self) -> None:
+        transport.close(self.sub, 0)
+
+
+def _size(parts: list[Any]) -> int:
+    return sum(p.nbytes if hasattr(p, "nbytes") else len(p) for p in parts)
