@@ -76,6 +76,8 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> None:
             print(f"bad messages skipped: {sub.bad_messages}")
         if sum(sub.gaps.values()):
             print(f"lost outputs (seq gaps without discontinuity): {dict(sub.gaps)}")
+        if sub.duplicates:
+            print(f"outputs recomputed after a worker restart, already received: {sub.duplicates}")
     finally:
         if preview:  # an mp4 that is not released does not play
             for path in preview.close():

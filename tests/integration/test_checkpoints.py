@@ -175,3 +175,39 @@ def test_a_full_disk_is_logged_counted_and_the_worker_goes_on(
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
+
+
+def test_a_restored_live_stream_goes_on_from_its_state_with_the_gap_counted(
+    start_worker: Start, zmq_ctx: transport.Context, tmp_path: Path
+) -> None:
+    """A sender that does not resend (live, or any plain client): after the restart it skips
+    frames; the worker goes on from the checkpointed state, counts the gap, and does not mark
+    a discontinuity (the state was restored)."""
+    flags = ("--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-every", "8")
+    frames = clip(30)
+    session = protocol.new_session()
+    worker = start_worker(RETINA, *flags)
+    with Subscriber(worker.output, stream="cam", timeout_s=20) as sub:
+        sub.wait_ready(worker.input)
+        push = transport.push_socket(zmq_ctx, worker.input)
+        for seq in range(16):
+            transport.send(push, protocol.encode_frame("cam", session, seq, frames[seq]))
+        take(sub, 16)
+    assert worker.stop() == 0
+    worker = start_worker(RETINA, *flags)
+    with Subscriber(worker.output, stream="cam", timeout_s=20) as sub:
+        sub.wait_ready(worker.input)
+        push = transport.push_socket(zmq_ctx, worker.input)
+        for seq in range(20, 30):  # 16..19 never sent
+            transport.send(push, protocol.encode_frame("cam", session, seq, frames[seq]))
+        after = take(sub, 10)
+    kept = frames[:16] + frames[20:]
+    expected = offline(kept)
+    for name in LAYERS:
+        heads = [h for h, _ in after[name]]
+        assert [h["seq"] for h in heads] == list(range(20, 30))
+        assert not any(h.get("discontinuity") for h in heads)
+        got = np.stack([a for _, a in after[name]])
+        np.testing.assert_allclose(got, expected[name][16:], rtol=1e-5, atol=1e-6)
+    st = status(worker)
+    assert st["counts"]["frames_missing"] == 4
