@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ASK_EVERY_S = 1.0  # how often a running sender asks for the last checkpoint
 RETRY_MS = 100  # how often it asks while waiting to resume
+NEVER_ANSWERED_S = 2.0  # the wait to resume when the worker never answered a probe
 
 
 class Resender:
@@ -50,6 +51,7 @@ class Resender:
         self._prefix = protocol.new_session()[:16] + "."
         self._asked = 0
         self._last_ask = 0.0
+        self.answered = False  # the worker has answered a probe (it can resume)
 
     # -- the buffer -----------------------------------------------------------------------
     def keep(self, seq: int, parts: list[Any]) -> None:
@@ -102,6 +104,7 @@ class Resender:
                 header = {}
             if header.get("session", "").startswith(self._prefix) and "next_seq" in header:
                 out.append(header)
+                self.answered = True
             frames = transport.recv_nowait(self.sub)
         return out
 
@@ -118,8 +121,10 @@ class Resender:
         want_subscriber: bool,
     ) -> int | None:  # fmt: skip
         """After a reconnect: the seq the worker needs next (with a subscriber, if wanted);
-        None if it did not say within `timeout_s` (an older worker, or no output reachable)."""
-        deadline = time.monotonic() + timeout_s
+        None if it did not say within `timeout_s` (an older worker, or no output reachable),
+        or within NEVER_ANSWERED_S if it never answered a probe so far."""
+        limit = timeout_s if self.answered else min(timeout_s, NEVER_ANSWERED_S)
+        deadline = time.monotonic() + limit
         while not stop.is_set() and time.monotonic() < deadline:
             self.ask(push)
             for answer in self.answers(RETRY_MS):

@@ -23,6 +23,7 @@ from streamconv.capture.sources import ArraySource, open_source, synthetic_frame
 from streamconv.client import Subscriber
 from streamconv.errors import ConfigError
 from streamconv.wire import protocol, transport
+from streamconv.wire.protocol import PROBE_STREAM
 from tests.conftest import REPO, recv_parts
 
 pytestmark = pytest.mark.integration
@@ -43,6 +44,15 @@ def pull(ctx: transport.Context, hwm: int = 1) -> tuple[transport.Socket, str]:
     return sock, transport.endpoint(sock)
 
 
+def take(sock: transport.Socket) -> protocol.InputMessage:
+    """The next message the capture sent, past its probes (a worker answers those; this
+    stand-in has no output socket to answer on)."""
+    while True:
+        msg = protocol.decode_input(recv_parts(sock))
+        if msg.stream != PROBE_STREAM:
+            return msg
+
+
 def drain(
     sock: transport.Socket, delay_s: float = 0.0
 ) -> tuple[list[protocol.InputMessage], protocol.InputMessage]:
@@ -51,7 +61,7 @@ def drain(
     while True:
         if delay_s:
             time.sleep(delay_s)
-        msg = protocol.decode_input(recv_parts(sock))
+        msg = take(sock)
         if msg.kind == "eos":
             return frames, msg
         frames.append(msg)
@@ -128,7 +138,7 @@ def test_stop_from_another_thread_and_realtime_pacing(zmq_ctx: Any) -> None:
     thread = threading.Thread(target=lambda: result.append(capture.run()))
     thread.start()
     try:
-        first = [protocol.decode_input(recv_parts(sock)) for _ in range(11)]
+        first = [take(sock) for _ in range(11)]
     finally:
         capture.stop()
         thread.join(timeout=10)
@@ -304,7 +314,7 @@ def test_signal_ends_the_capture_cleanly(
     sock, endpoint = pull(zmq_ctx, hwm=4)
     cli = capture_cli("synthetic:64x48:100000", "--connect", endpoint, "--realtime")
     with cli.explained():
-        first = [protocol.decode_input(recv_parts(sock)) for _ in range(3)]
+        first = [take(sock) for _ in range(3)]
         signalled = time.monotonic()
         cli.proc.send_signal(sig)
         rest, eos = drain(sock)
@@ -333,7 +343,7 @@ def test_worker_disconnect_mid_stream_is_reported(
         cli.wait_for_line("disconnected after")
         second = rebind(zmq_ctx, endpoint)  # ...and comes back within --wait (30 s)
         cli.wait_for_line("is back after")
-        seqs = [protocol.decode_input(recv_parts(second)).seq for _ in range(3)]
+        seqs = [take(second).seq for _ in range(3)]
         assert seqs == sorted(seqs)
         cli.proc.send_signal(signal.SIGTERM)
         _, eos = drain(second)
