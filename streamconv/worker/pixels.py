@@ -1,11 +1,16 @@
 """The colour step: decoded frames (H,W) or (H,W,C) become the model's float32 (C,H,W).
 
 uint8 / 255, uint16 / 65535, float32 as is; then gray (from BGR), rgb (from BGR) or as-is.
-Frames are written straight into the chunk buffer the model reads, in one pass for gray.
+Frames are written straight into the chunk buffer the model reads. A single uint8 plane is
+divided in one pass (numpy's vectorised division is the fastest here); several uint8 channels
+are split and each goes through a 256-entry float32 table (OpenCV's LUT) straight into its
+plane: the same float32 values as dividing by 255, bit for bit, in about 0.5-0.6 of the time
+of dividing and transposing (bench/pixels.py).
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from streamconv.errors import ShapeError
@@ -14,6 +19,8 @@ from streamconv.wire.protocol import to_float
 # OpenCV delivers BGR; luma weights in that order (ITU-R BT.601, as cv2.cvtColor uses).
 _BGR_TO_GRAY = np.array([0.114, 0.587, 0.299], dtype=np.float32)
 _SCALE = {np.dtype(np.uint8): np.float32(255.0), np.dtype(np.uint16): np.float32(65535.0)}
+# Exactly what np.divide(uint8, float32(255), dtype=float32) gives, for every byte.
+_U8_TABLE = np.divide(np.arange(256, dtype=np.uint8), np.float32(255.0), dtype=np.float32)
 
 
 def chw_shape(frame: np.ndarray, color: str, in_channels: int = 1) -> tuple[int, int, int]:
@@ -45,13 +52,18 @@ def frame_to_chw(
         out = np.empty(shape, dtype=np.float32)
     plain = frame.ndim == 2 or frame.shape[2] == 1
     if plain and color != "rgb":
-        # One pass: the same float32 division as to_float, without its temporary.
         src = frame.reshape(frame.shape[:2])
         scale = _SCALE.get(src.dtype)
         if scale is None:
             out[0] = src
-        else:
+        else:  # one pass: the same float32 division as to_float, without its temporary
             np.divide(src, scale, out=out[0], dtype=np.float32)
+        return out
+    if frame.dtype == np.uint8 and color != "gray":
+        order = (2, 1, 0) if color == "rgb" else tuple(range(shape[0]))
+        planes = cv2.split(np.ascontiguousarray(frame))
+        for i, c in enumerate(order):
+            _lookup(planes[c], out[i])
         return out
     f = to_float(frame)
     if color == "gray":
@@ -61,3 +73,11 @@ def frame_to_chw(
     else:
         out[...] = f.transpose(2, 0, 1)
     return out
+
+
+def _lookup(plane: np.ndarray, out: np.ndarray) -> None:
+    """uint8 (H, W) -> float32 (H, W) through the table, into `out` (contiguous)."""
+    if out.flags.c_contiguous and plane.flags.c_contiguous:
+        cv2.LUT(plane, _U8_TABLE, dst=out)
+    else:
+        np.divide(plane, _SCALE[np.dtype(np.uint8)], out=out, dtype=np.float32)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import resource
-import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -152,29 +152,38 @@ def test_a_full_disk_is_logged_counted_and_the_worker_goes_on(
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
     proc = subprocess.Popen(cmd, cwd=REPO, env=python_env, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=small_files)  # fmt: skip
+                            stdin=subprocess.DEVNULL, preexec_fn=small_files)  # fmt: skip
+    worker = WorkerProc(proc, inp, out)
+    worker.reader = threading.Thread(target=worker._drain, daemon=True)
+    worker.reader.start()
     try:
+        worker.wait_for_line("worker ready", 60)
         with Subscriber(out, stream="cam", timeout_s=30) as sub:
             sub.wait_ready(inp, timeout_s=60)
             push = transport.push_socket(zmq_ctx, inp)
             session = protocol.new_session()
-            for seq, frame in enumerate(clip(16)):
-                transport.send(push, protocol.encode_frame("cam", session, seq, frame))
-            transport.send(push, protocol.encode_eos("cam", session, 16))
+            frames = clip(24)
+            for seq in range(16):
+                transport.send(push, protocol.encode_frame("cam", session, seq, frames[seq]))
+            # Before the eos (which would cancel a pending write): the failure is reported.
+            line = worker.wait_for_line("checkpoint of stream cam not written", 30)
+            assert "File too large" in line
+            for seq in range(16, 24):  # and the stream goes on
+                transport.send(push, protocol.encode_frame("cam", session, seq, frames[seq]))
+            transport.send(push, protocol.encode_eos("cam", session, 24))
             got = {name: 0 for name in LAYERS}
             for head, array in sub:
                 if array is not None:
                     got[head["layer"]] += 1
-        assert got == {name: 16 for name in LAYERS}  # every output despite the failed writes
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-        assert proc.returncode == 0, err
-        assert "checkpoint of stream cam not written" in err
-        assert "File too large" in err
+        assert got == {name: 24 for name in LAYERS}  # every output despite the failed writes
+        assert worker.stop() == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate(timeout=10)
+        proc.wait(10)
+        worker.reader.join(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def test_a_restored_live_stream_goes_on_from_its_state_with_the_gap_counted(

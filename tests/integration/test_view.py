@@ -81,6 +81,7 @@ def test_a_page_sees_every_layer_of_every_stream(
     assert change["colormap"] == "diverging"
     assert change["lo"] == -change["hi"]
     page.until(frames_seen(page, "b", 5), what="stream b")
+    page.until(lambda: ("b", "motion") in page.images, what="b's image")  # after the state
     assert page.image("b", "motion").shape == (48, 64, 3)
     assert status(view)["pages"] == 1
     page.close()
