@@ -12,6 +12,7 @@ import logging
 import time
 from collections import Counter
 
+from streamconv.wire.protocol import PROBE_STREAM
 from streamconv.worker.checkpoints import Writer
 from streamconv.worker.engine import Engine
 from streamconv.worker.results import ChunkResult, EndResult, Result
@@ -37,11 +38,15 @@ class Keeper:
                 self._since[r.stream] += len(r.seqs)
                 if self._since[r.stream] >= self.every:
                     self._take(r.stream)
-            elif isinstance(r, EndResult) and r.stream not in self.engine.streams:
+            elif isinstance(r, EndResult) and self._ended(r.stream):
                 self._since.pop(r.stream, None)  # ended (eos or idle): its file goes too
                 self._when.pop(r.stream, None)
                 self.engine.checkpointed.pop(r.stream, None)
                 self.writer.remove(r.stream)
+
+    def _ended(self, stream: str) -> bool:
+        """The stream's state is gone (not a probe's answer, not a stale eos)."""
+        return stream != PROBE_STREAM and stream not in self.engine.streams
 
     def tick(self, now: float) -> None:
         if self.interval_s > 0:
