@@ -230,7 +230,8 @@ class Sender:
             msg = "float32 frame holds NaN or infinite values"
             raise ProtocolError(msg)
         return protocol.encode_frame(self.stream, self.session, self.sent, frame, t_ns, self.fps,
-                                     lossless=self._resender is not None)  # fmt: skip
+                                     lossless=self._resender is not None,
+                                     live=self.mode == "live")  # fmt: skip
 
     def _send_live(self, parts: list[Any]) -> bool:
         if self._peers() == 0:

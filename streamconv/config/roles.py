@@ -133,6 +133,11 @@ class WorkerSettings(Strict):
         description="at SIGTERM, the most time spent finishing chunks in hand; the rest is "
         "counted and logged as not flushed",
     )
+    live_drop_oldest: bool = Field(
+        default=True,
+        description="a live stream the worker cannot keep up with keeps its newest chunk of "
+        "frames; older waiting ones are dropped and counted (live_dropped)",
+    )
     checkpoint_dir: Path | None = Field(
         default=None, description="write each stream's state here, and resume from it at start"
     )

@@ -90,6 +90,7 @@ class InputMessage:
     watch: str | None = None  # a probe asks whether this stream has a subscriber
     resume: str | None = None  # ...and where the watched stream's session `resume` goes on
     lossless: bool = False  # the sender resends what a restarted worker asks for
+    live: bool = False  # the sender drops frames rather than wait: the worker may too
     replay: bool = False  # a frame sent again after a resume
 
 
@@ -103,9 +104,11 @@ def encode_frame(
     *,
     lossless: bool = False,
     replay: bool = False,
+    live: bool = False,
 ) -> list[Any]:
     """[header, payload] for one frame of shape (H, W) or (H, W, C). `lossless`: the sender
-    resends from where a restarted worker asks; `replay`: this frame is such a resend."""
+    resends from where a restarted worker asks; `replay`: this frame is such a resend; `live`:
+    latency first, the worker may drop frames of this stream when it falls behind."""
     dtype = frame.dtype.name
     if dtype not in INPUT_DTYPES:
         msg = f"frame dtype {dtype} is not one of {sorted(INPUT_DTYPES)}"
@@ -129,6 +132,8 @@ def encode_frame(
         header["lossless"] = True
     if replay:
         header["replay"] = True
+    if live:
+        header["live"] = True
     return [json.dumps(header).encode(), np.ascontiguousarray(frame, dtype=INPUT_DTYPES[dtype])]
 
 
@@ -276,9 +281,10 @@ def decode_input(parts: list[Any]) -> InputMessage:
         raise ProtocolError(msg, Drop.NON_FINITE)
     _flag(header, "lossless")
     _flag(header, "replay")
+    _flag(header, "live")
     return InputMessage("frame", stream, session, seq, t_ns, frame, fps,
-                        lossless=bool(header.get("lossless")),
-                        replay=bool(header.get("replay")))  # fmt: skip
+                        lossless=bool(header.get("lossless")), replay=bool(header.get("replay")),
+                        live=bool(header.get("live")))  # fmt: skip
 
 
 def to_float(frame: np.ndarray) -> np.ndarray:

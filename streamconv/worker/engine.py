@@ -125,6 +125,9 @@ class Engine:
                 return [Failed(Drop.TOO_MANY_STREAMS, why, msg.stream)]
             st = self.streams[msg.stream] = _Stream(msg.stream, msg.session, owner=sender)
             self._started(st, shape)
+            if msg.live and msg.seq > 0:  # its first frames were dropped on the way
+                self.stats.count("frames_missing", msg.seq)
+                self.stats.stream(st.name).missing += msg.seq
         elif (
             st.session != msg.session
             or msg.seq != st.next_seq
@@ -173,6 +176,12 @@ class Engine:
         if msg.seq < st.next_seq and msg.replay:
             self.stats.count("duplicates")
             return True
+        if msg.live and msg.seq > st.next_seq:  # frames dropped on the way: the state goes on
+            missing = msg.seq - st.next_seq
+            self.stats.count("frames_missing", missing)
+            self.stats.stream(st.name).missing += missing
+            st.next_seq = msg.seq
+            return False
         if not st.restored or msg.seq < st.next_seq:
             return False
         if msg.lossless and st.awaited < RESEND_WAIT:

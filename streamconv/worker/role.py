@@ -37,13 +37,14 @@ from streamconv.model import (
 )
 from streamconv.signals import on_stop
 from streamconv.wire import transport
-from streamconv.wire.protocol import decode_input
+from streamconv.wire.protocol import InputMessage, decode_input
 from streamconv.worker import metrics
 from streamconv.worker.admission import Admission
 from streamconv.worker.checkpoints import Checkpoints, Writer, fingerprint
 from streamconv.worker.engine import Engine
 from streamconv.worker.http import Health, HttpServer, app
 from streamconv.worker.keeper import Keeper
+from streamconv.worker.overload import thin_live
 from streamconv.worker.previews import Previews
 from streamconv.worker.publisher import Publisher
 from streamconv.worker.results import Failed, Result
@@ -222,14 +223,7 @@ class Worker:
             if publisher.sock in ready:
                 publisher.take_subscriptions()
             if pull in ready:
-                # Look at the stop flag between messages: after a signal nothing more is read.
-                for _ in range(BATCH):
-                    if self.stop_event.is_set():
-                        break
-                    parts = transport.recv_nowait(pull)
-                    if parts is None:
-                        break
-                    self.deliver(self._handle(parts))
+                self._take_waiting(pull)
             now = time.monotonic()
             self.deliver(engine.due(now))
             publisher.flush_previews()
@@ -255,22 +249,48 @@ class Worker:
         if self.keeper is not None:
             self.keeper.after(results)
 
-    def _handle(self, parts: list[transport.Frame]) -> list[Result]:
+    def _take_waiting(self, pull: transport.Socket) -> None:
+        """Every message waiting (up to BATCH), decoded; live streams thinned to their newest
+        chunk (worker/overload.py); then into the engine in order."""
+        taken: list[tuple[InputMessage, str | None]] = []
+        failed: list[Result] = []
+        for _ in range(BATCH):  # the stop flag is checked between messages
+            if self.stop_event.is_set():
+                break
+            parts = transport.recv_nowait(pull)
+            if parts is None:
+                break
+            got = self._decode(parts)
+            if isinstance(got, Failed):
+                failed.append(got)
+            else:
+                taken.append(got)
+        self.deliver(failed)
+        w = self.settings.worker
+        messages = [m for m, _ in taken]
+        kept, dropped = thin_live(messages, w.chunk) if w.live_drop_oldest else (messages, {})
+        for n in dropped.values():  # the engine counts the gap as missing frames as well
+            self.stats.count("live_dropped", n)
+        senders = {id(m): s for m, s in taken}
+        engine = self._started()[0]
+        for m in kept:
+            self.deliver(engine.submit(m, time.monotonic(), senders[id(m)]))
+
+    def _decode(self, parts: list[transport.Frame]) -> tuple[InputMessage, str | None] | Failed:
         size = sum(len(p) for p in parts)
         limit = self.settings.worker.max_message_bytes
         if size > limit:
             why = f"message of {size} bytes exceeds max_message_bytes {limit}"
-            return [Failed(Drop.OVERSIZE, why)]
+            return Failed(Drop.OVERSIZE, why)
         try:
             msg = decode_input([p.buffer for p in parts])
         except ProtocolError as e:
-            return [Failed(e.reason, str(e))]
+            return Failed(e.reason, str(e))
         except Exception as e:  # a decoder bug must not take the daemon down with it
             if not self.stats.drops[Drop.DECODER_BUG]:
                 log.exception("decoder failed on a message")  # the traceback, once
-            return [Failed(Drop.DECODER_BUG, f"undecodable message: {type(e).__name__}")]
-        sender = transport.peer_key(parts[0]) if self._curve_in else None
-        return self._started()[0].submit(msg, time.monotonic(), sender)
+            return Failed(Drop.DECODER_BUG, f"undecodable message: {type(e).__name__}")
+        return msg, (transport.peer_key(parts[0]) if self._curve_in else None)
 
     def shutdown(self) -> None:
         """Finish the chunks in hand (bounded), deliver them, close everything."""
