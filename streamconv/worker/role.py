@@ -78,12 +78,13 @@ class Worker:
         self.admission: Admission | None = None
         self.keeper: Keeper | None = None
         self._signals = 0
-        self._in_at_stop: int | None = None  # frames taken when the stop was asked for
+        self._read = 0  # messages read from the input socket
+        self._in_at_stop: int | None = None  # messages read when the stop was asked for
 
     def stop(self) -> None:
         """Ask run() to finish (safe from any thread)."""
         if self._in_at_stop is None:
-            self._in_at_stop = self.stats.counts["frames_in"]
+            self._in_at_stop = self._read
         self.stop_event.set()
 
     def run(self) -> None:
@@ -260,6 +261,7 @@ class Worker:
             parts = transport.recv_nowait(pull)
             if parts is None:
                 break
+            self._read += 1
             got = self._decode(parts)
             if isinstance(got, Failed):
                 failed.append(got)
@@ -299,7 +301,7 @@ class Worker:
         if engine is not None and publisher is not None:
             pending = engine.pending_frames()
             budget = self.settings.worker.shutdown_timeout_s
-            taken = self.stats.counts["frames_in"] - (self._in_at_stop or 0)
+            taken = self._read - (self._in_at_stop or 0)
             log.info(
                 "shutting down: %d frames in hand in %d streams, at most %.1f s to run them "
                 "(frames taken after the signal: %d)",
