@@ -106,6 +106,25 @@ def test_file_stream_equals_offline_for_any_chunking(
     assert "Traceback" not in worker.log()
 
 
+def test_ipc_endpoints_on_one_host(
+    start_worker: Any, python_env: dict[str, str], clip: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Unix-domain sockets instead of TCP loopback (README, Transports): same outputs; the
+    capture names the output endpoint (nothing to derive it from) and waits for the
+    subscriber through it."""
+    path, expected = clip
+    inp, out = f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/out"
+    worker = start_worker(RETINA, "--input", inp, "--output", out)
+    with Subscriber(out, stream="clip", timeout_s=30) as sub:
+        sub.wait_ready(inp)
+        proc = capture(python_env, path, inp, "clip", "--output", out, "--wait-subscriber")
+        got = collect(sub, LAYERS, timeout_s=30)
+        err = finish(proc)
+    assert_matches(got, expected)
+    assert "subscriber present for stream clip" in err
+    assert worker.stop() == 0
+
+
 def test_two_concurrent_streams_equal_each_alone(
     start_worker: Any, python_env: dict[str, str], clip: tuple[Path, dict], tmp_path: Path
 ) -> None:
