@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,16 @@ class WorkerProc:
             time.sleep(0.02)
         pytest.fail(f"no log line matching {pattern!r} within {timeout_s} s:\n{self.log()}")
 
+    def reap(self) -> None:
+        """Kill the process if it still runs, and release its pipe (fixture teardown)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        if self.reader is not None:
+            self.reader.join(5)  # EOF once the process is gone
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> int:
         """Send `sig` and wait for the exit code; fails the test if it takes too long."""
         if self.proc.poll() is None:
@@ -66,6 +77,20 @@ class WorkerProc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             pytest.fail(f"worker did not exit within {timeout_s} s after signal {sig}")
+
+
+def launch(
+    cmd: list[str], env: dict[str, str], input: str = "", output: str = "", **popen: Any
+) -> WorkerProc:
+    """Start a streamconv process with its stderr lines collected by a reader thread."""
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, **popen,
+    )  # fmt: skip
+    role = WorkerProc(proc, input, output)
+    role.reader = threading.Thread(target=role._drain, daemon=True)
+    role.reader.start()
+    return role
 
 
 @pytest.fixture
@@ -98,13 +123,7 @@ def start_worker(
             "127.0.0.1:0",
             *flags,
         ]
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env={**python_env, **(env or {})}, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        worker = WorkerProc(proc, inp, out)
-        worker.reader = threading.Thread(target=worker._drain, daemon=True)
-        worker.reader.start()
+        worker = launch(cmd, {**python_env, **(env or {})}, inp, out)
         workers.append(worker)
         if wait:
             worker.wait_for_line("worker ready", READY_TIMEOUT_S)
@@ -114,13 +133,7 @@ def start_worker(
 
     yield start
     for w in workers:
-        if w.proc.poll() is None:
-            w.proc.kill()
-        w.proc.wait(10)
-        if w.reader is not None:
-            w.reader.join(5)  # EOF once the process is gone
-        if w.proc.stderr is not None:
-            w.proc.stderr.close()
+        w.reap()
 
 
 @pytest.fixture
@@ -132,13 +145,7 @@ def start_view(python_env: dict[str, str]) -> Iterator[Callable[..., WorkerProc]
     def start(connect: str, *flags: str, wait: bool = True) -> WorkerProc:
         cmd = [sys.executable, "-m", "streamconv", "view", "--connect", connect,
                "--listen", "127.0.0.1:0", *flags]  # fmt: skip
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=python_env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        view = WorkerProc(proc, "", connect)
-        view.reader = threading.Thread(target=view._drain, daemon=True)
-        view.reader.start()
+        view = launch(cmd, python_env, output=connect)
         views.append(view)
         if wait:
             line = view.wait_for_line(r"view on http://", READY_TIMEOUT_S)
@@ -147,10 +154,4 @@ def start_view(python_env: dict[str, str]) -> Iterator[Callable[..., WorkerProc]
 
     yield start
     for v in views:
-        if v.proc.poll() is None:
-            v.proc.kill()
-        v.proc.wait(10)
-        if v.reader is not None:
-            v.reader.join(5)
-        if v.proc.stderr is not None:
-            v.proc.stderr.close()
+        v.reap()

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -25,7 +23,7 @@ from streamconv.layers import Output
 from streamconv.model import build_model
 from streamconv.wire import protocol, transport
 from tests.conftest import REPO
-from tests.integration.conftest import WorkerProc
+from tests.integration.conftest import WorkerProc, launch
 
 pytestmark = pytest.mark.integration
 
@@ -151,11 +149,7 @@ def test_a_full_disk_is_logged_counted_and_the_worker_goes_on(
     def small_files() -> None:  # files over 4 KB fail with EFBIG, as on a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
-    proc = subprocess.Popen(cmd, cwd=REPO, env=python_env, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL, preexec_fn=small_files)  # fmt: skip
-    worker = WorkerProc(proc, inp, out)
-    worker.reader = threading.Thread(target=worker._drain, daemon=True)
-    worker.reader.start()
+    worker = launch(cmd, python_env, inp, out, preexec_fn=small_files)
     try:
         worker.wait_for_line("worker ready", 60)
         with Subscriber(out, stream="cam", timeout_s=30) as sub:
@@ -178,12 +172,7 @@ def test_a_full_disk_is_logged_counted_and_the_worker_goes_on(
         assert got == {name: 24 for name in LAYERS}  # every output despite the failed writes
         assert worker.stop() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        worker.reader.join(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        worker.reap()
 
 
 def test_a_restored_live_stream_goes_on_from_its_state_with_the_gap_counted(
