@@ -124,6 +124,12 @@ class WorkerSettings(Strict):
     output_dtype: Literal["float32", "float16", "uint8"] = "float32"
     max_message_bytes: int = Field(default=64 * 2**20, ge=1024)
     max_streams: int = Field(default=64, ge=1)
+    max_batch: int = Field(
+        default=32,
+        ge=1,
+        description="chunks of several streams due together (same frame size) run in one "
+        "forward pass, up to this many streams; 1 runs every stream alone",
+    )
     idle_timeout_s: float = Field(
         default=60.0, gt=0, description="free a stream's state after this long without input"
     )

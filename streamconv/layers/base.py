@@ -106,6 +106,8 @@ class Layer(nn.Module):
     """
 
     state_names: ClassVar[tuple[str, ...]] = ()
+    # The batch dimension (N) of each state tensor, where it is not the first.
+    state_batch_dims: ClassVar[dict[str, int]] = {}
 
     def __init__(self) -> None:
         super().__init__()
@@ -162,6 +164,47 @@ class Layer(nn.Module):
         for name, child in self.layer_children():
             if state[name] is not None:
                 child._check_state_keys(state[name])
+
+    # -- many streams in one forward pass -------------------------------------------------
+    def stack_states(self, states: list[State | None]) -> State | None:
+        """The states of several streams as one state for their inputs joined along N
+        (all fresh, None, or none fresh: a fresh stream takes its history from its input)."""
+        if all(s is None for s in states):
+            return None
+        if any(s is None for s in states):
+            msg = "cannot stack fresh (None) and running states; run them apart"
+            raise ValueError(msg)
+        given = [s for s in states if s is not None]
+        joined: State = {}
+        for name in self.state_names:
+            parts = [s.get(name) for s in given]
+            tensors = [p for p in parts if isinstance(p, Tensor)]
+            if len(tensors) < len(parts):  # e.g. a layer with no memory
+                joined[name] = None
+            else:
+                joined[name] = torch.cat(tensors, dim=self.state_batch_dims.get(name, 0))
+        for name, child in self.layer_children():
+            joined[name] = child.stack_states([s.get(name) for s in given])
+        return joined
+
+    def split_state(self, state: State | None, sizes: list[int]) -> list[State | None]:
+        """`stack_states` undone: one state per stream of `sizes` batch entries (views)."""
+        if state is None:
+            return [None] * len(sizes)
+        out: list[State] = [{} for _ in sizes]
+        for name in self.state_names:
+            t = state.get(name)
+            pieces = (
+                [None] * len(sizes)
+                if t is None
+                else t.split(sizes, dim=self.state_batch_dims.get(name, 0))
+            )
+            for o, piece in zip(out, pieces, strict=True):
+                o[name] = piece
+        for name, child in self.layer_children():
+            for o, piece in zip(out, child.split_state(state.get(name), sizes), strict=True):
+                o[name] = piece
+        return list(out)
 
     # -- torch entry points ---------------------------------------------------------------
     def prepare(self, x: Tensor | np.ndarray) -> Tensor:

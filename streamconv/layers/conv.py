@@ -17,7 +17,13 @@ from torch import Tensor, nn
 
 from streamconv.errors import ShapeError
 from streamconv.layers.base import Layer, State
-from streamconv.layers.separable import Factors, factorize, separable_conv3d
+from streamconv.layers.separable import (
+    Factors,
+    cv2_ok,
+    factorize,
+    separable_conv3d,
+    separable_cv2,
+)
 
 PaddingMode = Literal["zeros", "replicate", "reflect", "circular"]
 TemporalFill = Literal["first", "zeros"]
@@ -80,6 +86,17 @@ def conv3d(
             x.contiguous(), weight.contiguous(), bias, [0, 0, 0], stride, dilation, groups
         )
     return F.conv3d(x, weight, bias, stride=stride, dilation=dilation, groups=groups)
+
+
+def _tail(parts: list[Tensor], frames: int) -> Tensor | None:
+    """The last `frames` frames of `parts` joined in time, as a copy (so that the state
+    never keeps a whole chunk alive), or None for no memory."""
+    if not frames:
+        return None
+    x = parts[-1]
+    if x.shape[2] >= frames or len(parts) == 1:
+        return x[:, :, x.shape[2] - frames :].clone()
+    return torch.cat([parts[0][:, :, x.shape[2] :], x], dim=2)
 
 
 class MemoryConv3d(Layer):
@@ -195,19 +212,37 @@ class MemoryConv3d(Layer):
         history = state.get("history") if state else None
         self._check(x, history)
         p = self.memory
-        if p:
-            if history is None:
-                history = causal_history(x, p, self.temporal_fill)
-            full = torch.cat([history.to(x.dtype), x], dim=2)
-            # A copy, so that the state never keeps the whole chunk alive.
-            new_history: Tensor | None = full[:, :, full.shape[2] - p :].clone()
-        else:
-            full, new_history = x, None
-        y = self.conv(full)
-        return y, {"history": new_history}
+        if p and history is None:
+            history = causal_history(x, p, self.temporal_fill)
+        parts = [history.to(x.dtype), x] if history is not None else [x]
+        y = self._conv_parts(parts)
+        if y is None:
+            y = self.conv(torch.cat(parts, dim=2) if len(parts) > 1 else x)
+        return y, {"history": _tail(parts, p)}
+
+    def _conv_parts(self, parts: list[Tensor]) -> Tensor | None:
+        """The convolution of the frames in `parts` (in time order) through OpenCV when it
+        applies (see separable.py), else None."""
+        x = parts[-1]
+        if not cv2_ok(x, self.padding_mode, self.stride, self.dilation):
+            return None
+        factors = self._factors(x)
+        if factors is None:
+            return None
+        _, kh, kw = self.kernel_size
+        left, right, top, bottom = spatial_pads(kh, kw, 1, 1)
+        h, w = x.shape[3], x.shape[4]
+        if self.padding_mode == "reflect" and (max(left, right) >= w or max(top, bottom) >= h):
+            msg = f"reflect padding {(left, right, top, bottom)} needs frames larger than {h}x{w}"
+            raise ShapeError(msg)
+        return separable_cv2(parts, factors, self.bias, self.padding_mode, (left, top),
+                             self.dilation[0])  # fmt: skip
 
     def conv(self, full: Tensor) -> Tensor:
         """The offline operation: spatial padding, then F.conv3d (time already filled)."""
+        fast = self._conv_parts([full])
+        if fast is not None:
+            return fast
         _, kh, kw = self.kernel_size
         pads = spatial_pads(kh, kw, self.dilation[1], self.dilation[2])
         h, w = full.shape[3], full.shape[4]

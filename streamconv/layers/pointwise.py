@@ -20,6 +20,15 @@ _FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "tanh": torch.tanh,
     "identity": lambda v: v,
 }
+# The same functions in place, for a tensor this layer made itself.
+_IN_PLACE: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": torch.relu_,
+    "abs": torch.abs_,
+    "square": lambda v: v.square_(),
+    "sigmoid": torch.sigmoid_,
+    "tanh": torch.tanh_,
+    "identity": lambda v: v,
+}
 
 
 class Nonlinearity(Layer):
@@ -40,7 +49,9 @@ class Nonlinearity(Layer):
 
     def step(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
         # Skip the no-op arithmetic: each op is a full pass over the frames (and an
-        # identity stage then costs nothing). Never in place: x may be another stage's output.
-        y = x - self.threshold if self.threshold else x
-        y = self._fn(y)
-        return (self.gain * y if self.gain != 1.0 else y), {}
+        # identity stage then costs nothing). Never in place on x (another stage's output):
+        # the first op makes a new tensor, the others update that one.
+        y = _IN_PLACE[self.kind](x - self.threshold) if self.threshold else self._fn(x)
+        if self.gain != 1.0:
+            y = y * self.gain if y is x else y.mul_(self.gain)
+        return y, {}

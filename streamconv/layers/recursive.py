@@ -4,12 +4,16 @@ Each stage computes y[t] = y[t-1] + a * (x[t] - y[t-1]) with a = 1 - exp(-1/tau)
 discretisation of a first-order low pass with time constant `tau` frames; `n` stages in
 cascade give a gamma-shaped impulse response. The state is the last output of every stage,
 so a chunk boundary changes nothing: the same operations run in the same order.
+
+One fused `lerp` per frame and stage, still a loop over frames: a closed form (a T x T
+matrix over the chunk, or a parallel scan) is exact in arithmetic only, and its float
+rounding would depend on the chunk length, breaking streamed == offline bit for bit.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -26,6 +30,7 @@ class TemporalLowPass(Layer):
     """
 
     state_names = ("stages",)
+    state_batch_dims: ClassVar[dict[str, int]] = {"stages": 1}  # (n stages, N, C, H, W)
 
     def __init__(
         self, tau: float, n: int = 1, *, temporal_fill: Literal["first", "zeros"] = "first"
@@ -54,13 +59,28 @@ class TemporalLowPass(Layer):
                 f"(N, C, H, W = {tuple(stages.shape[1:])}); call reset() to begin a new stream"
             )
             raise ShapeError(msg)
+        if torch.is_grad_enabled() and (x.requires_grad or stages.requires_grad):
+            return self._filter_differentiable(x, stages)
+        # Owned copies, updated in place (a state handed out earlier never changes); each
+        # step is one fused lerp, written straight into the output for the last stage.
+        current = [stage.to(x.dtype, copy=True) for stage in stages.unbind(0)]
+        out = torch.empty_like(x)
+        last = self.n - 1
+        for t in range(x.shape[2]):
+            value = x[:, :, t]
+            for k in range(last):
+                value = current[k].lerp_(value, self.alpha)
+            current[last] = torch.lerp(current[last], value, self.alpha, out=out[:, :, t])
+        return out, {"stages": torch.stack(current)}
+
+    def _filter_differentiable(self, x: Tensor, stages: Tensor) -> tuple[Tensor, State]:
+        """The same lerps without writing into tensors, for training (autograd)."""
         current = list(stages.to(x.dtype).unbind(0))
         outputs = []
         for t in range(x.shape[2]):
             value = x[:, :, t]
             for k in range(self.n):
-                current[k] = current[k] + self.alpha * (value - current[k])
-                value = current[k]
+                current[k] = value = torch.lerp(current[k], value, self.alpha)
             outputs.append(value)
         return torch.stack(outputs, dim=2), {"stages": torch.stack(current)}
 
@@ -73,4 +93,6 @@ class TemporalHighPass(TemporalLowPass):
 
     def step(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
         low, new_state = self._filter(x, state)
-        return x - low, new_state
+        if low.requires_grad:
+            return x - low, new_state
+        return torch.sub(x, low, out=low), new_state  # low is this call's own tensor

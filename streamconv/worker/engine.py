@@ -9,7 +9,6 @@ marks the next output as a discontinuity; eos flushes the stream and frees its s
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,9 +20,9 @@ from streamconv.errors import Drop, StreamconvError
 from streamconv.layers import Sequential, State
 from streamconv.wire.protocol import PROBE_STREAM, InputMessage
 from streamconv.worker.admission import Admission
+from streamconv.worker.batcher import Batcher, Broken, Job
 from streamconv.worker.checkpoints import Snapshot, snapshot_state
-from streamconv.worker.outputs import gather
-from streamconv.worker.pixels import chw_shape, frame_to_chw
+from streamconv.worker.pixels import chw_shape, frame_to_chw, frame_to_raw_chw, raw_dtype
 from streamconv.worker.results import ChunkResult, EndResult, Failed, Result
 from streamconv.worker.stats import Reset, Stats
 
@@ -31,7 +30,6 @@ log = logging.getLogger(__name__)
 
 RESEND_WAIT = 128  # frames ahead dropped, after a restore, while a lossless sender resends
 RESET_LOG_LINES = 10  # state resets logged at INFO per stream; later ones at DEBUG
-STAGING_SHAPES = 4  # pinned staging buffers kept (one per recent frame size)
 __all__ = ["ChunkResult", "EndResult", "Engine", "Failed", "Result"]
 
 
@@ -79,6 +77,9 @@ class Engine:
         output_dtype: str = "float32",
         stats: Stats | None = None,
         admission: Admission | None = None,
+        max_batch: int = 32,
+        wanted: Callable[[str], set[str] | None] | None = None,
+        device_pixels: bool | None = None,
     ) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         self.chunk, self.max_wait_s = chunk, max_wait_s
@@ -91,8 +92,10 @@ class Engine:
         self.checkpointed: dict[str, tuple[str, int]] = {}  # stream -> (session, next seq)
         self.fresh_until = 0.0  # until then, a restarted worker awaits resends (checkpoints on)
         self._awaiting: Counter[str] = Counter()
-        self._staging: dict[tuple[int, ...], torch.Tensor] = {}
-        self._copied: torch.cuda.Event | None = None
+        self.batcher = Batcher(model, device=device, dtype=dtype, publish=self.publish,
+                               output_dtype=output_dtype, max_batch=max_batch, wanted=wanted,
+                               device_pixels=device_pixels)  # fmt: skip
+        self._ready: dict[str, _Stream] = {}  # full chunks, run together after the read
 
     # -- input ----------------------------------------------------------------------------
     def submit(self, msg: InputMessage, now: float, sender: str | None = None) -> list[Result]:
@@ -136,12 +139,21 @@ class Engine:
             results += self._flush(st)
             self._reset(st, msg, shape)
         st.restored = False
+        raw = raw_dtype(msg.frame, self.color) if self.batcher.device_pixels else None
+        if st.buffer is not None and st.buffer.dtype != (raw or np.float32):
+            results += self._flush(st)  # the pixel type changed: run what came before
+        if st.name in self._ready:  # a full chunk still waits for its pass
+            results += self.run_ready()
         if st.buffer is None:
             st.since = now
             # Fresh, never reused: outputs may alias it and are sent zero-copy.
-            st.buffer = np.empty((shape[0], self.chunk, *shape[1:]), dtype=np.float32)
+            dtype = raw or np.float32
+            st.buffer = np.empty((shape[0], self.chunk, *shape[1:]), dtype=dtype)
         st.shape = shape
-        frame_to_chw(msg.frame, self.color, self.in_channels, out=st.buffer[:, st.count])
+        if raw is not None:
+            frame_to_raw_chw(msg.frame, self.color, out=st.buffer[:, st.count])
+        else:
+            frame_to_chw(msg.frame, self.color, self.in_channels, out=st.buffer[:, st.count])
         st.count += 1
         st.seqs.append(msg.seq)
         st.t_ns.append(msg.t_ns)
@@ -152,7 +164,7 @@ class Engine:
         self.stats.stream(st.name).received += 1
         self.stats.count("frames_in")
         if st.count >= self.chunk:
-            results += self._flush(st)
+            self._ready[st.name] = st  # run with the others due (run_ready)
         return results
 
     def _await_from_start(self, msg: InputMessage, now: float) -> bool:
@@ -309,12 +321,15 @@ class Engine:
         return min(pending) + self.max_wait_s if pending else None
 
     def due(self, now: float) -> list[Result]:
-        """Run every partial chunk that has waited `max_wait_s`."""
-        results: list[Result] = []
-        for st in self.streams.values():
-            if st.count and now - st.since >= self.max_wait_s:
-                results += self._flush(st)
-        return results
+        """Run every full chunk and every partial one that has waited `max_wait_s`."""
+        late = [
+            st for st in self.streams.values() if st.count and now - st.since >= self.max_wait_s
+        ]
+        return self._run(late)
+
+    def run_ready(self) -> list[Result]:
+        """Run the full chunks, streams of one frame shape in one pass (Batcher)."""
+        return self._run([])
 
     def evict_idle(self, now: float, idle_s: float) -> list[Result]:
         """End streams that sent nothing for `idle_s` (a sender gone without eos)."""
@@ -335,9 +350,11 @@ class Engine:
     def flush_all(self, give_up: Callable[[], bool] | None = None) -> list[Result]:
         """Run every partial chunk; once `give_up()` is true the rest are Failed results
         (NOT_FLUSHED), so a shutdown stays bounded and says what it lost."""
-        results: list[Result] = []
+        if give_up is None:
+            return self._run([st for st in self.streams.values() if st.count])
+        results: list[Result] = self.run_ready()
         for st in self.streams.values():
-            if give_up is not None and give_up() and st.count:
+            if give_up() and st.count:
                 why = f"{st.count} frames of stream {st.name!r} not run: shutdown time ran out"
                 results.append(Failed(Drop.NOT_FLUSHED, why, st.name, st.count))
                 st.buffer, st.count, st.seqs, st.t_ns, st.replays = None, 0, [], [], []
@@ -347,48 +364,41 @@ class Engine:
 
     # -- compute --------------------------------------------------------------------------
     def _flush(self, st: _Stream) -> list[Result]:
-        if st.buffer is None or not st.count:
-            return []
-        batch, seqs, t_ns, replays = st.buffer[None, :, : st.count], st.seqs, st.t_ns, st.replays
-        st.buffer, st.count, st.seqs, st.t_ns, st.replays = None, 0, [], [], []
-        start = time.perf_counter()
-        try:  # copies in and out included: CUDA errors surface there too
-            x = self._to_device(batch)
-            with torch.inference_mode():
-                out, st.state = self.model.step(x, st.state)
-            layers, quant = gather(out, self.publish, self.output_dtype)
-        except (StreamconvError, RuntimeError, ValueError) as e:
-            # A value, not an exception: the other streams' results of this call must go out.
-            st.restart(st.session)
-            self.stats.reset(st.name, Reset.MODEL_FAILED)
-            self.stats.count("frames_failed", len(seqs))
-            why = f"{len(seqs)} frames of stream {st.name!r} failed in the model: {e}"
-            return [Failed(Drop.MODEL_FAILED, why, st.name, len(seqs))]
-        compute_s = time.perf_counter() - start
-        result = ChunkResult(st.name, st.session, seqs, t_ns, st.discontinuity, layers, quant,
-                             st.fps, compute_s, replays if any(replays) else [])  # fmt: skip
-        st.discontinuity = False
-        self.stats.count("frames_out", len(seqs))
-        self.stats.processed(st.name, len(seqs), compute_s)
-        return [result]
+        """Run the stream's chunk now (with every full chunk waiting)."""
+        return self._run([st])
 
-    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
-        host = torch.from_numpy(batch)
-        if self.device.type != "cuda":
-            return host.to(self.dtype)
-        # Pinned staging makes the host-to-device copy asynchronous; an event guards reuse.
-        if self._copied is not None:
-            self._copied.synchronize()  # the previous copy out of a staging buffer is done
-        # One buffer per frame size, sized for a full chunk (partial chunks use a slice).
-        key = (batch.shape[1], self.chunk, *batch.shape[3:])
-        staging = self._staging.get(key)
-        if staging is None:
-            if len(self._staging) >= STAGING_SHAPES:
-                self._staging.clear()
-            staging = self._staging[key] = torch.empty((1, *key), pin_memory=True)
-        part = staging[:, :, : batch.shape[2]]
-        part.copy_(host)
-        on_device = part.to(self.device, non_blocking=True)
-        self._copied = torch.cuda.Event()
-        self._copied.record()
-        return on_device.to(self.dtype)
+    def _run(self, streams: list[_Stream]) -> list[Result]:
+        """Run the chunks of `streams` and of every full chunk waiting, batched."""
+        group = list(self._ready.values())
+        self._ready.clear()
+        group += [st for st in streams if st.count and st not in group]
+        if not group:
+            return []
+        jobs = [
+            Job(st.name, st.buffer[:, : st.count], st.state)
+            for st in group
+            if st.buffer is not None
+        ]
+        outcomes = self.batcher.run(jobs)
+        results: list[Result] = []
+        for st, outcome in zip(group, outcomes, strict=True):
+            seqs, t_ns, replays = st.seqs, st.t_ns, st.replays
+            st.buffer, st.count, st.seqs, st.t_ns, st.replays = None, 0, [], [], []
+            if isinstance(outcome, Broken):
+                # A value, not an exception: the other streams' results must go out.
+                st.restart(st.session)
+                self.stats.reset(st.name, Reset.MODEL_FAILED)
+                self.stats.count("frames_failed", len(seqs))
+                why = (
+                    f"{len(seqs)} frames of stream {st.name!r} failed in the model: {outcome.error}"
+                )
+                results.append(Failed(Drop.MODEL_FAILED, why, st.name, len(seqs)))
+                continue
+            st.state = outcome.state
+            results.append(ChunkResult(st.name, st.session, seqs, t_ns, st.discontinuity,
+                                       outcome.layers, outcome.quant, st.fps, outcome.compute_s,
+                                       replays if any(replays) else []))  # fmt: skip
+            st.discontinuity = False
+            self.stats.count("frames_out", len(seqs))
+            self.stats.processed(st.name, len(seqs), outcome.compute_s)
+        return results

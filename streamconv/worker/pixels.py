@@ -81,3 +81,28 @@ def _lookup(plane: np.ndarray, out: np.ndarray) -> None:
         cv2.LUT(plane, _U8_TABLE, dst=out)
     else:
         np.divide(plane, _SCALE[np.dtype(np.uint8)], out=out, dtype=np.float32)
+
+
+def raw_dtype(frame: np.ndarray, color: str) -> np.dtype | None:
+    """The integer dtype the frame can travel in to the device (its colour step then only
+    reorders channels, and the division happens there), or None: float32 from the host."""
+    if frame.dtype not in _SCALE:
+        return None
+    plain = frame.ndim == 2 or frame.shape[2] == 1
+    if plain and color != "rgb":
+        return frame.dtype
+    if not plain and frame.dtype == np.uint8 and color != "gray":
+        return frame.dtype
+    return None
+
+
+def frame_to_raw_chw(frame: np.ndarray, color: str, out: np.ndarray) -> np.ndarray:
+    """The frame's planes in its own dtype, (C, H, W), into `out` (see `raw_dtype`)."""
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        out[0] = frame.reshape(frame.shape[:2])
+        return out
+    order = (2, 1, 0) if color == "rgb" else tuple(range(out.shape[0]))
+    planes = cv2.split(np.ascontiguousarray(frame))
+    for i, c in enumerate(order):
+        out[i] = planes[c]
+    return out

@@ -37,7 +37,7 @@ from streamconv.model import (
 )
 from streamconv.signals import on_stop
 from streamconv.wire import transport
-from streamconv.wire.protocol import InputMessage, decode_input
+from streamconv.wire.protocol import PREVIEW_PREFIX, InputMessage, decode_input
 from streamconv.worker import metrics
 from streamconv.worker.admission import Admission
 from streamconv.worker.checkpoints import Checkpoints, Writer, fingerprint
@@ -135,6 +135,8 @@ class Worker:
             output_dtype=w.output_dtype,
             stats=self.stats,
             admission=self.admission,
+            max_batch=w.max_batch,
+            wanted=self._wanted,
         )
         if w.checkpoint_dir is not None:
             self._keep_checkpoints(model, device, w.checkpoint_dir)
@@ -184,6 +186,15 @@ class Worker:
                              w.checkpoint_interval_s)  # fmt: skip
         log.info("checkpoints in %s every %d frames per stream (%d streams restored)",
                  w.checkpoint_dir, w.checkpoint_every, len(engine.streams))  # fmt: skip
+
+    def _wanted(self, stream: str) -> set[str] | None:
+        """The layers of `stream` worth copying back and encoding: those a subscriber (or a
+        viewer of previews) asks for. Subscriptions waiting on the socket are read first."""
+        if self.publisher is None:
+            return None
+        self.publisher.take_subscriptions()
+        prefixes = [PREVIEW_PREFIX] if self.publisher.previews is not None else []
+        return self.stats.subscribed_layers(stream, self.publisher.layers, prefixes)
 
     def _started_engine(self) -> Engine:
         if self.engine is None:
@@ -277,6 +288,7 @@ class Worker:
         engine = self._started()[0]
         for m in kept:
             self.deliver(engine.submit(m, time.monotonic(), senders[id(m)]))
+        self.deliver(engine.run_ready())  # the chunks this read filled, batched
 
     def _decode(self, parts: list[transport.Frame]) -> tuple[InputMessage, str | None] | Failed:
         size = sum(len(p) for p in parts)

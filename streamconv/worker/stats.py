@@ -170,6 +170,18 @@ class Stats:
         with self.lock:
             return any(t.startswith(sub) for sub in self.subscriptions for t in topics)
 
+    def subscribed_layers(self, stream: str, layers: list[str], prefixes: list[str]) -> set[str]:
+        """The layers of `stream` some subscription matches, on topics "{stream}/{layer}/"
+        and each of `prefixes` before it (e.g. previews)."""
+        with self.lock:
+            subs = list(self.subscriptions)
+        wanted = set()
+        for layer in layers:
+            topics = [f"{p}{stream}/{layer}/".encode() for p in ("", *prefixes)]
+            if any(t.startswith(sub) for sub in subs for t in topics):
+                wanted.add(layer)
+        return wanted
+
     # -- readers (log lines, /status, /metrics) ----------------------------------------------
     def active(self) -> int:
         with self.lock:

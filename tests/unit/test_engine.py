@@ -40,6 +40,11 @@ def engine(chunk: int = 4, model: Sequential = MODEL, **kw: object) -> Engine:
     return Engine(model, device=CPU, dtype=torch.float32, chunk=chunk, max_wait_s=WAIT, **kw)  # type: ignore[arg-type]
 
 
+def take(eng: Engine, msg: InputMessage, now: float, sender: str | None = None) -> list[Result]:
+    """One message in, as the worker does it: submit, then run the chunks it filled."""
+    return eng.submit(msg, now, sender) + eng.run_ready()
+
+
 def clip(n: int, h: int = 6, w: int = 7, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w), dtype=np.uint8)
 
@@ -81,7 +86,7 @@ def assert_matches(results: list[ChunkResult], frames: np.ndarray) -> None:
 
 def test_outputs_only_after_a_full_chunk() -> None:
     eng, frames = engine(chunk=4), clip(9)
-    got = [eng.submit(frame(i, f), now=0.0) for i, f in enumerate(frames)]
+    got = [take(eng, frame(i, f), now=0.0) for i, f in enumerate(frames)]
     assert [len(r) for r in got] == [0, 0, 0, 1, 0, 0, 0, 1, 0]
     results = chunks([r for rs in got for r in rs])
     assert [r.seqs for r in results] == [[0, 1, 2, 3], [4, 5, 6, 7]]
@@ -93,10 +98,10 @@ def test_outputs_only_after_a_full_chunk() -> None:
 def test_partial_chunk_runs_when_due_and_not_before() -> None:
     eng, frames = engine(chunk=4), clip(6)
     assert eng.next_deadline() is None
-    assert eng.submit(frame(0, frames[0]), now=10.0) == []
-    assert eng.submit(frame(1, frames[1]), now=10.03) == []
+    assert take(eng, frame(0, frames[0]), now=10.0) == []
+    assert take(eng, frame(1, frames[1]), now=10.03) == []
     assert eng.next_deadline() == pytest.approx(10.0 + WAIT)
-    assert eng.submit(frame(0, frames[0], stream="b"), now=10.02) == []
+    assert take(eng, frame(0, frames[0], stream="b"), now=10.02) == []
     assert eng.next_deadline() == pytest.approx(10.0 + WAIT)  # the earliest waiting stream
     assert eng.due(10.0 + WAIT * 0.99) == []
     due = chunks(eng.due(10.0 + WAIT))
@@ -104,7 +109,7 @@ def test_partial_chunk_runs_when_due_and_not_before() -> None:
     assert eng.next_deadline() == pytest.approx(10.02 + WAIT)
     assert [r.stream for r in chunks(eng.due(10.1), "b")] == ["b"]
     assert eng.next_deadline() is None
-    assert eng.submit(frame(2, frames[2]), now=11.0) == []
+    assert take(eng, frame(2, frames[2]), now=11.0) == []
     assert eng.next_deadline() == pytest.approx(11.0 + WAIT)  # the clock restarts per chunk
     assert [r.seqs for r in chunks(eng.flush_all())] == [[2]]
 
@@ -123,10 +128,10 @@ def test_any_chunking_equals_one_offline_run(case: tuple[int, int, list[bool]], 
     eng, frames, now = engine(chunk), clip(n, seed=seed), 0.0
     results: list[Result] = []
     for i, f in enumerate(frames):
-        results += eng.submit(frame(i, f), now)
+        results += take(eng, frame(i, f), now)
         now += WAIT if waits[i] else WAIT / 10
         results += eng.due(now)
-    results += eng.submit(eos(n), now)
+    results += take(eng, eos(n), now)
     assert isinstance(results[-1], EndResult)
     out = chunks(results)
     assert all(1 <= len(r.seqs) <= chunk for r in out)
@@ -141,8 +146,8 @@ def test_interleaved_streams_keep_separate_state() -> None:
     eng, a, b = engine(chunk=3), clip(11, seed=1), clip(11, seed=2)
     results: list[Result] = []
     for i in range(11):
-        results += eng.submit(frame(i, a[i], stream="a"), 0.0)
-        results += eng.submit(frame(i, b[i], stream="b", session="other"), 0.0)
+        results += take(eng, frame(i, a[i], stream="a"), 0.0)
+        results += take(eng, frame(i, b[i], stream="b", session="other"), 0.0)
     results += eng.flush_all()
     assert_matches(chunks(results, "a"), a)
     assert_matches(chunks(results, "b"), b)
@@ -151,9 +156,9 @@ def test_interleaved_streams_keep_separate_state() -> None:
 
 def test_new_session_resets_state_and_marks_discontinuity() -> None:
     eng, frames = engine(chunk=4), clip(11)
-    results = [r for i in range(5) for r in eng.submit(frame(i, frames[i]), 0.0)]
+    results = [r for i in range(5) for r in take(eng, frame(i, frames[i]), 0.0)]
     for j, f in enumerate(frames[5:]):
-        results += eng.submit(frame(j, f, session="s2"), 0.0)
+        results += take(eng, frame(j, f, session="s2"), 0.0)
     results += eng.flush_all()
     old, new = chunks(results)[:2], chunks(results)[2:]
     assert [r.session for r in old] == ["s1", "s1"]  # the partial chunk ran before the reset
@@ -167,7 +172,7 @@ def test_new_session_resets_state_and_marks_discontinuity() -> None:
 def test_seq_gap_resets_and_counts_missing_frames() -> None:
     eng, frames = engine(chunk=3), clip(12)
     seqs = [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13]
-    results = [r for s, f in zip(seqs, frames, strict=True) for r in eng.submit(frame(s, f), 0.0)]
+    results = [r for s, f in zip(seqs, frames, strict=True) for r in take(eng, frame(s, f), 0.0)]
     results += eng.flush_all()
     out = chunks(results)
     assert [s for r in out for s in r.seqs] == seqs
@@ -183,8 +188,8 @@ def test_seq_gap_resets_and_counts_missing_frames() -> None:
 
 def test_frame_size_change_resets() -> None:
     eng, small, big = engine(chunk=4), clip(6), clip(5, h=8, w=5, seed=3)
-    results = [r for i, f in enumerate(small) for r in eng.submit(frame(i, f), 0.0)]
-    results += [r for i, f in enumerate(big) for r in eng.submit(frame(6 + i, f), 0.0)]
+    results = [r for i, f in enumerate(small) for r in take(eng, frame(i, f), 0.0)]
+    results += [r for i, f in enumerate(big) for r in take(eng, frame(6 + i, f), 0.0)]
     results += eng.flush_all()
     out = chunks(results)
     assert [r.seqs for r in out] == [[0, 1, 2, 3], [4, 5], [6, 7, 8, 9], [10]]
@@ -196,8 +201,8 @@ def test_frame_size_change_resets() -> None:
 
 def test_eos_flushes_and_frees_the_stream() -> None:
     eng, frames = engine(chunk=4), clip(6)
-    results = [r for i, f in enumerate(frames) for r in eng.submit(frame(i, f), 0.0)]
-    end = eng.submit(eos(6), 0.0)
+    results = [r for i, f in enumerate(frames) for r in take(eng, frame(i, f), 0.0)]
+    end = take(eng, eos(6), 0.0)
     assert [type(r) for r in end] == [ChunkResult, EndResult]
     assert end[0].seqs == [4, 5]  # type: ignore[union-attr]
     assert end[1] == EndResult("a", "s1", 6)
@@ -205,28 +210,26 @@ def test_eos_flushes_and_frees_the_stream() -> None:
     assert eng.next_deadline() is None
     assert eng.stats.counts["frames_missing"] == 0
     assert_matches(chunks(results + end), frames)
-    again = eng.submit(frame(0, frames[0], session="s2"), 0.0) + eng.flush_all()
+    again = take(eng, frame(0, frames[0], session="s2"), 0.0) + eng.flush_all()
     assert chunks(again)[0].discontinuity
 
 
 def test_eos_with_a_higher_seq_counts_missing_frames() -> None:
     eng, frames = engine(chunk=4), clip(3)
     for i, f in enumerate(frames):
-        eng.submit(frame(i, f), 0.0)
-    assert [type(r) for r in eng.submit(eos(8), 0.0)] == [ChunkResult, EndResult]
+        take(eng, frame(i, f), 0.0)
+    assert [type(r) for r in take(eng, eos(8), 0.0)] == [ChunkResult, EndResult]
     assert eng.stats.counts["frames_missing"] == 5
-    assert eng.submit(eos(3, stream="never-seen"), 0.0) == [EndResult("never-seen", "s1", 3)]
+    assert take(eng, eos(3, stream="never-seen"), 0.0) == [EndResult("never-seen", "s1", 3)]
 
 
 def test_stale_eos_does_not_end_the_current_session() -> None:
     eng, frames = engine(chunk=3), clip(8)
-    results = [
-        r for i, f in enumerate(frames[:4]) for r in eng.submit(frame(i, f, session="s2"), 0)
-    ]
-    results += eng.submit(eos(10, session="s1"), 0.0)  # the old sender's eos, arriving late
+    results = [r for i, f in enumerate(frames[:4]) for r in take(eng, frame(i, f, session="s2"), 0)]
+    results += take(eng, eos(10, session="s1"), 0.0)  # the old sender's eos, arriving late
     assert "a" in eng.streams
     results += [
-        r for i, f in enumerate(frames[4:], 4) for r in eng.submit(frame(i, f, session="s2"), 0)
+        r for i, f in enumerate(frames[4:], 4) for r in take(eng, frame(i, f, session="s2"), 0)
     ]
     out = chunks(results + eng.flush_all())
     assert [r.discontinuity for r in out] == [True] + [False] * (len(out) - 1)
@@ -257,43 +260,43 @@ def test_bad_frame_is_a_failed_result_and_changes_nothing(
     eng = engine(chunk=3, model=model, color=color, in_channels=channels)
     shape = (6, 7) if channels == 1 and color != "rgb" else (6, 7, 3)
     frames = np.random.default_rng(5).integers(0, 256, (8, *shape), dtype=np.uint8)
-    results = [r for i, f in enumerate(frames[:4]) for r in eng.submit(frame(i, f), 0.0)]
+    results = [r for i, f in enumerate(frames[:4]) for r in take(eng, frame(i, f), 0.0)]
     before = snapshot(eng)
-    [failed] = eng.submit(frame(4, bad), 1.0)
+    [failed] = take(eng, frame(4, bad), 1.0)
     assert isinstance(failed, Failed)
     assert (failed.reason, failed.stream, failed.frames) == (Drop.BAD_SHAPE, "a", 1)
     assert "channels" in failed.detail
-    [failed] = eng.submit(InputMessage("frame", "a", "s1", 4, 0, None), 1.0)
+    [failed] = take(eng, InputMessage("frame", "a", "s1", 4, 0, None), 1.0)
     assert isinstance(failed, Failed)
     assert failed.reason == Drop.MALFORMED
     assert snapshot(eng) == before
-    results += [r for i, f in enumerate(frames[4:], 4) for r in eng.submit(frame(i, f), 0.0)]
+    results += [r for i, f in enumerate(frames[4:], 4) for r in take(eng, frame(i, f), 0.0)]
     results += eng.flush_all()
     out = chunks(results)
     assert [s for r in out for s in r.seqs] == list(range(8))
     ref = Engine(model, device=CPU, dtype=torch.float32, chunk=8, color=color, in_channels=channels)
-    whole = [r for i, f in enumerate(frames) for r in ref.submit(frame(i, f), 0.0)]
+    whole = [r for i, f in enumerate(frames) for r in take(ref, frame(i, f), 0.0)]
     for name in NAMES:
         assert rel_err(joined(out)[name], joined(chunks(whole))[name]) < 1e-5
 
 
 def test_max_streams_is_enforced_without_side_effects() -> None:
     eng, frames = engine(chunk=4, max_streams=1), clip(2)
-    eng.submit(frame(0, frames[0]), 0.0)
+    take(eng, frame(0, frames[0]), 0.0)
     before = snapshot(eng)
-    [failed] = eng.submit(frame(0, frames[0], stream="b"), 0.0)
+    [failed] = take(eng, frame(0, frames[0], stream="b"), 0.0)
     assert isinstance(failed, Failed)
     assert failed.reason == Drop.TOO_MANY_STREAMS
     assert "too many streams" in failed.detail
     assert snapshot(eng) == before
-    eng.submit(eos(1), 0.0)
-    assert eng.submit(frame(0, frames[1], stream="b"), 0.0) == []
+    take(eng, eos(1), 0.0)
+    assert take(eng, frame(0, frames[1], stream="b"), 0.0) == []
     assert list(eng.streams) == ["b"]
 
 
 def test_publish_list_limits_the_layers() -> None:
     eng, frames = engine(chunk=2, publish=["lp"]), clip(2)
-    out = chunks([r for i, f in enumerate(frames) for r in eng.submit(frame(i, f), 0.0)])
+    out = chunks([r for i, f in enumerate(frames) for r in take(eng, frame(i, f), 0.0)])
     assert list(out[0].layers) == ["lp"]
     assert rel_err(out[0].layers["lp"], offline(frames)["lp"]) < 1e-5
 
@@ -331,8 +334,8 @@ def test_idle_streams_are_evicted_with_an_eos_and_others_stay() -> None:
     eng = engine(chunk=4)
     frames = clip(3)
     for i in range(3):
-        eng.submit(frame(i, frames[i], stream="gone"), now=0.0)
-    eng.submit(frame(0, frames[0], stream="busy"), now=9.0)
+        take(eng, frame(i, frames[i], stream="gone"), now=0.0)
+    take(eng, frame(0, frames[0], stream="busy"), now=9.0)
     results = eng.evict_idle(now=10.0, idle_s=5.0)
     assert "gone" not in eng.streams
     assert "busy" in eng.streams
@@ -345,8 +348,8 @@ def test_a_chunk_failing_in_the_model_is_reported_and_spares_other_streams() -> 
     layer = {**LAYERS[0], "padding_mode": "reflect"}  # reflect needs frames over 1x1
     model = build_model(Settings.model_validate({"worker": {}, "layers": [layer]}), CPU)
     eng = engine(chunk=4, model=model)
-    eng.submit(frame(0, clip(1, h=6, w=7)[0], stream="ok"), now=0.0)
-    eng.submit(frame(0, np.zeros((1, 1), np.uint8), stream="tiny"), now=0.0)
+    take(eng, frame(0, clip(1, h=6, w=7)[0], stream="ok"), now=0.0)
+    take(eng, frame(0, np.zeros((1, 1), np.uint8), stream="tiny"), now=0.0)
     results = eng.flush_all()
     assert [r.stream for r in chunks(results, "ok")] == ["ok"]
     failures = [r for r in results if isinstance(r, Failed)]
@@ -364,9 +367,9 @@ def test_a_chunk_failing_in_the_model_is_reported_and_spares_other_streams() -> 
 def test_probes_and_alternating_sessions_are_counted() -> None:
     eng = engine(chunk=1)
     frames = clip(6)
-    eng.submit(eos(0, stream="_probe", session="p1"), 0.0)
+    take(eng, eos(0, stream="_probe", session="p1"), 0.0)
     for i in range(6):  # two senders on one stream id, frames alternating
-        eng.submit(frame(i // 2, frames[i], session="s1" if i % 2 == 0 else "s2"), 0.0)
+        take(eng, frame(i // 2, frames[i], session="s1" if i % 2 == 0 else "s2"), 0.0)
     assert eng.stats.counts["probes"] == 1
     assert eng.stats.counts["eos"] == 0
     assert eng.stats.counts["resets"] == 5

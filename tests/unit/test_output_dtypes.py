@@ -88,7 +88,8 @@ def test_the_gpu_quantiser_agrees_with_the_cpu_one() -> None:
     # The torch path runs on CUDA in production; here it runs on the CPU against numpy's.
     frames = torch.rand(5, 2, 16, 20) * 3 - 1
     frames[3] = 0.25  # a flat frame: scale 1, every byte 0
-    q_t, (scales_t, offsets_t) = quantize_torch(frames)
+    q, step_lo = quantize_torch(frames[None])
+    q_t, scales_t, offsets_t = q[0].numpy(), step_lo[0, :, 0].tolist(), step_lo[0, :, 1].tolist()
     for i, frame in enumerate(frames.numpy()):
         q_n, scale_n, offset_n = protocol.quantize(frame)
         assert scales_t[i] == pytest.approx(scale_n, rel=1e-6)
@@ -102,7 +103,8 @@ def test_the_torch_quantiser_survives_a_tiny_range() -> None:
     frames = torch.zeros(2, 1, 4, 4)
     frames[0, 0, 0, 0] = 1e-40
     frames[1] = torch.linspace(0, 1, 16).reshape(1, 4, 4)
-    q, (scales, offsets) = quantize_torch(frames)
+    q4, step_lo = quantize_torch(frames[None])
+    q, scales, offsets = q4[0], step_lo[0, :, 0].tolist(), step_lo[0, :, 1].tolist()
     assert q[0, 0, 0, 0] == 255
     assert int(q[0].sum()) == 255  # every other pixel is the minimum
     assert q[1].min() == 0

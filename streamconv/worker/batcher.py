@@ -1,0 +1,157 @@
+"""Streams -> one forward pass: chunks of equal shape stacked along N, states with them.
+
+The engine hands over the chunks that are due; this module groups those that can share a
+pass (same frame shape, frame count and pixel dtype, and all fresh or all running), runs
+each group of up to `max_batch` streams once, and splits outputs and states back. The
+layers treat every batch entry alike (element-wise or per-plane operations), so a stream's
+outputs are the same whichever streams run beside it (tests/unit/test_batcher.py).
+
+Pixels: on a GPU (or when `device_pixels` is set, to test the same path on the CPU) the
+chunks stay in their wire dtype (uint8 frames are a quarter of the float32 bytes), go up
+through a pinned staging buffer and become floats on the device: the same division as the
+host's colour step, bit for bit. Outputs: only the layers someone subscribes to (`wanted`)
+are converted and copied back, with one device sync per pass (outputs.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from streamconv.errors import StreamconvError
+from streamconv.layers import Sequential, State
+from streamconv.worker.outputs import gather
+
+_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+@dataclass(slots=True)
+class Job:
+    """One stream's chunk: `frames` (C, T, H, W) in float32 or a raw integer dtype."""
+
+    stream: str
+    frames: np.ndarray
+    state: State | None
+
+
+@dataclass(slots=True)
+class Done:
+    """A job's outputs (T, C, H, W) per copied layer, uint8 scales, and the new state."""
+
+    layers: dict[str, np.ndarray]
+    quant: dict[str, tuple[list[float], list[float]]]
+    state: State | None
+    compute_s: float
+
+
+@dataclass(slots=True)
+class Broken:
+    """A job that failed in the model (the stream's state is then lost)."""
+
+    error: str
+
+
+def group_key(job: Job) -> tuple[object, ...]:
+    return (job.frames.shape, job.frames.dtype.str, job.state is None)
+
+
+class Batcher:
+    """Runs jobs in as few forward passes as their shapes allow."""
+
+    def __init__(
+        self,
+        model: Sequential,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        publish: list[str],
+        output_dtype: str = "float32",
+        max_batch: int = 32,
+        wanted: Callable[[str], set[str] | None] | None = None,
+        device_pixels: bool | None = None,
+    ) -> None:
+        self.model, self.device, self.dtype = model, device, dtype
+        self.publish, self.output_dtype = publish, output_dtype
+        self.max_batch = max(1, max_batch)
+        # stream -> the layers someone subscribes to (None: every published layer)
+        self.wanted = wanted
+        # Integer pixels and output conversion on the device: always on a GPU; on the CPU
+        # only when asked (the tests run the GPU's data path there).
+        self.device_pixels = device.type == "cuda" if device_pixels is None else device_pixels
+        self.passes = 0  # forward passes run (a batch of N streams counts once)
+
+    def run(self, jobs: list[Job]) -> list[Done | Broken]:
+        """Every job's outcome, in the order given."""
+        groups: dict[tuple[object, ...], list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(group_key(job), []).append(i)
+        outcomes: list[Done | Broken | None] = [None] * len(jobs)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.max_batch):
+                part = indices[start : start + self.max_batch]
+                for i, outcome in zip(part, self._run_group([jobs[i] for i in part]), strict=True):
+                    outcomes[i] = outcome
+        return [o if o is not None else Broken("not run") for o in outcomes]
+
+    def _run_group(self, jobs: list[Job]) -> list[Done | Broken]:
+        start = time.perf_counter()
+        try:  # copies in and out included: CUDA errors surface there too
+            x = self._to_device([job.frames for job in jobs])
+            state = self.model.stack_states([job.state for job in jobs])
+            with torch.inference_mode():
+                out, new_state = self.model.step(x, state)
+            names = self._copied_layers(jobs)
+            per_stream = gather(out, names, self.output_dtype, self.device_pixels)
+        except (StreamconvError, RuntimeError, ValueError) as e:
+            if len(jobs) > 1:  # one stream's trouble must not fail the others: alone, then
+                return [outcome for job in jobs for outcome in self._run_group([job])]
+            return [Broken(str(e))]
+        self.passes += 1
+        states = self.model.split_state(new_state, [1] * len(jobs))
+        share = (time.perf_counter() - start) / len(jobs)
+        return [
+            Done(layers, quant, st, share)
+            for (layers, quant), st in zip(per_stream, states, strict=True)
+        ]
+
+    def _copied_layers(self, jobs: list[Job]) -> list[str]:
+        """The published layers any stream of the pass has a subscriber for."""
+        if self.wanted is None:
+            return self.publish
+        union: set[str] = set()
+        for job in jobs:
+            names = self.wanted(job.stream)
+            if names is None:
+                return self.publish
+            union |= names
+        return [name for name in self.publish if name in union]
+
+    # -- pixels in ------------------------------------------------------------------------
+    def _to_device(self, chunks: list[np.ndarray]) -> torch.Tensor:
+        """(N, C, T, H, W) in the model's dtype on its device; integer chunks are divided by
+        their full scale there (the host's colour step, moved)."""
+        raw = chunks[0].dtype
+        if self.device.type != "cuda":
+            host = torch.from_numpy(chunks[0][None] if len(chunks) == 1 else np.stack(chunks))
+            return _to_float(host, raw, self.dtype)
+        # Pinned staging makes the upload asynchronous. torch's caching host allocator
+        # recycles these buffers, and only once the copies out of them are done.
+        dtype = torch.from_numpy(np.empty(0, raw)).dtype
+        staging = torch.empty((len(chunks), *chunks[0].shape), dtype=dtype, pin_memory=True)
+        pixels = staging.numpy()
+        for i, chunk in enumerate(chunks):
+            pixels[i] = chunk
+        return _to_float(staging.to(self.device, non_blocking=True), raw, self.dtype)
+
+
+def _to_float(x: torch.Tensor, raw: np.dtype, dtype: torch.dtype) -> torch.Tensor:
+    scale = _SCALE.get(raw)
+    if scale is None:
+        return x.to(dtype)
+    # float32 division as numpy's colour step does it (then the model's dtype), so the
+    # pixels are the same bits wherever the division runs.
+    return x.to(torch.float32).div_(scale).to(dtype)
