@@ -133,8 +133,10 @@ def separable_cv2(
     through sepFilter2D with the border done by OpenCV (`anchor`: (left, top) padding)."""
     arrays = [p.contiguous().numpy() for p in parts]  # (N, C, Ti, H, W) each, no copy
     n, c, _, h, w = arrays[0].shape
-    taps, d = factors.temporal, temporal_dilation
-    frames = sum(a.shape[2] for a in arrays) - (len(taps) - 1) * d
+    span = (len(factors.temporal) - 1) * temporal_dilation
+    frames = sum(a.shape[2] for a in arrays) - span
+    # Exact zeros add nothing (the inputs are finite): e.g. a gamma kernel's first sample.
+    taps = [(k * temporal_dilation, w) for k, w in enumerate(factors.temporal) if w != 0.0]
     dtype = arrays[0].dtype
     pairs = zip(factors.rows, factors.cols, strict=True)
     kernels = [(np.asarray(r, dtype), np.asarray(k, dtype)) for r, k in pairs]
@@ -146,12 +148,7 @@ def separable_cv2(
         for j in range(c):
             src = [plane for a in arrays for plane in a[i, j]]
             for t in range(frames):
-                if len(taps) == 1:
-                    np.multiply(src[t], taps[0], out=mixed)
-                else:
-                    cv2.addWeighted(src[t], taps[0], src[t + d], taps[1], 0.0, dst=mixed)
-                for k in range(2, len(taps)):
-                    cv2.scaleAdd(src[t + k * d], taps[k], mixed, dst=mixed)
+                _mix(src, t, taps, mixed)
                 dst = out[i, j, t]
                 for r, (rows, cols) in enumerate(kernels):
                     target = dst if r == 0 else extra
@@ -161,3 +158,16 @@ def separable_cv2(
                         cv2.add(dst, extra, dst=dst)
     result = torch.from_numpy(out)
     return result if bias is None else result + bias.view(1, -1, 1, 1, 1)
+
+
+def _mix(src: list[np.ndarray], t: int, taps: list[tuple[int, float]], out: np.ndarray) -> None:
+    """out = sum of weight * src[t + offset] over the taps (OpenCV's fused passes)."""
+    if not taps:
+        out.fill(0)
+    elif len(taps) == 1:
+        np.multiply(src[t + taps[0][0]], taps[0][1], out=out)
+    else:
+        (o0, w0), (o1, w1) = taps[0], taps[1]
+        cv2.addWeighted(src[t + o0], w0, src[t + o1], w1, 0.0, dst=out)
+        for offset, weight in taps[2:]:
+            cv2.scaleAdd(src[t + offset], weight, out, dst=out)
