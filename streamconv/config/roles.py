@@ -125,10 +125,11 @@ class WorkerSettings(Strict):
     max_message_bytes: int = Field(default=64 * 2**20, ge=1024)
     max_streams: int = Field(default=64, ge=1)
     max_batch: int = Field(
-        default=32,
-        ge=1,
+        default=0,
+        ge=0,
         description="chunks of several streams due together (same frame size) run in one "
-        "forward pass, up to this many streams; 1 runs every stream alone",
+        "forward pass, up to this many streams; 1 runs every stream alone; 0: 32 on a GPU, "
+        "1 on the CPU (where a bigger working set falls out of the cache: bench/streams.py)",
     )
     idle_timeout_s: float = Field(
         default=60.0, gt=0, description="free a stream's state after this long without input"

@@ -83,6 +83,13 @@ class Batcher:
         # only when asked (the tests run the GPU's data path there).
         self.device_pixels = device.type == "cuda" if device_pixels is None else device_pixels
         self.passes = 0  # forward passes run (a batch of N streams counts once)
+        self.bytes_up = 0  # pixel bytes sent to the device (the wire dtype's, uint8: 1/px)
+        self.bytes_down = 0  # output bytes copied back
+        # Seconds per stage, when `profile` is set (benchmarks): it waits for the device
+        # after each stage, so it is off in the worker.
+        self.profile = False
+        self.stage_s: dict[str, float] = dict.fromkeys(("upload", "forward", "copy back"), 0.0)
+        self._last_lap = 0.0
 
     def run(self, jobs: list[Job]) -> list[Done | Broken]:
         """Every job's outcome, in the order given."""
@@ -101,22 +108,38 @@ class Batcher:
         start = time.perf_counter()
         try:  # copies in and out included: CUDA errors surface there too
             x = self._to_device([job.frames for job in jobs])
+            self._lap("upload", start)
             state = self.model.stack_states([job.state for job in jobs])
             with torch.inference_mode():
                 out, new_state = self.model.step(x, state)
+            self._lap("forward", start)
             names = self._copied_layers(jobs)
             per_stream = gather(out, names, self.output_dtype, self.device_pixels)
+            self._lap("copy back", start)
         except (StreamconvError, RuntimeError, ValueError) as e:
             if len(jobs) > 1:  # one stream's trouble must not fail the others: alone, then
                 return [outcome for job in jobs for outcome in self._run_group([job])]
             return [Broken(str(e))]
         self.passes += 1
+        self.bytes_up += sum(job.frames.nbytes for job in jobs)
+        self.bytes_down += sum(a.nbytes for layers, _ in per_stream for a in layers.values())
         states = self.model.split_state(new_state, [1] * len(jobs))
         share = (time.perf_counter() - start) / len(jobs)
         return [
             Done(layers, quant, st, share)
             for (layers, quant), st in zip(per_stream, states, strict=True)
         ]
+
+    def _lap(self, stage: str, start: float) -> None:
+        """Adds the time since the previous lap (or `start`) to `stage`, when profiling."""
+        if not self.profile:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        since = max(start, self._last_lap)
+        self.stage_s[stage] += now - since
+        self._last_lap = now
 
     def _copied_layers(self, jobs: list[Job]) -> list[str]:
         """The published layers any stream of the pass has a subscriber for."""
