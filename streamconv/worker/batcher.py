@@ -31,7 +31,11 @@ _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 @dataclass(slots=True)
 class Job:
-    """One stream's chunk: `frames` (C, T, H, W) in float32 or a raw integer dtype."""
+    """One stream's chunk: `frames` (T, C, H, W) in float32 or a raw integer dtype.
+
+    Frames first, so that each frame is one contiguous block from the colour step to the
+    wire: the model sees a (C, T) view of it, and a layer that passes its input on (or an
+    output of one channel) goes out without a copy."""
 
     stream: str
     frames: np.ndarray
@@ -155,12 +159,13 @@ class Batcher:
 
     # -- pixels in ------------------------------------------------------------------------
     def _to_device(self, chunks: list[np.ndarray]) -> torch.Tensor:
-        """(N, C, T, H, W) in the model's dtype on its device; integer chunks are divided by
-        their full scale there (the host's colour step, moved)."""
+        """(N, C, T, H, W) in the model's dtype on its device, from (T, C, H, W) chunks;
+        integer chunks are divided by their full scale there (the host's colour step,
+        moved)."""
         raw = chunks[0].dtype
         if self.device.type != "cuda":
             host = torch.from_numpy(chunks[0][None] if len(chunks) == 1 else np.stack(chunks))
-            return _to_float(host, raw, self.dtype)
+            return _to_float(host, raw, self.dtype).transpose(1, 2)
         # Pinned staging makes the upload asynchronous. torch's caching host allocator
         # recycles these buffers, and only once the copies out of them are done.
         dtype = torch.from_numpy(np.empty(0, raw)).dtype
@@ -168,7 +173,8 @@ class Batcher:
         pixels = staging.numpy()
         for i, chunk in enumerate(chunks):
             pixels[i] = chunk
-        return _to_float(staging.to(self.device, non_blocking=True), raw, self.dtype)
+        on_device = staging.to(self.device, non_blocking=True)
+        return _to_float(on_device, raw, self.dtype).transpose(1, 2).contiguous()
 
 
 def _to_float(x: torch.Tensor, raw: np.dtype, dtype: torch.dtype) -> torch.Tensor:

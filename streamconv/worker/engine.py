@@ -41,7 +41,7 @@ class _Stream:
     shape: tuple[int, ...] | None = None
     state: State | None = None
     discontinuity: bool = True
-    buffer: np.ndarray | None = None  # (C, chunk, H, W), a fresh one for every chunk
+    buffer: np.ndarray | None = None  # (chunk, C, H, W), a fresh one for every chunk
     count: int = 0
     seqs: list[int] = field(default_factory=list)
     t_ns: list[int] = field(default_factory=list)
@@ -148,12 +148,12 @@ class Engine:
             st.since = now
             # Fresh, never reused: outputs may alias it and are sent zero-copy.
             dtype = raw or np.float32
-            st.buffer = np.empty((shape[0], self.chunk, *shape[1:]), dtype=dtype)
+            st.buffer = np.empty((self.chunk, *shape), dtype=dtype)
         st.shape = shape
         if raw is not None:
-            frame_to_raw_chw(msg.frame, self.color, out=st.buffer[:, st.count])
+            frame_to_raw_chw(msg.frame, self.color, out=st.buffer[st.count])
         else:
-            frame_to_chw(msg.frame, self.color, self.in_channels, out=st.buffer[:, st.count])
+            frame_to_chw(msg.frame, self.color, self.in_channels, out=st.buffer[st.count])
         st.count += 1
         st.seqs.append(msg.seq)
         st.t_ns.append(msg.t_ns)
@@ -375,9 +375,7 @@ class Engine:
         if not group:
             return []
         jobs = [
-            Job(st.name, st.buffer[:, : st.count], st.state)
-            for st in group
-            if st.buffer is not None
+            Job(st.name, st.buffer[: st.count], st.state) for st in group if st.buffer is not None
         ]
         outcomes = self.batcher.run(jobs)
         results: list[Result] = []

@@ -55,3 +55,58 @@ def test_engine_on_cuda_equals_cpu_through_pinned_staging() -> None:
         )
     assert results["cuda"].shape == (20, 1, 48, 64)
     assert rel_err(results["cuda"], results["cpu"]) < 1e-4
+
+
+def _streams_through(engine: Engine, clips: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every stream's frames in one read per frame index (as a worker behind its input
+    reads them), the filled chunks run batched; -> stream -> ganglion (T, C, H, W)."""
+    out: list[object] = []
+    for i in range(max(len(c) for c in clips.values())):
+        for name, clip in clips.items():
+            if i < len(clip):
+                out += engine.submit(InputMessage("frame", name, "x", i, 0, clip[i]), 0.0)
+        out += engine.run_ready()
+    out += engine.flush_all()
+    got: dict[str, list[np.ndarray]] = {}
+    for r in out:
+        if isinstance(r, ChunkResult):
+            values = r.layers["ganglion"].astype(np.float64)
+            if "ganglion" in r.quant:  # uint8: value = byte * scale + offset, per frame
+                scales, offsets = r.quant["ganglion"]
+                values = values * np.array(scales)[:, None, None, None]
+                values += np.array(offsets)[:, None, None, None]
+            got.setdefault(r.stream, []).append(values)
+    return {name: np.concatenate(parts) for name, parts in got.items()}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "output_dtype", "tol"),
+    [("float32", "float32", 1e-5), ("float16", "float16", 5e-3), ("float32", "uint8", 1e-2)],
+)
+def test_batched_cuda_streams_match_the_float64_reference(
+    dtype: str, output_dtype: str, tol: float
+) -> None:
+    """Five streams (two frame sizes) batched on the GPU, uint8 pixels divided there, only
+    one copy back per pass: each equals its own float64 offline run on the CPU."""
+    rng = np.random.default_rng(1)
+    sizes = {"a": (48, 64), "b": (48, 64), "c": (48, 64), "d": (30, 40), "e": (48, 64)}
+    clips = {s: rng.integers(0, 256, (11, *hw), dtype=np.uint8) for s, hw in sizes.items()}
+    worker = {"device": "cuda", "dtype": dtype, "http": "off"}
+    settings = load_settings("retina", {"worker": worker}, environ={})
+    configure_torch(settings.worker)
+    model = build_model(settings, torch.device("cuda"))
+    engine = Engine(model, device=torch.device("cuda"), dtype=model.opl.weight.dtype, chunk=4,
+                    output_dtype=output_dtype, max_batch=32)  # fmt: skip
+    assert engine.batcher.device_pixels  # uint8 up, divided on the device
+    got = _streams_through(engine, clips)
+    assert engine.batcher.passes < 5 * 3  # streams shared passes
+    assert engine.batcher.bytes_up == sum(c.size for c in clips.values())  # 1 byte a pixel
+    ref_settings = load_settings("retina", {"worker": {"device": "cpu", "dtype": "float64"}},
+                                 environ={})  # fmt: skip
+    reference = build_model(ref_settings, torch.device("cpu"))
+    for name, clip in clips.items():
+        x = torch.from_numpy(clip[None, None].astype(np.float64) / 255.0)
+        reference.reset()
+        want = reference.run(x)["ganglion"][0].transpose(0, 1).numpy()  # type: ignore[index]
+        assert got[name].shape == want.shape
+        assert rel_err(got[name], want) < tol, name
