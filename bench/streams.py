@@ -18,7 +18,6 @@ in a separate profiled round).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from typing import Any
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     args.settings = load_settings(args.preset, {"worker": worker}, environ={})
     configure_torch(args.settings.worker)
     model = build_model(args.settings, torch.device(args.device))
-    print(f"{platform.platform()}; {cpu_line()}; torch {torch.__version__}, "
+    print(f"{cpu_line()}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
     if args.device.startswith("cuda"):
         print(f"GPU: {torch.cuda.get_device_name(torch.device(args.device))}")

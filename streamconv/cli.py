@@ -26,6 +26,7 @@ from streamconv.errors import (
     StreamconvError,
 )
 from streamconv.logs import configure as configure_logging
+from streamconv.wire.shards import parse_shards
 
 log = logging.getLogger("streamconv")
 DEFAULT_CONFIG = "default"  # a preset name or a file
@@ -147,10 +148,13 @@ def parser() -> argparse.ArgumentParser:
                    "(default tcp://127.0.0.1:5556)")  # fmt: skip
     c.add_argument("--wait-subscriber", action="store_true", default=None,
                    help="send only once the worker has a subscriber for this stream")  # fmt: skip
+    c.add_argument("--shards", help="EP,EP,...: worker input endpoints; the stream goes to "
+                   "its owner by rendezvous hashing (README, Scaling out)")  # fmt: skip
     _client_keys(c)
 
     s = add("subscribe", "print per-layer frames/s and latency; save outputs")
-    s.add_argument("--connect", default="tcp://127.0.0.1:5556", help="worker output endpoint")
+    s.add_argument("--connect", action="append", help="worker output endpoint (default "
+                   "tcp://127.0.0.1:5556); repeat it, or EP,EP,..., for every shard's")  # fmt: skip
     s.add_argument("--stream", help="only this stream")
     s.add_argument("--layer", action="append", help="only this layer (repeatable)")
     s.add_argument("--save", type=Path, help="write a preview .mp4 per layer into this folder")
@@ -161,7 +165,8 @@ def parser() -> argparse.ArgumentParser:
     _client_keys(s)
 
     v = add("view", "serve a live web page of every stream's layers (a subscriber)")
-    v.add_argument("--connect", help="worker output endpoint (default tcp://127.0.0.1:5556)")
+    v.add_argument("--connect", action="append", help="worker output endpoint (default "
+                   "tcp://127.0.0.1:5556); repeat it, or EP,EP,..., for every shard's")  # fmt: skip
     v.add_argument("--listen", help="HOST:PORT for the page (default 127.0.0.1:8080)")
     v.add_argument("--full", action="store_true", default=None, help="every full-size output "
                    "instead of the worker's previews (costs the worker more)")  # fmt: skip
@@ -219,7 +224,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         capture = pick(source=a["source"], stream=a["stream"], mode=a["mode"],
                        resize=a["resize"], gray=a["gray"], limit=a["limit"], loop=a["loop"],
                        realtime=a["realtime"], wait_s=a.get("wait"), output=a.get("output"),
-                       wait_subscriber=a.get("wait_subscriber"))  # fmt: skip
+                       wait_subscriber=a.get("wait_subscriber"),
+                       shards=a.get("shards"))  # fmt: skip
         connect = pick(endpoint=a.get("connect"), hwm=a.get("queue")) | keys
         if connect:
             capture["connect"] = connect
@@ -227,7 +233,10 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
             capture.pop("output", None)
     view: dict[str, Any] = pick(listen=a.get("listen"), full=a.get("full"))
     if args.command == "view" and (a.get("connect") or keys):
-        view["connect"] = pick(endpoint=a.get("connect")) | keys
+        endpoints = parse_shards(a.get("connect") or [])
+        view["connect"] = pick(endpoint=endpoints[0] if endpoints else None) | keys
+        if endpoints[1:]:
+            view["more"] = endpoints[1:]
     level = "debug" if a.get("verbose") else a.get("log_level")
     logs = pick(level=level, format=a.get("log_format"))
     tree = {"worker": worker, "capture": capture, "view": view, "log": logs}

@@ -41,6 +41,7 @@ from streamconv.config.roles import derive_output
 from streamconv.errors import ConfigError, ProtocolError
 from streamconv.signals import on_stop
 from streamconv.wire import protocol
+from streamconv.wire.shards import owner, parse_shards
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ class Capture:
         wait_subscriber: bool = False,
         curve_secret: Path | None = None,
         curve_server: Path | None = None,
+        shards: list[str] | None = None,
     ) -> None:
         if mode not in MODES:
             msg = f"capture mode must be one of {MODES}, got {mode!r}"
@@ -181,6 +183,9 @@ class Capture:
             self.source = source
         self._owns_source = isinstance(source, str)
         self.endpoint = endpoint
+        if shards:  # the stream's owner among the workers (wire/shards.py)
+            self.endpoint = owner(self.stream, parse_shards(shards))
+            log.info("stream %s -> shard %s (of %d)", self.stream, self.endpoint, len(shards))
         self.mode = mode if mode != "auto" else ("live" if self.source.live else "lossless")
         self.queue_size = queue_size or DEFAULT_QUEUE[self.mode]
         self.linger_ms = DEFAULT_LINGER_MS[self.mode] if linger_ms is None else linger_ms
@@ -190,8 +195,8 @@ class Capture:
         self.wait_s = wait_s
         # The output endpoint by convention (input port + 1) unless given: wait_subscriber and
         # lossless resume listen there.
-        self.output = output or derive_output(endpoint) or DEFAULT_OUTPUT
-        derivable = output is not None or derive_output(endpoint) is not None
+        self.output = output or derive_output(self.endpoint) or DEFAULT_OUTPUT
+        derivable = output is not None or derive_output(self.endpoint) is not None
         self.resume = resume and self.mode == "lossless" and derivable
         self.wait_subscriber = wait_subscriber
         self.keys = {"curve_secret": curve_secret, "curve_server": curve_server}
@@ -292,6 +297,9 @@ def capture_kwargs(s: CaptureSettings, progress: bool = False) -> dict[str, Any]
     if s.source is None:
         msg = "a capture needs a source (capture.source, or the SOURCE argument)"
         raise ConfigError(msg)
+    if s.shards and "endpoint" in s.connect.model_fields_set:
+        msg = "give the worker's endpoint (--connect) or the shards (--shards), not both"
+        raise ConfigError(msg)
     return {
         "source": s.source,
         "stream": s.stream,
@@ -310,4 +318,5 @@ def capture_kwargs(s: CaptureSettings, progress: bool = False) -> dict[str, Any]
         "wait_subscriber": s.wait_subscriber,
         "curve_secret": s.connect.curve_secret,
         "curve_server": s.connect.curve_server,
+        "shards": s.shards,
     }

@@ -15,8 +15,10 @@ from collections import Counter
 from collections.abc import Iterable
 
 from streamconv.client.monitor import Monitor, NpyWriter, PreviewWriter
+from streamconv.client.sender import DEFAULT_OUTPUT
 from streamconv.client.subscriber import Subscriber
 from streamconv.signals import on_stop
+from streamconv.wire.shards import parse_shards
 
 REPORT_EVERY_S = 2.0
 POLL_S = 0.2  # how soon a stop signal is noticed
@@ -39,9 +41,10 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> None:
     npy = NpyWriter(args.npy) if args.npy else None
     idle_s = args.timeout if args.timeout and args.timeout > 0 else math.inf  # 0: no limit
     counts: Counter[tuple[str, str]] = Counter()  # outputs taken, per (stream, layer)
+    endpoints = parse_shards(args.connect or [DEFAULT_OUTPUT])
     try:
         keys = {"curve_secret": args.curve_secret, "curve_server": args.curve_server}
-        with Subscriber(args.connect, stream=args.stream, layers=args.layer, **keys) as sub:
+        with Subscriber(endpoints, stream=args.stream, layers=args.layer, **keys) as sub:
             last_message = last_report = time.monotonic()
             while not stop.is_set() and not _enough(counts, args.count, args.layer):
                 got = sub.poll(POLL_S)
@@ -70,7 +73,7 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> None:
                     print(monitor.table(), flush=True)
                     last_report = now
         if not counts:
-            print(f"no output received from {args.connect}")
+            print(f"no output received from {', '.join(endpoints)}")
         print(monitor.table())
         if sub.bad_messages:
             print(f"bad messages skipped: {sub.bad_messages}")

@@ -4,6 +4,8 @@
         for header, frame in sub:          # frame is (C, H, W) float32, None for eos
             ...
 
+The endpoint may be a list: every shard's output, fanned in by one socket.
+
 Every receive has a timeout (TimeoutError). With a `stream`, iterating ends (StopIteration) once
 that stream's session has sent eos on every layer: the `layers` given, or else every layer seen
 on the stream (a layer that published outputs is seen before its eos). Without a `stream` the
@@ -20,7 +22,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,7 +42,7 @@ SLICE_S = 1.0  # the longest single wait on the socket: any timeout, even math.i
 class Subscriber:
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         *,
         stream: str | None = None,
         layers: Iterable[str] | None = None,
@@ -51,7 +53,8 @@ class Subscriber:
         curve_server: Path | None = None,
     ) -> None:
         self.stream, self.layers, self.timeout_s = stream, set(layers or []), timeout_s
-        self.endpoint = endpoint
+        # Several endpoints: every shard's output (wire/shards.py), fanned in by one socket.
+        self.endpoint = endpoint if isinstance(endpoint, str) else ", ".join(endpoint)
         if stream is None:
             topics = [b""]  # layer filtering, if any, happens below: topics are prefixes
         elif self.layers:

@@ -247,6 +247,18 @@ class CaptureSettings(Strict):
         default=False,
         description="send frame 0 only once the worker has a subscriber for this stream",
     )
+    shards: list[Url] = Field(
+        default_factory=list,
+        description="worker input endpoints to shard streams over (rendezvous hashing on the "
+        "stream id picks one; every capture agrees); instead of connect",
+    )
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _shard_list(cls, value: Any) -> Any:
+        return (
+            [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+        )
 
 
 class ViewSocket(SocketSettings):
@@ -262,6 +274,10 @@ class ViewSettings(Strict):
     """`streamconv view`: a subscriber that serves a live page of every stream's layers."""
 
     connect: ViewSocket = ViewSocket()
+    more: list[Url] = Field(
+        default_factory=list,
+        description="more worker outputs to fan in (every shard's; the keys of connect apply)",
+    )
     listen: str = Field(default="127.0.0.1:8080", description="HOST:PORT the page is served on")
     fps: float = Field(default=10.0, gt=0, le=120, description="page updates per second, at most")
     full: bool = Field(

@@ -143,16 +143,38 @@ def pub_socket(
 
 def sub_socket(
     ctx: Context,
-    endpoint: str,
+    endpoint: str | Sequence[str],
     topics: Iterable[bytes | str] = (b"",),
     *,
     bind: bool = False,
     hwm: int = DEFAULT_HWM,
     **keys: Any,
 ) -> Socket:
-    """A SUB socket subscribed to `topics` (shorthand for open_socket); `keys`: curve_secret
-    and curve_server for a CURVE client."""
-    return open_socket(ctx, "sub", _settings(endpoint, bind, hwm, 0, **keys), topics=topics)
+    """A SUB socket subscribed to `topics` (shorthand for open_socket), connected to one
+    endpoint or to several (every shard's output: one socket fans them in); `keys`:
+    curve_secret and curve_server for a CURVE client (the same server key on every one)."""
+    endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+    if not endpoints:
+        msg = "a subscriber needs at least one endpoint to connect to"
+        raise ConfigError(msg)
+    first = _settings(endpoints[0], bind, hwm, 0, **keys)
+    sock = open_socket(ctx, "sub", first, topics=topics)
+    try:
+        connect_also(sock, endpoints[1:], bind=bind)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def connect_also(sock: Socket, endpoints: Iterable[str], *, bind: bool = False) -> None:
+    """Connect (or bind) an open socket to more endpoints, with its options as they are."""
+    for endpoint in endpoints:
+        _settings(endpoint, bind, 1, 0)  # the same endpoint checks as open_socket's
+        if bind:
+            sock.bind(endpoint)
+        else:
+            sock.connect(endpoint)
 
 
 def subscribe(sock: Socket, topic: bytes | str) -> None:

@@ -65,6 +65,7 @@ class View:
         # subscriber (BENCHMARKS.md, View); `full` takes every output, exact to the frame.
         topics = [b""] if self.settings.full else [PREVIEW_PREFIX.encode()]
         sock = transport.open_socket(ctx, "sub", self.settings.connect, topics=topics)
+        transport.connect_also(sock, self.settings.more)  # every shard's outputs
         watch = transport.PeerWatch(sock)
         try:
             http.start()

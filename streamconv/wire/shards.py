@@ -1,0 +1,46 @@
+"""Stream -> shard routing: rendezvous (highest random weight) hashing over a shard list.
+
+Every stream has one owner among the shards: the shard whose hash with the stream id is the
+highest. All captures compute it alone and agree, with no coordinator; adding or removing a
+shard moves only the streams that must move (those it takes, or those it held). A shard is
+named by its input endpoint exactly as listed, so list stable names (a StatefulSet's pod DNS
+names, `tcp://streamconv-worker-0.streamconv-worker:5555`), never addresses that change.
+Stdlib only: the capture (no torch) and the tests use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+from streamconv.errors import ConfigError
+
+
+def weight(stream: str, shard: str) -> int:
+    """The stream's random weight on a shard: a 64-bit hash, the same on every machine."""
+    digest = hashlib.blake2b(f"{shard}\n{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def owner(stream: str, shards: Sequence[str]) -> str:
+    """The shard that owns `stream`: the highest weight (ties, never seen in practice, go to
+    the larger name, so the choice never depends on the list's order)."""
+    if not shards:
+        msg = "no shards to route to: list at least one worker input endpoint"
+        raise ConfigError(msg)
+    return max(shards, key=lambda shard: (weight(stream, shard), shard))
+
+
+def parse_shards(value: str | Iterable[str]) -> list[str]:
+    """'EP,EP,...' (or a list of such) -> the endpoints, in order, without duplicates."""
+    items = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
+    shards: list[str] = []
+    for item in (p.strip() for p in items):
+        if not item:
+            continue
+        if "://" not in item:
+            msg = f"shard {item!r} is not an endpoint like tcp://worker-0.workers:5555"
+            raise ConfigError(msg)
+        if item not in shards:
+            shards.append(item)
+    return shards
