@@ -172,6 +172,12 @@ def parser() -> argparse.ArgumentParser:
                    "instead of the worker's previews (costs the worker more)")  # fmt: skip
     _client_keys(v)
 
+    x = add("proxy", "one output endpoint for every shard's (XSUB/XPUB forwarder)")
+    x.add_argument("--shards", help="EP,EP,...: the workers' output endpoints")
+    x.add_argument("--listen", help="where subscribers connect (default tcp://127.0.0.1:5560)")
+    x.add_argument("--allow-insecure", action="store_true", default=None,
+                   help="let --listen bind a non-loopback address (plaintext)")  # fmt: skip
+
     r = add("run", "capture + worker + subscriber in one command, then check exactness")
     _capture_args(r)
     _worker_args(r)
@@ -231,7 +237,9 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
             capture["connect"] = connect
         if args.command == "run":
             capture.pop("output", None)
-    view: dict[str, Any] = pick(listen=a.get("listen"), full=a.get("full"))
+    view: dict[str, Any] = {}
+    if args.command in ("view", "run"):
+        view = pick(listen=a.get("listen"), full=a.get("full"))
     if args.command == "view" and (a.get("connect") or keys):
         endpoints = parse_shards(a.get("connect") or [])
         view["connect"] = pick(endpoint=endpoints[0] if endpoints else None) | keys
@@ -239,7 +247,11 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
             view["more"] = endpoints[1:]
     level = "debug" if a.get("verbose") else a.get("log_level")
     logs = pick(level=level, format=a.get("log_format"))
-    tree = {"worker": worker, "capture": capture, "view": view, "log": logs}
+    proxy: dict[str, Any] = {}
+    if args.command == "proxy":
+        proxy = pick(shards=a.get("shards"), listen=a.get("listen"),
+                     allow_insecure=a.get("allow_insecure"))  # fmt: skip
+    tree = {"worker": worker, "capture": capture, "view": view, "proxy": proxy, "log": logs}
     return {k: v for k, v in tree.items() if v}
 
 
@@ -258,6 +270,11 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from streamconv.client.subscribe import subscribe
 
         return subscribe(args)
+    if args.command == "proxy":
+        from streamconv.proxy import Proxy
+
+        Proxy(settings.proxy).run()
+        return 0
     if args.command == "view":
         from streamconv.client.view.role import View
 

@@ -256,9 +256,7 @@ class CaptureSettings(Strict):
     @field_validator("shards", mode="before")
     @classmethod
     def _shard_list(cls, value: Any) -> Any:
-        return (
-            [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
-        )
+        return split_list(value)
 
 
 class ViewSocket(SocketSettings):
@@ -306,6 +304,13 @@ class ViewSettings(Strict):
         return value
 
 
+def split_list(value: Any) -> Any:
+    """'a,b, c' -> ['a', 'b', 'c'] (a list from an environment variable or a flag)."""
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return value
+
+
 def derive_output(connect: str) -> str | None:
     """The worker's output endpoint by convention: the input's TCP port + 1."""
     match = re.fullmatch(r"tcp://(?P<host>.+):(?P<port>\d{1,5})", connect)
@@ -320,12 +325,33 @@ class LogSettings(Strict):
     stats_every_s: float = Field(default=10.0, ge=0, description="periodic stats line; 0: off")
 
 
+class ProxySettings(Strict):
+    """`streamconv proxy`: one output endpoint for every shard's (an XSUB/XPUB forwarder)."""
+
+    shards: list[Url] = Field(
+        default_factory=list, description="the workers' output endpoints to fan in"
+    )
+    listen: Url = Field(
+        default="tcp://127.0.0.1:5560", description="where subscribers connect (bound)"
+    )
+    hwm: int = Field(default=1000, ge=1, description="messages queued per side")
+    allow_insecure: bool = Field(
+        default=False, description="let listen bind a non-loopback address (plaintext)"
+    )
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _shard_list(cls, value: Any) -> Any:
+        return split_list(value)
+
+
 class Settings(Strict):
     """A config file: [worker], [capture], [view], [log] and the [[layers]] pipeline, in order."""
 
     worker: WorkerSettings = WorkerSettings()
     capture: CaptureSettings = CaptureSettings()
     view: ViewSettings = ViewSettings()
+    proxy: ProxySettings = ProxySettings()
     log: LogSettings = LogSettings()
     layers: list[LayerSpec] = Field(min_length=1)
 

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 Socket = zmq.Socket[Any]
 Context = zmq.Context[Any]
 Frame = zmq.Frame
-Kind = Literal["push", "pull", "pub", "xpub", "sub"]
-_TYPES = {"push": zmq.PUSH, "pull": zmq.PULL, "pub": zmq.PUB, "xpub": zmq.XPUB, "sub": zmq.SUB}
+Kind = Literal["push", "pull", "pub", "xpub", "sub", "xsub"]
+_TYPES = {"push": zmq.PUSH, "pull": zmq.PULL, "pub": zmq.PUB, "xpub": zmq.XPUB, "sub": zmq.SUB,
+          "xsub": zmq.XSUB}  # fmt: skip
 _SENDS = {"push", "pub", "xpub"}
 
 DEFAULT_HWM = 8

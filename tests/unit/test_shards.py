@@ -64,3 +64,17 @@ def test_parse_shards() -> None:
         parse_shards("worker-0:5555")
     with pytest.raises(ConfigError, match="no shards"):
         owner("cam0", [])
+
+
+def test_cli_names_what_is_missing_or_contradictory(capsys: pytest.CaptureFixture[str]) -> None:
+    from streamconv.cli import main
+
+    assert main(["proxy"]) == 2
+    assert "--shards EP,EP" in capsys.readouterr().err
+    assert (
+        main(["proxy", "--shards", "tcp://127.0.0.1:5556", "--listen", "tcp://0.0.0.0:5560"]) == 2
+    )
+    assert "--allow-insecure" in capsys.readouterr().err
+    both = ["capture", "sample", "--shards", "tcp://127.0.0.1:5555", "--connect", "tcp://h:1"]
+    assert main(both) == 2
+    assert "not both" in capsys.readouterr().err

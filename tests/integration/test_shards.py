@@ -1,0 +1,207 @@
+"""The local simulation of a sharded site: three workers, six streams routed by the capture's
+rendezvous hashing, outputs fanned in (through `streamconv proxy`, or one subscriber
+connected to every shard). Each stream lands on its owner only and equals the offline
+pipeline; a shard killed and started again resumes its streams from their checkpoints while
+the other shards' streams never pause."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from streamconv.capture.sources import synthetic_frame
+from streamconv.client import Subscriber
+from streamconv.wire.shards import owner
+from tests.conftest import REPO
+from tests.integration.conftest import WorkerProc, launch
+from tests.integration.test_crash import LAYERS, RETINA, offline, two_ports
+
+pytestmark = pytest.mark.integration
+
+STREAMS = [f"cam{i}" for i in range(6)]
+
+
+def write_video(path: Path, offset: int, frames: int) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (64, 48))
+    for i in range(frames):
+        writer.write(synthetic_frame(i + offset, 64, 48))
+    writer.release()
+    return path
+
+
+def status(worker: WorkerProc) -> dict[str, Any]:
+    with urllib.request.urlopen(worker.http + "/status", timeout=5) as reply:
+        return json.load(reply)
+
+
+class Collector:
+    """Every output of every stream, with its arrival time, from one subscriber (a thread)."""
+
+    def __init__(self, sub: Subscriber, streams: list[str]) -> None:
+        self.sub, self.streams = sub, streams
+        self.got: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+        self.heads: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+        self.arrivals: dict[str, list[float]] = {s: [] for s in streams}
+        self.ended: set[tuple[str, str]] = set()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while len(self.ended) < len(self.streams) * len(LAYERS):
+                got = self.sub.poll(90)
+                assert got is not None, "no output for 90 s"
+                head, array = got
+                key = (head["stream"], head["layer"])
+                if array is None:
+                    self.ended.add(key)
+                    continue
+                self.got.setdefault(key, {}).setdefault(head["seq"], array)
+                self.heads.setdefault(key, {}).setdefault(head["seq"], head)
+                self.arrivals[head["stream"]].append(time.monotonic())
+        except BaseException as e:  # reported by the test thread
+            self.errors.append(e)
+
+    def check(self, videos: dict[str, Path], frames: int) -> None:
+        self.thread.join(150)
+        assert not self.thread.is_alive(), f"ended: {sorted(self.ended)}"
+        assert not self.errors, self.errors
+        for stream, video in videos.items():
+            expected = offline(video)
+            for layer in LAYERS:
+                seqs = sorted(self.got[(stream, layer)])
+                assert seqs == list(range(frames)), (stream, layer)
+                heads = self.heads[(stream, layer)]
+                resets = [s for s in seqs if heads[s].get("discontinuity")]
+                assert resets == [0], (stream, layer, resets)
+                stacked = np.stack([self.got[(stream, layer)][s] for s in seqs])
+                err = np.abs(stacked - expected[layer]).max() / np.abs(expected[layer]).max()
+                assert err < 1e-5, (stream, layer, err)
+
+
+def start_shards(
+    start_worker: Callable[..., WorkerProc], n: int, *flags: str, ports: list[int] | None = None
+) -> tuple[list[WorkerProc], list[int]]:
+    ports = ports or [two_ports()[0] for _ in range(n)]
+    workers = [
+        start_worker(RETINA, "--input", f"tcp://127.0.0.1:{p}", "--output",
+                     f"tcp://127.0.0.1:{p + 1}", *flags, wait=False)
+        for p in ports
+    ]  # fmt: skip
+    for w in workers:
+        w.wait_for_line("worker ready", 60)
+        line = next(x for x in w.lines if "http on " in x)
+        w.http = line.split("http on ")[1].split()[0]
+    return workers, ports
+
+
+def captures(
+    videos: dict[str, Path], shards: str, env: dict[str, str], *extra: str
+) -> dict[str, subprocess.Popen[str]]:
+    procs = {}
+    for stream, video in videos.items():
+        cmd = [sys.executable, "-m", "streamconv", "capture", str(video), "--stream", stream,
+               "--shards", shards, "--wait-subscriber", "--wait", "60", *extra]  # fmt: skip
+        procs[stream] = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    return procs
+
+
+def finish(procs: dict[str, subprocess.Popen[str]]) -> dict[str, str]:
+    logs = {}
+    for stream, proc in procs.items():
+        try:
+            _, logs[stream] = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+        assert proc.returncode == 0, (stream, logs.get(stream))
+    return logs
+
+
+def test_streams_land_on_their_owner_and_come_back_exact_through_the_proxy(
+    start_worker: Callable[..., WorkerProc], python_env: dict[str, str], tmp_path: Path
+) -> None:
+    frames = 40
+    videos = {s: write_video(tmp_path / f"{s}.mp4", 11 * i, frames) for i, s in enumerate(STREAMS)}
+    workers, ports = start_shards(start_worker, 3)
+    inputs = [f"tcp://127.0.0.1:{p}" for p in ports]
+    listen = f"tcp://127.0.0.1:{two_ports()[0]}"
+    proxy = launch([sys.executable, "-m", "streamconv", "proxy", "--listen", listen, "--shards",
+                    ",".join(f"tcp://127.0.0.1:{p + 1}" for p in ports)], python_env)  # fmt: skip
+    try:
+        proxy.wait_for_line("proxy on", 30)
+        sub = Subscriber(listen, hwm=100_000, timeout_s=90)
+        collector = Collector(sub, STREAMS)
+        try:
+            finish(captures(videos, ",".join(inputs), python_env))
+            collector.check(videos, frames)
+        finally:
+            sub.close()
+        for worker, endpoint in zip(workers, inputs, strict=True):
+            held = set(status(worker)["streams"])
+            mine = {s for s in STREAMS if owner(s, inputs) == endpoint}
+            assert held == mine, (endpoint, held, mine)
+        assert proxy.stop() == 0
+        assert "messages forwarded" in proxy.log()
+    finally:
+        proxy.reap()
+
+
+def test_a_shard_killed_and_restarted_resumes_its_streams_while_the_others_go_on(
+    start_worker: Callable[..., WorkerProc], python_env: dict[str, str], tmp_path: Path
+) -> None:
+    frames = 150  # 5 s at 30 frames/s
+    videos = {s: write_video(tmp_path / f"{s}.mp4", 7 * i, frames) for i, s in enumerate(STREAMS)}
+    ports = [two_ports()[0] for _ in range(3)]
+    inputs = [f"tcp://127.0.0.1:{p}" for p in ports]
+    victim = owner(STREAMS[0], inputs)
+    index = inputs.index(victim)
+    flags = ("--checkpoint-every", "8")
+
+    def shard_flags(i: int) -> tuple[str, ...]:
+        return (*flags, "--checkpoint-dir", str(tmp_path / f"ckpt{i}"))
+
+    workers = [start_shards(start_worker, 1, *shard_flags(i), ports=[p])[0][0]
+               for i, p in enumerate(ports)]  # fmt: skip
+    outputs = [f"tcp://127.0.0.1:{p + 1}" for p in ports]
+    sub = Subscriber(outputs, hwm=100_000, timeout_s=90)  # one socket, every shard
+    collector = Collector(sub, STREAMS)
+    try:
+        procs = captures(videos, ",".join(inputs), python_env, "--realtime")
+        deadline = time.monotonic() + 60
+        while status(workers[index])["counts"].get("checkpoints", 0) < 1:
+            assert time.monotonic() < deadline, "the victim wrote no checkpoint"
+            time.sleep(0.01)
+        time.sleep(0.5)
+        killed_at = time.monotonic()
+        workers[index].stop(signal.SIGKILL)
+        time.sleep(1.0)
+        start_shards(start_worker, 1, *shard_flags(index), ports=[ports[index]])
+        back_at = time.monotonic()
+        logs = finish(procs)
+        collector.check(videos, frames)
+    finally:
+        sub.close()
+    moved = [s for s in STREAMS if owner(s, inputs) == victim]
+    assert any("frames again" in logs[s] for s in moved)  # resent from the last checkpoint
+    others = [s for s in STREAMS if s not in moved]
+    assert others, "every stream on one shard: pick other stream names"
+    for stream in others:  # never paused: outputs kept coming while the victim was down
+        during = [t for t in collector.arrivals[stream] if killed_at <= t <= back_at]
+        gaps = [b - a for a, b in itertools.pairwise([killed_at, *during, back_at])]
+        assert max(gaps) < 1.0, (stream, gaps)
