@@ -157,6 +157,13 @@ class WorkerSettings(Strict):
     checkpoint_retention_s: float = Field(
         default=86400, gt=0, description="older checkpoints are removed at start"
     )
+    shards: list[Url] = Field(
+        default_factory=list,
+        description="every worker's input endpoint as the captures list them (--shards): with "
+        "`shard`, this worker restores, prunes and removes only the checkpoints of streams it "
+        "owns, so workers can share one checkpoint folder",
+    )
+    shard: str | None = Field(default=None, description="this worker's own entry in `shards`")
     preview_fps: float = Field(
         default=10.0,
         ge=0,
@@ -195,6 +202,21 @@ class WorkerSettings(Strict):
     def _http(cls, value: str) -> str:
         parse_http(value)
         return value
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _shard_list(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @model_validator(mode="after")
+    def _own_shard(self) -> WorkerSettings:
+        if (self.shard is None) != (not self.shards):
+            msg = "set shard and shards together: this worker's entry and the whole list"
+            raise ValueError(msg)
+        if self.shard is not None and self.shard not in self.shards:
+            msg = f"shard {self.shard!r} is not in shards {self.shards}"
+            raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _exposed(self) -> WorkerSettings:

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,16 @@ def _to_device(state: Any, device: torch.device) -> Any:
 
 
 class Checkpoints:
-    """The checkpoint folder of one worker."""
+    """The checkpoint folder of one worker, or its share of a folder several workers use:
+    `mine(stream)` says which streams' files this worker may read, prune and remove (the
+    streams it owns among the shards; by default all)."""
 
-    def __init__(self, folder: Path, model_fingerprint: str) -> None:
+    def __init__(
+        self, folder: Path, model_fingerprint: str, mine: Callable[[str], bool] | None = None
+    ) -> None:
         self.folder = folder
         self.fingerprint = model_fingerprint
+        self.mine = mine or (lambda stream: True)
         folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, stream: str) -> Path:
@@ -141,10 +147,11 @@ class Checkpoints:
 
     def load_all(self, device: torch.device, max_age_s: float, keep: int) -> list[Snapshot]:
         """Every usable checkpoint, newest first, at most `keep`; the rest are removed."""
-        files = sorted(self.folder.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime,
-                       reverse=True)  # fmt: skip
+        files = sorted((p for p in self.folder.glob(f"*{SUFFIX}") if self.mine(p.stem)),
+                       key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
         for stale in self.folder.glob(f".*{SUFFIX}.*.tmp"):  # a write cut short by a crash
-            stale.unlink(missing_ok=True)
+            if self.mine(stale.name[1:].split(SUFFIX)[0]):
+                stale.unlink(missing_ok=True)
         snaps: list[Snapshot] = []
         now = time.time()
         for path in files:
@@ -160,7 +167,8 @@ class Checkpoints:
         return snaps
 
     def remove(self, stream: str) -> None:
-        self.path(stream).unlink(missing_ok=True)
+        if self.mine(stream):  # another shard's stream: its owner's file to keep
+            self.path(stream).unlink(missing_ok=True)
 
 
 def snapshot_state(state: State | None) -> State:

@@ -38,6 +38,7 @@ from streamconv.model import (
 from streamconv.signals import on_stop
 from streamconv.wire import transport
 from streamconv.wire.protocol import PREVIEW_PREFIX, InputMessage, decode_input
+from streamconv.wire.shards import owner
 from streamconv.worker import metrics
 from streamconv.worker.admission import Admission
 from streamconv.worker.checkpoints import Checkpoints, Writer, fingerprint
@@ -174,8 +175,15 @@ class Worker:
     def _keep_checkpoints(self, model: Sequential, device: torch.device, where: Path) -> None:
         """Restore the streams checkpointed in `where`, and keep checkpointing."""
         w, engine = self.settings.worker, self._started_engine()
+        shard, shards = w.shard, w.shards
+
+        def mine(stream: str) -> bool:  # a folder shared by the shards: only its own streams
+            return shard is None or owner(stream, shards) == shard
+
+        if shard is not None:
+            log.info("shard %s of %d: checkpoints of the streams it owns", shard, len(shards))
         try:
-            folder = Checkpoints(where, fingerprint(model, self.settings))
+            folder = Checkpoints(where, fingerprint(model, self.settings), mine)
         except OSError as e:
             msg = f"cannot use checkpoint_dir {where}: {e}"
             raise StartupError(msg) from e

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -78,3 +79,48 @@ def test_cli_names_what_is_missing_or_contradictory(capsys: pytest.CaptureFixtur
     both = ["capture", "sample", "--shards", "tcp://127.0.0.1:5555", "--connect", "tcp://h:1"]
     assert main(both) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_workers_sharing_a_checkpoint_folder_touch_only_their_own_streams(tmp_path: Path) -> None:
+    import torch
+
+    from streamconv.worker.checkpoints import Checkpoints, Snapshot
+
+    shards = ["tcp://w0:5555", "tcp://w1:5555"]
+    streams = [f"cam{i}" for i in range(12)]
+    folders = {
+        shard: Checkpoints(tmp_path, "fp", lambda s, me=shard: owner(s, shards) == me)
+        for shard in shards
+    }
+    for s in streams:  # each written by its owner
+        state = {"x": {"history": torch.zeros(1, 1, 2, 3, 3)}}
+        folders[owner(s, shards)].write(Snapshot(s, "sess", 5, (1, 3, 3), state))
+    stale = tmp_path / f".{streams[0]}.ckpt.7.tmp"  # a write cut short by a crash
+    stale.write_bytes(b"half")
+    first_owner = owner(streams[0], shards)
+    for shard in sorted(shards, key=lambda s: s == first_owner):  # the non-owner first
+        got = {snap.stream for snap in folders[shard].load_all(torch.device("cpu"), 3600, 64)}
+        assert got == {s for s in streams if owner(s, shards) == shard}
+        assert 0 < len(got) < len(streams)  # the twelve streams are split between the two
+        assert stale.exists() == (shard != first_owner)  # cleaned by its stream's owner only
+    assert len(list(tmp_path.glob("*.ckpt"))) == len(streams)  # nobody pruned another's
+    foreign = next(s for s in streams if owner(s, shards) == shards[1])
+    folders[shards[0]].remove(foreign)  # the old owner of a moved stream ends it: kept
+    assert (tmp_path / f"{foreign}.ckpt").exists()
+    folders[shards[1]].remove(foreign)
+    assert not (tmp_path / f"{foreign}.ckpt").exists()
+    # A stale temporary file is cleaned by the owner of its stream only.
+    assert (tmp_path / f".{streams[0]}.ckpt.7.tmp").exists() == (
+        owner(streams[0], shards) != shards[0] and owner(streams[0], shards) != shards[1]
+    )
+
+
+def test_a_worker_names_its_own_shard_among_the_list() -> None:
+    from streamconv.config import WorkerSettings
+
+    w = WorkerSettings(shards="tcp://w0:5555,tcp://w1:5555", shard="tcp://w1:5555")  # type: ignore[arg-type]
+    assert w.shards == ["tcp://w0:5555", "tcp://w1:5555"]
+    with pytest.raises(ValueError, match="not in shards"):
+        WorkerSettings(shards=["tcp://w0:5555"], shard="tcp://w9:5555")
+    with pytest.raises(ValueError, match="together"):
+        WorkerSettings(shards=["tcp://w0:5555"])
