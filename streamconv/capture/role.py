@@ -38,14 +38,15 @@ from streamconv.client.sender import (
 )
 from streamconv.config import CaptureSettings
 from streamconv.config.roles import derive_output
-from streamconv.errors import ConfigError, ProtocolError
+from streamconv.errors import AuthError, ConfigError, ProtocolError, StartupError
 from streamconv.signals import on_stop
 from streamconv.wire import protocol
-from streamconv.wire.shards import owner, parse_shards
+from streamconv.wire.shards import owner, parse_shards, resolve
 
 log = logging.getLogger(__name__)
 
 MODES = ("lossless", "live", "auto")
+REROUTE_S = 10.0  # with dns:// shards: resolve again after a worker this long silent
 GLOB_CHARS = "*?["
 
 
@@ -176,16 +177,16 @@ class Capture:
         except ProtocolError as e:
             msg = f"{e}: pick another stream id"
             raise ConfigError(msg) from e
+        self.endpoint = endpoint
+        self.shards = parse_shards(shards or [])
+        if self.shards:  # the stream's owner among the workers (wire/shards.py)
+            self._route(resolve(self.shards))
         self.source: Source
         if isinstance(source, str):  # opened last, so a bad option above leaks nothing
             self.source = open_source(source, resize=resize, gray=gray, limit=limit, loop=loop)
         else:
             self.source = source
         self._owns_source = isinstance(source, str)
-        self.endpoint = endpoint
-        if shards:  # the stream's owner among the workers (wire/shards.py)
-            self.endpoint = owner(self.stream, parse_shards(shards))
-            log.info("stream %s -> shard %s (of %d)", self.stream, self.endpoint, len(shards))
         self.mode = mode if mode != "auto" else ("live" if self.source.live else "lossless")
         self.queue_size = queue_size or DEFAULT_QUEUE[self.mode]
         self.linger_ms = DEFAULT_LINGER_MS[self.mode] if linger_ms is None else linger_ms
@@ -202,6 +203,54 @@ class Capture:
         self.keys = {"curve_secret": curve_secret, "curve_server": curve_server}
         self._stop = threading.Event()
         self.sender: Sender | None = None  # the sender of the current (or last) run
+
+    def _route(self, shards: list[str]) -> bool:
+        """Send to the stream's owner among `shards`; True if that changed the endpoint."""
+        target = owner(self.stream, shards)
+        if target == self.endpoint:
+            return False
+        self.endpoint = target
+        self.output = derive_output(target) or DEFAULT_OUTPUT
+        log.info("stream %s -> shard %s (of %d)", self.stream, target, len(shards))
+        return True
+
+    def _sender(self) -> tuple[Sender, bool]:
+        """A Sender to the stream's worker, and whether a worker answered (False: stopped).
+
+        With `dns://` shards, a worker that does not answer within REROUTE_S sends the capture
+        to resolve the list again (pods come and go) and to try the owner under it, until
+        `wait_s` (0: forever) has passed; then StartupError, as without shards."""
+        dns = any(s.startswith("dns://") for s in self.shards)
+        start = time.monotonic()
+        while True:
+            left = self.wait_s - (time.monotonic() - start) if self.wait_s else 0.0
+            attempt = min(left, REROUTE_S) if self.wait_s else REROUTE_S
+            sender = self.sender = Sender(
+                self.endpoint, self.stream, self.mode, self.queue_size,
+                attempt if dns else self.wait_s, self.source.fps, stop=self._stop,
+                linger_ms=self.linger_ms, close_timeout_s=self.eos_timeout_s,
+                resume_output=self.output if self.resume else None,
+                resume_wait_subscriber=self.wait_subscriber, **self.keys,
+            )  # fmt: skip
+            log.info("capture %s -> %s as stream %s (%s mode, queue %d)", self.source,
+                     self.endpoint, self.stream, self.mode, self.queue_size)  # fmt: skip
+            try:
+                answered = sender.wait_worker()
+            except AuthError:
+                sender.close()
+                raise
+            except StartupError:
+                sender.close()
+                out_of_time = self.wait_s and time.monotonic() - start >= self.wait_s
+                if not dns or out_of_time:
+                    raise
+                try:
+                    self._route(resolve(self.shards))
+                except ConfigError as e:  # the name may resolve again later
+                    log.warning("capture: %s; trying again", e)
+                continue
+            sender.wait_s = self.wait_s  # for the rest of the run: a lost worker, as usual
+            return sender, answered
 
     @classmethod
     def from_settings(cls, s: CaptureSettings, progress: bool = False) -> Capture:
@@ -221,32 +270,9 @@ class Capture:
         restore = on_stop(lambda signum: self._stop.set())  # flags only
         start = time.monotonic()
         try:
-            sender = self.sender = Sender(
-                self.endpoint,
-                self.stream,
-                self.mode,
-                self.queue_size,
-                self.wait_s,
-                self.source.fps,
-                stop=self._stop,
-                linger_ms=self.linger_ms,
-                close_timeout_s=self.eos_timeout_s,
-                resume_output=self.output if self.resume else None,
-                resume_wait_subscriber=self.wait_subscriber,
-                **self.keys,
-            )
+            sender, answered = self._sender()
             with sender:
-                log.info(
-                    "capture %s -> %s as stream %s (%s mode, queue %d)",
-                    self.source,
-                    self.endpoint,
-                    self.stream,
-                    self.mode,
-                    self.queue_size,
-                )
-                if sender.wait_worker() and (
-                    not self.wait_subscriber or sender.wait_subscriber(self.output)
-                ):
+                if answered and (not self.wait_subscriber or sender.wait_subscriber(self.output)):
                     self._pump(sender)
                 if self._stop.is_set():
                     log.info("capture: stop requested, finishing")

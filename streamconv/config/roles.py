@@ -269,10 +269,11 @@ class CaptureSettings(Strict):
         default=False,
         description="send frame 0 only once the worker has a subscriber for this stream",
     )
-    shards: list[Url] = Field(
+    shards: list[str] = Field(
         default_factory=list,
         description="worker input endpoints to shard streams over (rendezvous hashing on the "
-        "stream id picks one; every capture agrees); instead of connect",
+        "stream id picks one; every capture agrees), or dns://SERVICE:PORT for every address "
+        "the name resolves to; instead of connect",
     )
 
     @field_validator("shards", mode="before")

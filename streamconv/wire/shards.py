@@ -5,12 +5,15 @@ highest. All captures compute it alone and agree, with no coordinator; adding or
 shard moves only the streams that must move (those it takes, or those it held). A shard is
 named by its input endpoint exactly as listed, so list stable names (a StatefulSet's pod DNS
 names, `tcp://streamconv-worker-0.streamconv-worker:5555`), never addresses that change.
-Stdlib only: the capture (no torch) and the tests use it.
+`dns://NAME:PORT` stands for every address NAME resolves to (a Kubernetes headless service
+lists its ready pods), each named by its reverse lookup (a StatefulSet pod's stable DNS name)
+where there is one. Stdlib only: the capture (no torch) and the tests use it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import socket
 from collections.abc import Iterable, Sequence
 
 from streamconv.errors import ConfigError
@@ -39,8 +42,38 @@ def parse_shards(value: str | Iterable[str]) -> list[str]:
         if not item:
             continue
         if "://" not in item:
-            msg = f"shard {item!r} is not an endpoint like tcp://worker-0.workers:5555"
+            msg = (
+                f"shard {item!r} is not an endpoint like tcp://worker-0.workers:5555 "
+                "(or dns://SERVICE:PORT)"
+            )
             raise ConfigError(msg)
         if item not in shards:
             shards.append(item)
     return shards
+
+
+def resolve(shards: Sequence[str]) -> list[str]:
+    """The shard list with every `dns://NAME:PORT` replaced by the endpoints NAME resolves to
+    now (sorted, named by reverse lookup where there is one); ConfigError if NAME does not
+    resolve. Other entries stay as they are."""
+    out: list[str] = []
+    for spec in shards:
+        if not spec.startswith("dns://"):
+            out.append(spec)
+            continue
+        host, _, port = spec[len("dns://") :].rpartition(":")
+        if not host or not port.isdigit():
+            msg = f"shard {spec!r}: write dns://NAME:PORT"
+            raise ConfigError(msg)
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except OSError as e:
+            msg = f"shard {spec!r}: {host} does not resolve ({e})"
+            raise ConfigError(msg) from e
+        for address in sorted({str(info[4][0]) for info in infos}):
+            try:
+                name = socket.gethostbyaddr(address)[0]
+            except OSError:
+                name = address
+            out.append(f"tcp://[{name}]:{port}" if ":" in name else f"tcp://{name}:{port}")
+    return list(dict.fromkeys(out))

@@ -205,3 +205,39 @@ def test_a_shard_killed_and_restarted_resumes_its_streams_while_the_others_go_on
         during = [t for t in collector.arrivals[stream] if killed_at <= t <= back_at]
         gaps = [b - a for a, b in itertools.pairwise([killed_at, *during, back_at])]
         assert max(gaps) < 1.0, (stream, gaps)
+
+
+def test_a_capture_on_dns_shards_reroutes_when_its_owner_never_answers(
+    start_worker: Callable[..., WorkerProc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `dns://` shard list that changes while the first owner stays silent: the capture
+    resolves again after REROUTE_S and sends the whole stream to the new owner."""
+    from streamconv.capture import role as capture_role
+    from streamconv.capture.role import Capture
+
+    worker = start_worker()
+    dead = f"tcp://127.0.0.1:{two_ports()[0]}"  # nobody listens there
+    stream = next(
+        f"cam{i}" for i in range(100) if owner(f"cam{i}", [dead, worker.input]) == worker.input
+    )
+    answers = iter([[dead], [dead, worker.input]])  # the service gains a ready pod
+    calls: list[list[str]] = []
+
+    def fake_resolve(shards: list[str]) -> list[str]:
+        assert shards == ["dns://streamconv-worker:5555"]
+        calls.append(next(answers, [dead, worker.input]))
+        return calls[-1]
+
+    monkeypatch.setattr(capture_role, "resolve", fake_resolve)
+    monkeypatch.setattr(capture_role, "REROUTE_S", 0.5)
+    capture = Capture("synthetic:32x24:10", stream=stream, shards=["dns://streamconv-worker:5555"],
+                      wait_s=30, resume=False)  # fmt: skip
+    assert capture.endpoint == dead
+    stats = capture.run()
+    assert capture.endpoint == worker.input
+    assert len(calls) >= 2
+    assert (stats.sent, stats.dropped) == (10, 0)
+    deadline = time.monotonic() + 10
+    while status(worker)["streams"].get(stream, {}).get("frames_processed") != 10:
+        assert time.monotonic() < deadline, status(worker)["streams"]
+        time.sleep(0.05)

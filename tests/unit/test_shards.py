@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamconv.errors import ConfigError
-from streamconv.wire.shards import owner, parse_shards, weight
+from streamconv.wire.shards import owner, parse_shards, resolve, weight
 
 SHARDS = [f"tcp://streamconv-worker-{i}.streamconv-worker:5555" for i in range(5)]
 names = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20)
@@ -124,3 +124,15 @@ def test_a_worker_names_its_own_shard_among_the_list() -> None:
         WorkerSettings(shards=["tcp://w0:5555"], shard="tcp://w9:5555")
     with pytest.raises(ValueError, match="together"):
         WorkerSettings(shards=["tcp://w0:5555"])
+
+
+def test_dns_names_resolve_to_every_address_named_by_reverse_lookup() -> None:
+    assert resolve(["dns://localhost:5555", "tcp://w9:5555"])[-1] == "tcp://w9:5555"
+    resolved = resolve(["dns://localhost:5555"])
+    assert resolved
+    assert all(r.startswith("tcp://") and r.endswith(":5555") for r in resolved)
+    assert "tcp://localhost:5555" in resolved or "tcp://127.0.0.1:5555" in resolved
+    with pytest.raises(ConfigError, match="does not resolve"):
+        resolve(["dns://no-such-host.invalid:5555"])
+    with pytest.raises(ConfigError, match="dns://NAME:PORT"):
+        resolve(["dns://localhost"])
