@@ -176,7 +176,12 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--shards", help="EP,EP,...: the workers' output endpoints")
     x.add_argument("--listen", help="where subscribers connect (default tcp://127.0.0.1:5560)")
     x.add_argument("--allow-insecure", action="store_true", default=None,
-                   help="let --listen bind a non-loopback address (plaintext)")  # fmt: skip
+                   help="let --listen bind a non-loopback address without CURVE")  # fmt: skip
+    g = x.add_argument_group("CURVE (encrypted, authenticated sockets; README, Security)")
+    g.add_argument("--curve-secret", type=Path, help="the proxy's secret certificate")
+    g.add_argument("--curve-server", type=Path, help="the workers' public certificate (NAME.key)")
+    g.add_argument("--curve-clients", type=Path, help="folder of the public certificates of "
+                   "the subscribers it lets in")  # fmt: skip
 
     r = add("run", "capture + worker + subscriber in one command, then check exactness")
     _capture_args(r)
@@ -250,7 +255,9 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     proxy: dict[str, Any] = {}
     if args.command == "proxy":
         proxy = pick(shards=a.get("shards"), listen=a.get("listen"),
-                     allow_insecure=a.get("allow_insecure"))  # fmt: skip
+                     allow_insecure=a.get("allow_insecure"), curve_secret=a.get("curve_secret"),
+                     curve_server=a.get("curve_server"),
+                     curve_clients=a.get("curve_clients"))  # fmt: skip
     tree = {"worker": worker, "capture": capture, "view": view, "proxy": proxy, "log": logs}
     return {k: v for k, v in tree.items() if v}
 

@@ -2,9 +2,10 @@
 
 Subscribers connect to the proxy instead of to each worker; their subscriptions go up to
 every shard, the shards' outputs come down to them. It holds no state and decodes nothing:
-restart it at will (subscribers reconnect by themselves). Plaintext only: put it on the same
-host or network namespace as its subscribers (loopback by default; `allow_insecure` to bind
-another address).
+restart it at will (subscribers reconnect by themselves). With CURVE it is a client of the
+workers (`curve_secret` + `curve_server`: its key must be among the workers' clients) and a
+server to its subscribers (`curve_clients`); without, it binds loopback unless
+`allow_insecure`.
 """
 
 from __future__ import annotations
@@ -28,11 +29,29 @@ class Proxy:
         if not settings.shards:
             msg = "the proxy needs the workers' output endpoints: --shards EP,EP,..."
             raise ConfigError(msg)
-        listen = SocketSettings(endpoint=settings.listen, bind=True, hwm=settings.hwm)
-        if not listen.local() and not settings.allow_insecure:
+        s = settings
+        try:
+            listen = SocketSettings(
+                endpoint=s.listen,
+                bind=True,
+                hwm=s.hwm,
+                curve_secret=s.curve_secret,
+                curve_clients=s.curve_clients,
+            )
+            self.upstream = [
+                SocketSettings(
+                    endpoint=e, hwm=s.hwm, curve_secret=s.curve_secret, curve_server=s.curve_server
+                )
+                for e in s.shards
+            ]
+        except ValueError as e:
+            msg = f"proxy: {e}"
+            raise ConfigError(msg) from e  # fmt: skip
+        if not listen.local() and not listen.curve and not s.allow_insecure:
             msg = (
-                f"proxy listen {settings.listen} is reachable from other machines and the "
-                "proxy has no CURVE; bind loopback or pass --allow-insecure"
+                f"proxy listen {s.listen} is reachable from other machines without CURVE: "
+                "set --curve-secret and --curve-clients, bind loopback, or pass "
+                "--allow-insecure"
             )
             raise ConfigError(msg)
         self.settings, self.listen = settings, listen
@@ -47,11 +66,11 @@ class Proxy:
         restore = on_stop(lambda signum: self.stop_event.set())
         ctx = transport.context()
         up = down = None
+        guard = transport.Guard(ctx) if self.listen.curve else None
         try:
-            first = SocketSettings(endpoint=self.settings.shards[0], hwm=self.settings.hwm)
-            up = transport.open_socket(ctx, "xsub", first)
-            transport.connect_also(up, self.settings.shards[1:])
-            down = transport.open_socket(ctx, "xpub", self.listen)
+            up = transport.open_socket(ctx, "xsub", self.upstream[0])
+            transport.connect_also(up, self.settings.shards[1:])  # the same keys apply
+            down = transport.open_socket(ctx, "xpub", self.listen, guard=guard)
             log.info("proxy on %s for %d shards: %s", self.settings.listen,
                      len(self.settings.shards), ", ".join(self.settings.shards))  # fmt: skip
             self._serve(up, down)
@@ -60,6 +79,8 @@ class Proxy:
             for sock in (down, up):
                 if sock is not None:
                     transport.close(sock, 0)
+            if guard is not None:  # before the context: its thread holds a socket
+                guard.stop()
             ctx.term()
             log.info("proxy stopped: %d messages forwarded, %d subscription changes",
                      self.forwarded, self.subscriptions)  # fmt: skip

@@ -359,7 +359,16 @@ class ProxySettings(Strict):
     )
     hwm: int = Field(default=1000, ge=1, description="messages queued per side")
     allow_insecure: bool = Field(
-        default=False, description="let listen bind a non-loopback address (plaintext)"
+        default=False, description="let listen bind a non-loopback address without CURVE"
+    )
+    curve_secret: Path | None = Field(
+        default=None, description="the proxy's secret certificate, for both sides (CURVE)"
+    )
+    curve_server: Path | None = Field(
+        default=None, description="the workers' public certificate (as a client of theirs)"
+    )
+    curve_clients: Path | None = Field(
+        default=None, description="folder of the subscribers' public certificates it lets in"
     )
 
     @field_validator("shards", mode="before")

@@ -363,3 +363,46 @@ def test_subscribe_and_view_take_client_keys(
         page.close()
         sub.kill()
         sub.wait(10)
+
+
+def test_the_proxy_is_a_curve_client_of_the_workers_and_a_server_to_its_readers(
+    start_worker: Start, keys: Keys, python_env: dict[str, str], free_endpoint: Callable[[], str]
+) -> None:
+    """reader -> proxy (CURVE, the proxy lets in readers) -> worker (CURVE, lets in the proxy
+    as carol): exact outputs; mallory is refused by the proxy with a clear error."""
+    from tests.integration.conftest import launch
+
+    worker = start_worker(DEFAULT, env=keys.worker_env())
+    listen = free_endpoint()
+    proxy = launch(
+        [sys.executable, "-m", "streamconv", "proxy", "--shards", worker.output,
+         "--listen", listen, "--curve-secret", str(keys.root / "all/carol.key_secret"),
+         "--curve-server", str(keys.root / "worker.key"),
+         "--curve-clients", str(keys.root / "readers")],
+        python_env,
+    )  # fmt: skip
+    try:
+        proxy.wait_for_line("proxy on", 30)
+        clip = frames(10)
+        carol_as_server = {"curve_secret": keys.root / "all/reader.key_secret",
+                           "curve_server": keys.root / "all/carol.key"}  # fmt: skip
+        with (
+            Subscriber(listen, stream="cam", timeout_s=20, **carol_as_server) as sub,
+            Subscriber(listen, timeout_s=5, curve_secret=keys.root / "all/mallory.key_secret",
+                       curve_server=keys.root / "all/carol.key") as spy,
+        ):  # fmt: skip
+            with Sender(worker.input, "cam", wait_s=10, **keys.client("alice")) as sender:
+                assert sender.wait_subscriber(worker.output)  # through the proxy
+                for f in clip:
+                    assert sender.send(f)
+            got = collect(sub)
+            with pytest.raises(AuthError):
+                spy.poll(5.0)
+        expected = offline(clip)
+        for name in LAYERS:
+            assert [h["seq"] for h, _ in got[name]] == list(range(len(clip)))
+            np.testing.assert_allclose(np.stack([a for _, a in got[name]]), expected[name],
+                                       rtol=1e-5, atol=1e-6)  # fmt: skip
+        assert proxy.stop() == 0
+    finally:
+        proxy.reap()
