@@ -74,13 +74,15 @@ class Batcher:
         dtype: torch.dtype,
         publish: list[str],
         output_dtype: str = "float32",
-        max_batch: int = 32,
+        max_batch: int = 0,
         wanted: Callable[[str], set[str] | None] | None = None,
         device_pixels: bool | None = None,
     ) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         self.publish, self.output_dtype = publish, output_dtype
-        self.max_batch = max(1, max_batch)
+        # 0: 32 on a GPU; 1 on the CPU, where a batch's working set falls out of the cache and
+        # runs slower than its streams one by one (BENCHMARKS.md, bench/streams.py).
+        self.max_batch = max_batch or (32 if device.type == "cuda" else 1)
         # stream -> the layers someone subscribes to (None: every published layer)
         self.wanted = wanted
         # Integer pixels and output conversion on the device: always on a GPU; on the CPU

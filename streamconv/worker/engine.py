@@ -77,7 +77,7 @@ class Engine:
         output_dtype: str = "float32",
         stats: Stats | None = None,
         admission: Admission | None = None,
-        max_batch: int = 32,
+        max_batch: int = 0,
         wanted: Callable[[str], set[str] | None] | None = None,
         device_pixels: bool | None = None,
     ) -> None:

@@ -136,7 +136,7 @@ class Worker:
             output_dtype=w.output_dtype,
             stats=self.stats,
             admission=self.admission,
-            max_batch=w.max_batch or (32 if device.type == "cuda" else 1),
+            max_batch=w.max_batch,
             wanted=self._wanted,
         )
         if w.checkpoint_dir is not None:
