@@ -49,6 +49,7 @@ COMPONENTS = ["gpu", "shared-checkpoints", "capture", "proxy"]
 # The oldest Kubernetes the manifests are written for (kubernetes-validate bundles 1.25 and up).
 KUBERNETES_VERSION = "1.30"
 WORKER = "streamconv-worker"
+PROXY = "streamconv-proxy"
 # The worker's shutdown after the two bounded steps (frames in hand, final checkpoints, each at
 # most shutdown_timeout_s): delivery of the last outputs (the publisher's linger, 1.5 s) and exit.
 SHUTDOWN_TAIL_S = 5
@@ -204,12 +205,14 @@ def _port(container: Doc, port: int | str) -> int:
 
 
 def _readme_secrets() -> dict[str, set[str]]:
-    """The Secrets deploy/k8s/README.md tells how to create, and the keys each one holds."""
+    """The Secrets deploy/k8s/README.md tells how to create, and the keys each one holds (a
+    Secret created again, with more keys, holds every key any of its commands gives it)."""
     text = (K8S / "README.md").read_text(encoding="utf-8")
     secrets: dict[str, set[str]] = {}
     for match in SECRET_COMMAND.finditer(text):
         files = re.findall(r"--from-file=(\S+)", match["args"].split("#")[0])
-        secrets[match["name"]] = {f.split("=")[0] if "=" in f else Path(f).name for f in files}
+        keys = {f.split("=")[0] if "=" in f else Path(f).name for f in files}
+        secrets.setdefault(match["name"], set()).update(keys)
     assert secrets, "the README shows no `kubectl create secret generic` command"
     return secrets
 
@@ -558,16 +561,88 @@ def test_the_capture_lists_exactly_the_replicas_as_shards(
         assert workload["spec"]["strategy"]["type"] == "Recreate"
 
 
-def test_the_proxy_example_lists_every_workers_output(rendered: dict[str, list[Doc]]) -> None:
+def _proxy(docs: list[Doc]) -> tuple[Doc, Doc, Doc]:
+    deployment = _one(docs, "Deployment", PROXY)
+    pod = deployment["spec"]["template"]["spec"]
+    return deployment, pod, _container(pod, "proxy")
+
+
+def test_the_proxy_lists_every_workers_output_over_curve(rendered: dict[str, list[Doc]]) -> None:
     docs = rendered["everything"]
     sts, _, _ = _worker(docs)
-    deployment = _one(docs, "Deployment", "streamconv-proxy")
-    proxy = _container(deployment["spec"]["template"]["spec"], "proxy")
+    _, _, proxy = _proxy(docs)
     args = cli_parser().parse_args(_argv(proxy))
     assert args.command == "proxy"
     assert set(args.shards.split(",")) == set(_shards(sts, 5556))
+    assert not args.allow_insecure, "the proxy listens on the pod network: CURVE, not plaintext"
     settings = load_settings("default", overrides(args), environ={})
-    Proxy(settings.proxy)  # refuses a listen address it may not bind
+    # As the proxy itself takes them: it refuses a listen address it may not bind.
+    made = Proxy(settings.proxy)
+    assert not settings.proxy.allow_insecure
+    assert not made.listen.local()
+    assert made.listen.curve
+    assert made.listen.curve_clients == args.curve_clients
+    for upstream in made.upstream:  # a CURVE client of every worker
+        assert upstream.curve
+        assert upstream.curve_server == args.curve_server
+    # The CURVE flags are what let it listen there.
+    plain = settings.proxy.model_copy(
+        update={"curve_secret": None, "curve_server": None, "curve_clients": None}
+    )
+    with pytest.raises(ConfigError, match="without CURVE"):
+        Proxy(plain)
+    # The Service reaches the port it listens on.
+    listen_port = int(settings.proxy.listen.rsplit(":", 1)[1])
+    service = _one(docs, "Service", PROXY)
+    assert [_port(proxy, p["targetPort"]) for p in service["spec"]["ports"]] == [listen_port]
+
+
+def test_the_proxys_keys_come_from_secrets_the_readme_creates(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    docs = rendered["everything"]
+    secrets = _readme_secrets()
+    _, pod, proxy = _proxy(docs)
+    args = cli_parser().parse_args(_argv(proxy))
+    # Its secret certificate: copied 0600 by an init container from a Secret the README makes,
+    # onto a memory-backed emptyDir; the Secret whole is not mounted in the proxy itself.
+    volume, _ = _mount_of(pod, proxy, str(args.curve_secret))
+    assert volume.get("emptyDir", {}).get("medium") == "Memory"
+    inits = {c["command"][-1]: c for c in pod.get("initContainers", [])}
+    assert str(args.curve_secret) in inits, "no init container writes the proxy's secret key"
+    init = inits[str(args.curve_secret)]
+    source, own = _mount_of(pod, init, init["command"][-2])
+    own_secret = source["secret"]["secretName"]
+    assert own in secrets.get(own_secret, set()), f"the README's {own_secret} has no {own}"
+    assert own.endswith(".key_secret")
+    assert source["name"] not in {m["name"] for m in proxy["volumeMounts"]}
+    # The workers' public certificate, alone: the pair of the workers' own secret certificate.
+    _, worker_pod, worker = _worker(docs)
+    worker_args = cli_parser().parse_args(_argv(worker))
+    worker_init = next(
+        c for c in worker_pod["initContainers"] if c["command"][-1] == str(worker_args.curve_secret)
+    )
+    worker_public = PurePosixPath(worker_init["command"][-2]).stem + ".key"
+    server, path = _mount_of(pod, proxy, str(args.curve_server))
+    items = server["secret"]["items"]
+    assert [i["path"] for i in items] == [path]
+    assert items[0]["key"] == worker_public
+    assert worker_public in secrets[server["secret"]["secretName"]]
+    # The subscribers it lets in: a Secret of public certificates, whole.
+    clients, inside = _mount_of(pod, proxy, str(args.curve_clients))
+    assert inside == "."
+    assert clients["secret"]["secretName"] == "streamconv-proxy-clients"
+    assert "items" not in clients["secret"]
+    assert secrets["streamconv-proxy-clients"], "the README puts no subscriber's key in it"
+    assert all(k.endswith(".key") for k in secrets["streamconv-proxy-clients"])
+    # The workers let it subscribe: its public certificate is among their clients.
+    worker_clients, _ = _mount_of(worker_pod, worker, str(worker_args.curve_clients))
+    proxy_public = PurePosixPath(own).stem + ".key"
+    assert proxy_public in secrets[worker_clients["secret"]["secretName"]], (
+        f"the README does not add {proxy_public} to the workers' clients"
+    )
+    writable = {m["mountPath"] for m in proxy["volumeMounts"] if not m.get("readOnly")}
+    assert not writable
 
 
 # GPU and checkpoints
