@@ -214,6 +214,16 @@ class Capture:
         log.info("stream %s -> shard %s (of %d)", self.stream, target, len(shards))
         return True
 
+    def _reroute(self) -> tuple[str, str] | None:
+        """(input, output) of the stream's owner under the shard list as it resolves now, if
+        that is another worker; None to stay (the Sender asks while its worker is away)."""
+        try:
+            moved = self._route(resolve(self.shards))
+        except ConfigError as e:  # the name may resolve again later
+            log.warning("capture: %s; trying again", e)
+            return None
+        return (self.endpoint, self.output) if moved else None
+
     def _sender(self) -> tuple[Sender, bool]:
         """A Sender to the stream's worker, and whether a worker answered (False: stopped).
 
@@ -230,7 +240,8 @@ class Capture:
                 attempt if dns else self.wait_s, self.source.fps, stop=self._stop,
                 linger_ms=self.linger_ms, close_timeout_s=self.eos_timeout_s,
                 resume_output=self.output if self.resume else None,
-                resume_wait_subscriber=self.wait_subscriber, **self.keys,
+                resume_wait_subscriber=self.wait_subscriber,
+                reroute=self._reroute if dns else None, **self.keys,
             )  # fmt: skip
             log.info("capture %s -> %s as stream %s (%s mode, queue %d)", self.source,
                      self.endpoint, self.stream, self.mode, self.queue_size)  # fmt: skip

@@ -42,6 +42,7 @@ class Resender:
     ) -> None:
         self.stream, self.session = stream, session
         self.max_frames, self.max_bytes = max_frames, max_bytes
+        self.output = output
         self.sub = transport.sub_socket(ctx, output, [protocol.stream_topic(PROBE_STREAM)],
                                         **keys)  # fmt: skip
         self.kept: deque[tuple[int, list[Any]]] = deque()
@@ -134,6 +135,11 @@ class Resender:
                     self.trim(answer["checkpointed"])
                 return int(answer["next_seq"])
         return None
+
+    def retarget(self, output: str) -> None:
+        """Ask another worker (the stream's new owner) from now on."""
+        transport.retarget(self.sub, self.output, output)
+        self.output = output
 
     def close(self) -> None:
         transport.close(self.sub, 0)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -61,6 +62,7 @@ DEFAULT_LINGER_MS = {"lossless": 5000, "live": 1000}
 POLL_MS = 100  # the longest single wait: a stop request is seen within this
 ANNOUNCE_S = 1.0  # waiting this long for a worker is logged (once)
 STALL_WARN_S = 5.0  # a lossless send blocked this long (worker connected) is logged once
+REROUTE_S = 10.0  # sharded: how often to ask again where the stream goes while its worker is away
 STOP_WAIT_S = 1.0  # once stopped, or with the worker gone: the most time for eos, then linger
 
 
@@ -98,6 +100,7 @@ class Sender:
         curve_server: Path | None = None,
         resume_output: str | None = None,
         resume_wait_subscriber: bool = False,
+        reroute: Callable[[], tuple[str, str] | None] | None = None,
     ) -> None:
         if mode not in MODES:
             msg = f"sender mode must be one of {MODES}, got {mode!r}"
@@ -150,6 +153,9 @@ class Sender:
                 raise _endpoint_error(resume_output, e) from e
         self._resume_wait_subscriber = resume_wait_subscriber
         self._disconnects_seen = 0
+        # Sharded: where the stream goes now ((input, output) of its owner, or None: stay),
+        # asked when the worker goes away and then every REROUTE_S while it stays away.
+        self._reroute = reroute
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -323,11 +329,17 @@ class Sender:
         return peers
 
     def _await_worker_back(self) -> bool:
-        """Lossless: wait for the worker to reconnect; False if stopped, WorkerLostError after
-        `wait_s`."""
+        """Lossless: wait for the worker to reconnect (or, sharded, for the stream's owner to
+        change); False if stopped, WorkerLostError after `wait_s`."""
+        next_route = time.monotonic()
         while not self._stop.is_set():
             if self._peers(POLL_MS) > 0:
                 return True
+            if self._reroute is not None and time.monotonic() >= next_route:
+                next_route = time.monotonic() + REROUTE_S
+                target = self._reroute()
+                if target is not None:
+                    self._retarget(*target)
             gone_s = time.monotonic() - (self._gone_since or time.monotonic())
             if self.wait_s and gone_s >= self.wait_s:
                 msg = (
@@ -337,6 +349,16 @@ class Sender:
                 )
                 raise WorkerLostError(msg)
         return False
+
+    def _retarget(self, endpoint: str, output: str) -> None:
+        """Send to another worker from now on (the stream's new owner): frames queued for the
+        old one are dropped with its connection; the resume handshake with the new one sends
+        again what it lacks (from the checkpoint it took over, in a shared folder)."""
+        log.info("stream %s moves from %s to %s", self.stream, self.endpoint, endpoint)
+        transport.retarget(self.sock, self.endpoint, endpoint)
+        if self._resender is not None:
+            self._resender.retarget(output)
+        self.endpoint = endpoint
 
     # -- readiness of a subscriber -------------------------------------------------------------
     def wait_subscriber(self, output: str = DEFAULT_OUTPUT, timeout_s: float | None = None) -> bool:

@@ -7,6 +7,7 @@ high-water mark, so no queue grows without limit. Payload buffers travel zero-co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
@@ -176,6 +177,15 @@ def connect_also(sock: Socket, endpoints: Iterable[str], *, bind: bool = False) 
             sock.bind(endpoint)
         else:
             sock.connect(endpoint)
+
+
+def retarget(sock: Socket, old: str, new: str) -> None:
+    """Move a connecting socket from endpoint `old` to `new` (its options, CURVE keys and
+    monitor stay). Messages still queued for `old` are dropped with its pipe."""
+    _settings(new, False, 1, 0)  # the same endpoint checks as open_socket's
+    with contextlib.suppress(zmq.ZMQError):  # already gone is fine
+        sock.disconnect(old)
+    sock.connect(new)
 
 
 def subscribe(sock: Socket, topic: bytes | str) -> None:

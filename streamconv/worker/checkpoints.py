@@ -171,6 +171,33 @@ class Checkpoints:
             self.path(stream).unlink(missing_ok=True)
 
 
+class TakeOver:
+    """A moved stream's newest checkpoint in the shared folder (written by its previous
+    owner), or None: no file, not this shard's stream, or no change since the last look."""
+
+    def __init__(self, folder: Checkpoints, device: torch.device, mine: Callable[[str], bool]):
+        self.folder, self.device, self.mine = folder, device, mine
+        self.seen: dict[str, float] = {}  # stream -> mtime of the file last looked at
+
+    def __call__(self, stream: str) -> Snapshot | None:
+        path = self.folder.path(stream)
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return None
+        if not self.mine(stream) or self.seen.get(stream) == mtime:
+            return None
+        self.seen[stream] = mtime
+        if len(self.seen) > 4096:
+            self.seen.pop(next(iter(self.seen)))
+        try:
+            snap = self.folder.read(path, self.device)
+        except CheckpointError as e:
+            log.warning("checkpoint %s refused: %s; that stream starts fresh", path.name, e)
+            return None
+        return snap
+
+
 def snapshot_state(state: State | None) -> State:
     """A copy of a stream's state on the CPU, safe to write from another thread."""
     return _to_cpu(state) if state is not None else {}

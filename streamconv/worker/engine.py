@@ -9,6 +9,7 @@ marks the next output as a discontinuity; eos flushes the stream and frees its s
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ class Engine:
         max_batch: int = 0,
         wanted: Callable[[str], set[str] | None] | None = None,
         device_pixels: bool | None = None,
+        load: Callable[[str], Snapshot | None] | None = None,
     ) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         self.chunk, self.max_wait_s = chunk, max_wait_s
@@ -96,6 +98,8 @@ class Engine:
                                output_dtype=output_dtype, max_batch=max_batch, wanted=wanted,
                                device_pixels=device_pixels)  # fmt: skip
         self._ready: dict[str, _Stream] = {}  # full chunks, run together after the read
+        # A stream that moved here from another shard: its last checkpoint in a shared folder.
+        self.load = load
 
     # -- input ----------------------------------------------------------------------------
     def submit(self, msg: InputMessage, now: float, sender: str | None = None) -> list[Result]:
@@ -116,6 +120,8 @@ class Engine:
         if refused:
             return [refused]
         st = self.streams.get(msg.stream)
+        if (st is None or st.restored) and msg.lossless and msg.seq > 0:
+            st = self._take_over(msg.stream, msg.session, now)
         if st is None and self._await_from_start(msg, now):
             return []
         same = st is not None and st.session == msg.session
@@ -288,10 +294,32 @@ class Engine:
         """(the seq this worker needs next from that session, its last checkpoint's next seq):
         (0, None) when it holds nothing of that session, which then starts over."""
         st = self.streams.get(stream or "")
+        if stream and (st is None or st.restored):
+            st = self._take_over(stream, session, time.monotonic())
         if st is None or st.session != session:
             return 0, None
         done = self.checkpointed.get(st.name)
         return st.next_seq, done[1] if done is not None and done[0] == session else None
+
+    def _take_over(self, name: str, session: str, now: float) -> _Stream | None:
+        """The stream as this worker should continue it: a stream it does not hold, or holds
+        only as restored (no frame since), goes on from the newest checkpoint of `session`
+        in a shared folder, written by the shard that held it before (its capture moved it
+        here). `load` returns only checkpoints new since it last looked (cheap to ask)."""
+        st = self.streams.get(name)
+        if self.load is None or (st is not None and not st.restored):
+            return st
+        snap = self.load(name)
+        if snap is None or snap.session != session:
+            return st
+        if st is not None and snap.next_seq <= st.next_seq:
+            return st
+        if st is None and len(self.streams) >= self.max_streams:
+            return None
+        self.restore(snap, now)
+        self.checkpointed[name] = (session, snap.next_seq)
+        log.info("stream %s: taken over from another shard's checkpoint", name)
+        return self.streams[name]
 
     def snapshot(self, name: str) -> Snapshot | None:
         """The stream's state after its last chunk run (frames waiting in a partial chunk

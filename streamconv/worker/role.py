@@ -41,7 +41,7 @@ from streamconv.wire.protocol import PREVIEW_PREFIX, InputMessage, decode_input
 from streamconv.wire.shards import owner
 from streamconv.worker import metrics
 from streamconv.worker.admission import Admission
-from streamconv.worker.checkpoints import Checkpoints, Writer, fingerprint
+from streamconv.worker.checkpoints import Checkpoints, TakeOver, Writer, fingerprint
 from streamconv.worker.engine import Engine
 from streamconv.worker.http import Health, HttpServer, app
 from streamconv.worker.keeper import Keeper
@@ -189,6 +189,8 @@ class Worker:
             raise StartupError(msg) from e
         for snap in folder.load_all(device, w.checkpoint_retention_s, w.max_streams):
             engine.restore(snap, time.monotonic())
+        if shard is not None:
+            engine.load = TakeOver(folder, device, mine)
         engine.fresh_until = time.monotonic() + RESUME_WINDOW_S
         self.keeper = Keeper(engine, Writer(folder), self.stats, w.checkpoint_every,
                              w.checkpoint_interval_s)  # fmt: skip

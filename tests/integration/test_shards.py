@@ -241,3 +241,63 @@ def test_a_capture_on_dns_shards_reroutes_when_its_owner_never_answers(
     while status(worker)["streams"].get(stream, {}).get("frames_processed") != 10:
         assert time.monotonic() < deadline, status(worker)["streams"]
         time.sleep(0.05)
+
+
+def test_a_running_stream_moves_to_a_new_shard_and_continues_exactly(
+    start_worker: Callable[..., WorkerProc], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Scaling from one shard to two with a shared checkpoint folder: the capture (dns://
+    shards) follows its stream to the new owner when the old one stops, the new owner takes
+    the stream over from the checkpoint the old one wrote at shutdown, and the subscriber
+    sees every frame once, exact, with no discontinuity after the first."""
+    from streamconv.capture import role as capture_role
+    from streamconv.capture.role import Capture
+
+    frames = 150
+    a, b = two_ports()[0], two_ports()[0]
+    a_in, b_in = f"tcp://127.0.0.1:{a}", f"tcp://127.0.0.1:{b}"
+    stream = next(f"cam{i}" for i in range(100) if owner(f"cam{i}", [a_in, b_in]) == b_in)
+    video = write_video(tmp_path / "clip.mp4", 3, frames)
+    folder = str(tmp_path / "shared")
+    flags = ("--checkpoint-dir", folder, "--checkpoint-every", "8")
+
+    def shard(port: int, shards: list[str]) -> WorkerProc:
+        env = {"STREAMCONV_WORKER__SHARDS": ",".join(shards),
+               "STREAMCONV_WORKER__SHARD": f"tcp://127.0.0.1:{port}"}  # fmt: skip
+        ends = ("--input", f"tcp://127.0.0.1:{port}", "--output", f"tcp://127.0.0.1:{port + 1}")
+        worker = start_worker(RETINA, *ends, *flags, env=env, wait=False)
+        worker.wait_for_line("worker ready", 60)
+        line = next(x for x in worker.lines if "http on " in x)
+        worker.http = line.split("http on ")[1].split()[0]
+        return worker
+
+    old = shard(a, [a_in])
+    dns = [[a_in]]  # what the service name resolves to, now
+    monkeypatch.setattr(capture_role, "resolve", lambda shards: list(dns[-1]))
+    sub = Subscriber([f"tcp://127.0.0.1:{a + 1}", f"tcp://127.0.0.1:{b + 1}"], hwm=100_000,
+                     timeout_s=90)  # fmt: skip
+    collector = Collector(sub, [stream])
+    capture = Capture(str(video), stream=stream, shards=["dns://streamconv-worker:5555"],
+                      realtime=True, wait_subscriber=True, wait_s=60)  # fmt: skip
+    assert capture.endpoint == a_in
+    result: list[object] = []
+    runner = threading.Thread(target=lambda: result.append(capture.run()), daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while status(old)["counts"].get("checkpoints", 0) < 2:
+            assert time.monotonic() < deadline, "no checkpoint written"
+            time.sleep(0.01)
+        new = shard(b, [a_in, b_in])  # scale up: the new pod, then the list, then the old one
+        dns.append([a_in, b_in])
+        assert old.stop(signal.SIGTERM) == 0  # writes the stream's checkpoint as it stops
+        runner.join(120)
+        assert not runner.is_alive(), "the capture never finished"
+        collector.check({stream: video}, frames)
+    finally:
+        capture.stop()
+        sub.close()
+    assert capture.endpoint == b_in
+    assert "taken over from another shard's checkpoint" in new.log(), new.log()
+    assert result
+    assert status(new)["streams"][stream]["frames_processed"] > 0
