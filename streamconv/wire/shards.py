@@ -3,8 +3,9 @@
 Every stream has one owner among the shards: the shard whose hash with the stream id is the
 highest. All captures compute it alone and agree, with no coordinator; adding or removing a
 shard moves only the streams that must move (those it takes, or those it held). A shard is
-named by its input endpoint exactly as listed, so list stable names (a StatefulSet's pod DNS
-names, `tcp://streamconv-worker-0.streamconv-worker:5555`), never addresses that change.
+known by its host's first DNS label and port (`identity`), so list stable names (a
+StatefulSet's pod DNS names, `tcp://streamconv-worker-0.streamconv-worker:5555`, short or
+fully qualified: the same shard), never addresses that change.
 `dns://NAME:PORT` stands for every address NAME resolves to (a Kubernetes headless service
 lists its ready pods), each named by its reverse lookup (a StatefulSet pod's stable DNS name)
 where there is one. Stdlib only: the capture (no torch) and the tests use it.
@@ -19,9 +20,24 @@ from collections.abc import Iterable, Sequence
 from streamconv.errors import ConfigError
 
 
+def identity(shard: str) -> str:
+    """What a shard is known by: its host's first DNS label and its port, so that
+    `tcp://streamconv-worker-0.streamconv-worker:5555` and the fully qualified name a reverse
+    lookup gives (`...-0.streamconv-worker.default.svc.cluster.local`) are the same shard.
+    An IP address, or anything else, is known by the whole endpoint."""
+    scheme, _, rest = shard.partition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme != "tcp" or not port.isdigit() or not host or host.startswith("["):
+        return shard
+    if host.replace(".", "").isdigit():  # an IPv4 address: every label counts
+        return shard
+    return f"{host.split('.', 1)[0]}:{port}"
+
+
 def weight(stream: str, shard: str) -> int:
     """The stream's random weight on a shard: a 64-bit hash, the same on every machine."""
-    digest = hashlib.blake2b(f"{shard}\n{stream}".encode(), digest_size=8).digest()
+    key = identity(shard)
+    digest = hashlib.blake2b(f"{key}\n{stream}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
 
@@ -31,7 +47,7 @@ def owner(stream: str, shards: Sequence[str]) -> str:
     if not shards:
         msg = "no shards to route to: list at least one worker input endpoint"
         raise ConfigError(msg)
-    return max(shards, key=lambda shard: (weight(stream, shard), shard))
+    return max(shards, key=lambda shard: (weight(stream, shard), identity(shard), shard))
 
 
 def parse_shards(value: str | Iterable[str]) -> list[str]:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamconv.errors import ConfigError
-from streamconv.wire.shards import owner, parse_shards, resolve, weight
+from streamconv.wire.shards import identity, owner, parse_shards, resolve, weight
 
 SHARDS = [f"tcp://streamconv-worker-{i}.streamconv-worker:5555" for i in range(5)]
 names = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20)
@@ -51,7 +51,7 @@ def test_streams_spread_evenly_and_weights_are_stable() -> None:
     assert set(counts) == set(SHARDS)
     assert max(counts.values()) < 1.1 * 5000 / len(SHARDS)  # within 10% of a fair share
     # The same number on every machine and every run (blake2b, not Python's salted hash).
-    assert weight("cam0", "tcp://a:1") == 0xB01CF857D9134AD5
+    assert weight("cam0", "tcp://a:1") == 0xF60FBD6F071C4041
 
 
 def test_parse_shards() -> None:
@@ -136,3 +136,14 @@ def test_dns_names_resolve_to_every_address_named_by_reverse_lookup() -> None:
         resolve(["dns://no-such-host.invalid:5555"])
     with pytest.raises(ConfigError, match="dns://NAME:PORT"):
         resolve(["dns://localhost"])
+
+
+def test_short_and_fully_qualified_names_are_the_same_shard() -> None:
+    short = [f"tcp://streamconv-worker-{i}.streamconv-worker:5555" for i in range(4)]
+    fqdn = [f"tcp://streamconv-worker-{i}.streamconv-worker.cams.svc.cluster.local:5555"
+            for i in range(4)]  # fmt: skip
+    assert identity(short[2]) == identity(fqdn[2]) == "streamconv-worker-2:5555"
+    for i in range(300):  # a capture resolving dns:// and a worker with the short list agree
+        assert short.index(owner(f"cam{i}", short)) == fqdn.index(owner(f"cam{i}", fqdn))
+    assert identity("tcp://10.0.0.7:5555") == "tcp://10.0.0.7:5555"  # addresses: whole
+    assert identity("ipc:///tmp/w0") == "ipc:///tmp/w0"
