@@ -180,7 +180,13 @@ class Capture:
         self.endpoint = endpoint
         self.shards = parse_shards(shards or [])
         if self.shards:  # the stream's owner among the workers (wire/shards.py)
-            self._route(resolve(self.shards))
+            try:
+                self._route(resolve(self.shards))
+            except ConfigError:
+                if not any(x.startswith("dns://") for x in self.shards):
+                    raise
+                # A service with no pod yet does not resolve: run() tries again until wait_s.
+                log.warning("capture: shards %s do not resolve yet", ", ".join(self.shards))
         self.source: Source
         if isinstance(source, str):  # opened last, so a bad option above leaks nothing
             self.source = open_source(source, resize=resize, gray=gray, limit=limit, loop=loop)

@@ -179,8 +179,11 @@ class Layer(nn.Module):
         for name in self.state_names:
             parts = [s.get(name) for s in given]
             tensors = [p for p in parts if isinstance(p, Tensor)]
-            if len(tensors) < len(parts):  # e.g. a layer with no memory
+            if not tensors:  # e.g. a layer with no memory
                 joined[name] = None
+            elif len(tensors) < len(parts):
+                msg = f"state {name!r} is set for some streams only; run them apart"
+                raise ValueError(msg)
             else:
                 joined[name] = torch.cat(tensors, dim=self.state_batch_dims.get(name, 0))
         for name, child in self.layer_children():
@@ -188,22 +191,23 @@ class Layer(nn.Module):
         return joined
 
     def split_state(self, state: State | None, sizes: list[int]) -> list[State | None]:
-        """`stack_states` undone: one state per stream of `sizes` batch entries (views)."""
+        """`stack_states` undone: one state per stream of `sizes` batch entries. Copies when
+        there are several: a view would keep the whole batch's tensor alive for as long as
+        any one stream of it waits."""
         if state is None:
             return [None] * len(sizes)
         out: list[State] = [{} for _ in sizes]
         for name in self.state_names:
             t = state.get(name)
-            pieces = (
-                [None] * len(sizes)
-                if t is None
-                else t.split(sizes, dim=self.state_batch_dims.get(name, 0))
-            )
+            pieces: list[Tensor | None] = [None] * len(sizes)
+            if t is not None:
+                split = t.split(sizes, dim=self.state_batch_dims.get(name, 0))
+                pieces = list(split) if len(sizes) == 1 else [p.clone() for p in split]
             for o, piece in zip(out, pieces, strict=True):
                 o[name] = piece
         for name, child in self.layer_children():
-            for o, piece in zip(out, child.split_state(state.get(name), sizes), strict=True):
-                o[name] = piece
+            for o, sub in zip(out, child.split_state(state.get(name), sizes), strict=True):
+                o[name] = sub
         return list(out)
 
     # -- torch entry points ---------------------------------------------------------------

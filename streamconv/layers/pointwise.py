@@ -51,7 +51,13 @@ class Nonlinearity(Layer):
         # Skip the no-op arithmetic: each op is a full pass over the frames (and an
         # identity stage then costs nothing). Never in place on x (another stage's output):
         # the first op makes a new tensor, the others update that one.
-        y = _IN_PLACE[self.kind](x - self.threshold) if self.threshold else self._fn(x)
+        # Autograd keeps relu/sigmoid/tanh outputs for the backward pass: no in place then.
+        grad = torch.is_grad_enabled() and x.requires_grad
+        if self.threshold:
+            shifted = x - self.threshold
+            y = self._fn(shifted) if grad else _IN_PLACE[self.kind](shifted)
+        else:
+            y = self._fn(x)
         if self.gain != 1.0:
-            y = y * self.gain if y is x else y.mul_(self.gain)
+            y = y * self.gain if grad or y is x else y.mul_(self.gain)
         return y, {}

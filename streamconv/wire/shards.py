@@ -3,7 +3,7 @@
 Every stream has one owner among the shards: the shard whose hash with the stream id is the
 highest. All captures compute it alone and agree, with no coordinator; adding or removing a
 shard moves only the streams that must move (those it takes, or those it held). A shard is
-known by its host's first DNS label and port (`identity`), so list stable names (a
+known by its host's first two DNS labels and port (`identity`), so list stable names (a
 StatefulSet's pod DNS names, `tcp://streamconv-worker-0.streamconv-worker:5555`, short or
 fully qualified: the same shard), never addresses that change.
 `dns://NAME:PORT` stands for every address NAME resolves to (a Kubernetes headless service
@@ -21,17 +21,19 @@ from streamconv.errors import ConfigError
 
 
 def identity(shard: str) -> str:
-    """What a shard is known by: its host's first DNS label and its port, so that
-    `tcp://streamconv-worker-0.streamconv-worker:5555` and the fully qualified name a reverse
-    lookup gives (`...-0.streamconv-worker.default.svc.cluster.local`) are the same shard.
-    An IP address, or anything else, is known by the whole endpoint."""
+    """What a shard is known by: the first two labels of its host name and its port, so that
+    `tcp://streamconv-worker-0.streamconv-worker:5555` (pod.service) and the fully qualified
+    name a reverse lookup gives (`...-0.streamconv-worker.default.svc.cluster.local`) are the
+    same shard, while `gpu.rack1.example` and `gpu.rack2.example` stay two. A one-label host,
+    an IP address, or anything else is known by the whole endpoint."""
     scheme, _, rest = shard.partition("://")
     host, _, port = rest.rpartition(":")
-    if scheme != "tcp" or not port.isdigit() or not host or host.startswith("["):
+    labels = host.split(".")
+    if scheme != "tcp" or not port.isdigit() or len(labels) < 2 or host.startswith("["):
         return shard
     if host.replace(".", "").isdigit():  # an IPv4 address: every label counts
         return shard
-    return f"{host.split('.', 1)[0]}:{port}"
+    return f"{labels[0]}.{labels[1]}:{port}"
 
 
 def weight(stream: str, shard: str) -> int:

@@ -82,7 +82,7 @@ class Batcher:
         self.publish, self.output_dtype = publish, output_dtype
         # 0: 32 on a GPU; 1 on the CPU, where a batch's working set falls out of the cache and
         # runs slower than its streams one by one (BENCHMARKS.md, bench/streams.py).
-        self.max_batch = max_batch or (32 if device.type == "cuda" else 1)
+        self.max_batch = max(1, max_batch) if max_batch else (32 if device.type == "cuda" else 1)
         # stream -> the layers someone subscribes to (None: every published layer)
         self.wanted = wanted
         # Integer pixels and output conversion on the device: always on a GPU; on the CPU
@@ -121,6 +121,10 @@ class Batcher:
             self._lap("forward", start)
             names = self._copied_layers(jobs)
             per_stream = gather(out, names, self.output_dtype, self.device_pixels)
+            if not names and self.device.type == "cuda":
+                # Nothing to copy back: still wait for the pass, so the GPU's pace holds the
+                # loop back and its errors surface here, on these streams.
+                torch.cuda.current_stream(self.device).synchronize()
             self._lap("copy back", start)
         except (StreamconvError, RuntimeError, ValueError) as e:
             if len(jobs) > 1:  # one stream's trouble must not fail the others: alone, then
@@ -184,5 +188,7 @@ def _to_float(x: torch.Tensor, raw: np.dtype, dtype: torch.dtype) -> torch.Tenso
     if scale is None:
         return x.to(dtype)
     # float32 division as numpy's colour step does it (then the model's dtype), so the
-    # pixels are the same bits wherever the division runs.
-    return x.to(torch.float32).div_(scale).to(dtype)
+    # pixels are the same bits wherever the division runs. The divisor is a tensor on the
+    # device: with a Python scalar CUDA multiplies by its reciprocal (1 ulp off, often).
+    divisor = torch.tensor(scale, dtype=torch.float32, device=x.device)
+    return x.to(torch.float32).div_(divisor).to(dtype)

@@ -95,7 +95,10 @@ class Checkpoints:
         return self.folder / f"{stream}{SUFFIX}"
 
     def write(self, snap: Snapshot) -> int:
-        """Write `snap` atomically; the bytes written. Raises OSError (e.g. a full disk)."""
+        """Write `snap` atomically; the bytes written (0: another shard's stream, whose file
+        is its owner's to write). Raises OSError (e.g. a full disk)."""
+        if not self.mine(snap.stream):
+            return 0
         payload = io.BytesIO()
         torch.save({"fingerprint": self.fingerprint, "stream": snap.stream,
                     "session": snap.session, "next_seq": snap.next_seq,
@@ -150,7 +153,7 @@ class Checkpoints:
         files = sorted((p for p in self.folder.glob(f"*{SUFFIX}") if self.mine(p.stem)),
                        key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
         for stale in self.folder.glob(f".*{SUFFIX}.*.tmp"):  # a write cut short by a crash
-            if self.mine(stale.name[1:].split(SUFFIX)[0]):
+            if self.mine(stale.name[1:].rsplit(f"{SUFFIX}.", 1)[0]):
                 stale.unlink(missing_ok=True)
         snaps: list[Snapshot] = []
         now = time.time()

@@ -399,7 +399,8 @@ class Engine:
         """Run the chunks of `streams` and of every full chunk waiting, batched."""
         group = list(self._ready.values())
         self._ready.clear()
-        group += [st for st in streams if st.count and st not in group]
+        taken = {id(st) for st in group}
+        group += [st for st in streams if st.count and id(st) not in taken]
         if not group:
             return []
         jobs = [

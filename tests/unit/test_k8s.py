@@ -36,6 +36,8 @@ from streamconv.cli import parser as cli_parser
 from streamconv.config import Settings, load_settings
 from streamconv.errors import ConfigError
 from streamconv.proxy import Proxy
+from streamconv.wire import shards as wire_shards
+from streamconv.wire.shards import identity, owner, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -501,8 +503,8 @@ def _captures(docs: list[Doc]) -> list[tuple[Doc, Doc]]:
 def test_every_worker_knows_the_shards_and_its_own(
     rendered: dict[str, list[Doc]], layout: str, tmp_path: Path
 ) -> None:
-    """SHARDS is the captures' --shards, SHARD the pod's own entry: on a shared checkpoint
-    folder each worker then takes only the checkpoints of the streams it owns."""
+    """SHARDS names every pod, SHARD the pod's own entry: on a shared checkpoint folder each
+    worker then takes only the checkpoints of the streams it owns."""
     docs = rendered[layout]
     sts, _, worker = _worker(docs)
     names = [e["name"] for e in worker["env"]]
@@ -524,31 +526,81 @@ def test_every_worker_knows_the_shards_and_its_own(
     args = cli_parser().parse_args(_argv(worker))
     with pytest.raises(ConfigError, match="not in shards"):
         load_settings(path, overrides(args), environ=env)
-    for workload, pod in _captures(docs):
-        capture = cli_parser().parse_args(_argv(_container(pod, "capture")))
-        assert capture.shards.split(",") == listed, workload["metadata"]["name"]
+
+
+def _fake_dns(
+    monkeypatch: pytest.MonkeyPatch, sts: Doc, namespace: str = "streamconv"
+) -> list[str]:
+    """Cluster DNS for the headless Service: its name resolves to every pod's address (ready or
+    not), and each address back to the pod's fully qualified name. Returns those names."""
+    name, service = sts["metadata"]["name"], sts["spec"]["serviceName"]
+    pods = {f"10.0.0.{i + 10}": f"{name}-{i}" for i in range(sts["spec"]["replicas"])}
+    fqdn = {ip: f"{pod}.{service}.{namespace}.svc.cluster.local" for ip, pod in pods.items()}
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        if host not in (service, f"{service}.{namespace}.svc"):
+            raise OSError(f"{host}: no such name")
+        return [(2, 1, 6, "", (ip, port)) for ip in pods]
+
+    def gethostbyaddr(address: str) -> tuple[str, list[str], list[str]]:
+        return fqdn[address], [], [address]
+
+    monkeypatch.setattr(wire_shards.socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(wire_shards.socket, "gethostbyaddr", gethostbyaddr)
+    return list(fqdn.values())
 
 
 @pytest.mark.parametrize("layout", ["example", "everything"])
-def test_the_capture_lists_exactly_the_replicas_as_shards(
-    rendered: dict[str, list[Doc]], layout: str
+def test_the_capture_finds_the_workers_through_the_headless_service(
+    rendered: dict[str, list[Doc]],
+    layout: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The capture resolves dns://SERVICE:PORT to every pod of the StatefulSet, named by reverse
+    lookup; the workers list the same pods by shorter names: both sides must agree on each shard
+    (its identity, streamconv.wire.shards.identity), so on every stream's owner."""
     docs = rendered[layout]
     sts, _, worker = _worker(docs)
+    service = _one(docs, "Service", sts["spec"]["serviceName"])
+    # Headless (DNS lists the pods themselves) and publishing pods before they are ready (a
+    # stream's owner is fixed: its capture must find it starting, too).
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    # The port: the workers' input, as the pods listen on it (DNS gives pod addresses) and as
+    # the Service exposes it.
+    settings = _worker_settings(docs, tmp_path)
+    port = int(settings.worker.input.endpoint.rsplit(":", 1)[1])
+    assert _port(worker, "input") == port
+    assert port in {
+        p["port"] for p in service["spec"]["ports"] if _port(worker, p["targetPort"]) == port
+    }
+    # Every worker's SHARDS: one entry per pod, in order, each the same shard as the name the
+    # pod's address resolves back to (and no two pods the same shard).
+    fqdns = _fake_dns(monkeypatch, sts)
+    resolved = [identity(f"tcp://{name}:{port}") for name in fqdns]
+    assert len(set(resolved)) == len(fqdns) == sts["spec"]["replicas"]
+    for i in range(len(fqdns)):
+        w = _worker_settings(docs, tmp_path, ordinal=i).worker
+        assert [identity(entry) for entry in w.shards] == resolved
+    listed = settings.worker.shards
     captures = _captures(docs)
     assert captures, "no capture example"
     for workload, pod in captures:
         container = _container(pod, "capture")
         args = cli_parser().parse_args(_argv(container))
         assert args.command == "capture"
-        listed = args.shards.split(",")
-        assert len(listed) == len(set(listed)) == sts["spec"]["replicas"]
-        assert set(listed) == set(_shards(sts, 5555))
-        # The workers' own list: the same names, so both sides hash alike.
-        assert listed == _env(worker)["STREAMCONV_WORKER__SHARDS"].split(",")
+        assert args.shards == f"dns://{service['metadata']['name']}:{port}"
+        # What the capture resolves it to: the same shards as the workers', so the same owners.
+        found = resolve([args.shards])
+        assert sorted(found) == sorted(f"tcp://{name}:{port}" for name in fqdns)
+        assert sorted(identity(s) for s in found) == sorted(identity(s) for s in listed)
+        for stream in ["cam0", *(f"cam{n}" for n in range(1, 64))]:
+            assert identity(owner(stream, found)) == identity(owner(stream, listed)), stream
         # As the capture itself would take them (a config error here is exit 2 in the pod).
-        settings = load_settings("default", overrides(args), environ=_env(container))
-        kwargs = capture_kwargs(settings.capture)
+        taken = load_settings("default", overrides(args), environ=_env(container))
+        kwargs = capture_kwargs(taken.capture)
+        assert kwargs["shards"] == [args.shards]
         assert kwargs["source"].startswith("rtsp://")
         assert kwargs["curve_secret"] is not None
         assert kwargs["curve_server"] is not None

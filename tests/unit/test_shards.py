@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamconv.errors import ConfigError
+from streamconv.errors import ConfigError, StartupError
 from streamconv.wire.shards import identity, owner, parse_shards, resolve, weight
 
 SHARDS = [f"tcp://streamconv-worker-{i}.streamconv-worker:5555" for i in range(5)]
@@ -51,7 +51,7 @@ def test_streams_spread_evenly_and_weights_are_stable() -> None:
     assert set(counts) == set(SHARDS)
     assert max(counts.values()) < 1.1 * 5000 / len(SHARDS)  # within 10% of a fair share
     # The same number on every machine and every run (blake2b, not Python's salted hash).
-    assert weight("cam0", "tcp://a:1") == 0xF60FBD6F071C4041
+    assert weight("cam0", "tcp://a:1") == 0xB01CF857D9134AD5
 
 
 def test_parse_shards() -> None:
@@ -142,8 +142,19 @@ def test_short_and_fully_qualified_names_are_the_same_shard() -> None:
     short = [f"tcp://streamconv-worker-{i}.streamconv-worker:5555" for i in range(4)]
     fqdn = [f"tcp://streamconv-worker-{i}.streamconv-worker.cams.svc.cluster.local:5555"
             for i in range(4)]  # fmt: skip
-    assert identity(short[2]) == identity(fqdn[2]) == "streamconv-worker-2:5555"
+    assert identity(short[2]) == identity(fqdn[2]) == "streamconv-worker-2.streamconv-worker:5555"
+    assert identity("tcp://gpu.rack1.example:5555") != identity("tcp://gpu.rack2.example:5555")
     for i in range(300):  # a capture resolving dns:// and a worker with the short list agree
         assert short.index(owner(f"cam{i}", short)) == fqdn.index(owner(f"cam{i}", fqdn))
     assert identity("tcp://10.0.0.7:5555") == "tcp://10.0.0.7:5555"  # addresses: whole
+    assert identity("tcp://localhost:5555") == "tcp://localhost:5555"  # one label: whole
     assert identity("ipc:///tmp/w0") == "ipc:///tmp/w0"
+
+
+def test_a_capture_waits_for_a_dns_name_that_does_not_resolve_yet() -> None:
+    from streamconv.capture.role import Capture
+
+    capture = Capture("synthetic:8x8:2", stream="cam0", shards=["dns://no-such.invalid:5555"],
+                      wait_s=0.2)  # fmt: skip
+    with pytest.raises(StartupError, match="no worker answered"):
+        capture.run()  # tried again until wait_s: a clear startup error, not a config error
