@@ -105,9 +105,11 @@ class View:
                 and bool(header.get("preview")) != self.settings.full
             ):
                 decoded.append((header, frame))
-        newest = {(h["stream"], h["layer"]): i for i, (h, _) in enumerate(decoded)}
+        # The newest frame per layer is shown: an eos after it in the same batch (the last
+        # frames and the end, read together by a busy view) must not hide it.
+        newest = {(h["stream"], h["layer"]): i for i, (h, f) in enumerate(decoded) if f is not None}
         for i, (header, frame) in enumerate(decoded):
-            display = newest[(header["stream"], header["layer"])] == i
+            display = newest.get((header["stream"], header["layer"])) == i
             self.hub.take(header, frame, display=display)
 
 
