@@ -1,8 +1,8 @@
 """streamconv: stream video through stateful torch layers over ZeroMQ.
 
 Roles: `worker` runs the layers, `capture` feeds it frames, `subscribe` reads its outputs,
-`view` shows them live in a browser, `run` starts them all on a source, `presets` lists the
-shipped configs.
+`view` shows them live in a browser, `proxy` gives every shard's outputs one endpoint, `run`
+starts them all on a source, `presets` lists the shipped configs.
 Exit codes: 0 ok, 1 runtime error, 2 usage or config, 3 startup (no worker, port in use),
 130 a second SIGTERM/SIGINT cut the shutdown short.
 """

@@ -9,58 +9,30 @@ marks the next output as a discontinuity; eos flushes the stream and frees its s
 from __future__ import annotations
 
 import logging
-import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from streamconv.errors import Drop, StreamconvError
-from streamconv.layers import Sequential, State
+from streamconv.layers import Sequential
 from streamconv.wire.protocol import PROBE_STREAM, InputMessage
 from streamconv.worker.admission import Admission
 from streamconv.worker.batcher import Batcher, Broken, Job
-from streamconv.worker.checkpoints import Snapshot, snapshot_state
+from streamconv.worker.checkpoints import Snapshot
+from streamconv.worker.continuity import Continuity, StreamState
 from streamconv.worker.pixels import chw_shape, frame_to_chw, frame_to_raw_chw, raw_dtype
 from streamconv.worker.results import ChunkResult, EndResult, Failed, Result
 from streamconv.worker.stats import Reset, Stats
 
 log = logging.getLogger(__name__)
 
-RESEND_WAIT = 128  # frames ahead dropped, after a restore, while a lossless sender resends
 RESET_LOG_LINES = 10  # state resets logged at INFO per stream; later ones at DEBUG
 __all__ = ["ChunkResult", "EndResult", "Engine", "Failed", "Result"]
 
 
-@dataclass
-class _Stream:
-    name: str
-    session: str
-    next_seq: int = 0
-    shape: tuple[int, ...] | None = None
-    state: State | None = None
-    discontinuity: bool = True
-    buffer: np.ndarray | None = None  # (chunk, C, H, W), a fresh one for every chunk
-    count: int = 0
-    seqs: list[int] = field(default_factory=list)
-    t_ns: list[int] = field(default_factory=list)
-    replays: list[bool] = field(default_factory=list)
-    since: float = 0.0
-    last_seen: float = 0.0
-    fps: float | None = None
-    resets: int = 0
-    recent_sessions: deque[str] = field(default_factory=lambda: deque(maxlen=4))
-    owner: str | None = None  # the CURVE key that opened the stream
-    restored: bool = False  # its state came from a checkpoint, and no frame followed yet
-    awaited: int = 0  # frames dropped while waiting for the sender to resend (restored)
-
-    def restart(self, session: str) -> None:
-        self.session, self.state, self.shape, self.discontinuity = session, None, None, True
-
-
-class Engine:
+class Engine(Continuity):
     """Runs `model` (a Sequential returning every stage) over many streams at once."""
 
     def __init__(
@@ -88,7 +60,7 @@ class Engine:
         self.color, self.in_channels, self.max_streams = color, in_channels, max_streams
         self.publish = publish if publish is not None else model.stage_names()
         self.output_dtype = output_dtype
-        self.streams: dict[str, _Stream] = {}
+        self.streams: dict[str, StreamState] = {}
         self.stats = stats if stats is not None else Stats()
         self.admission = admission
         self.checkpointed: dict[str, tuple[str, int]] = {}  # stream -> (session, next seq)
@@ -97,7 +69,7 @@ class Engine:
         self.batcher = Batcher(model, device=device, dtype=dtype, publish=self.publish,
                                output_dtype=output_dtype, max_batch=max_batch, wanted=wanted,
                                device_pixels=device_pixels)  # fmt: skip
-        self._ready: dict[str, _Stream] = {}  # full chunks, run together after the read
+        self._ready: dict[str, StreamState] = {}  # full chunks, run together after the read
         # A stream that moved here from another shard: its last checkpoint in a shared folder.
         self.load = load
 
@@ -132,7 +104,7 @@ class Engine:
             if len(self.streams) >= self.max_streams:
                 why = f"too many streams ({self.max_streams}); end one with eos first"
                 return [Failed(Drop.TOO_MANY_STREAMS, why, msg.stream)]
-            st = self.streams[msg.stream] = _Stream(msg.stream, msg.session, owner=sender)
+            st = self.streams[msg.stream] = StreamState(msg.stream, msg.session, owner=sender)
             self._started(st, shape)
             if msg.live and msg.seq > 0:  # its first frames were dropped on the way
                 self.stats.count("frames_missing", msg.seq)
@@ -173,53 +145,12 @@ class Engine:
             self._ready[st.name] = st  # run with the others due (run_ready)
         return results
 
-    def _await_from_start(self, msg: InputMessage, now: float) -> bool:
-        """Just restarted without this stream's state: a lossless sender resends from seq 0,
-        so frames queued before the restart are dropped until it does (up to RESEND_WAIT)."""
-        late = msg.lossless and msg.seq > 0 and not msg.replay and now < self.fresh_until
-        if not late or self._awaiting[msg.stream] >= RESEND_WAIT:
-            return False
-        self._awaiting[msg.stream] += 1
-        self.stats.count("awaiting_resend")
-        return True
-
-    def _out_of_order(self, st: _Stream, msg: InputMessage) -> bool:
-        """A frame of the stream's own session that is not the next: True to drop it.
-
-        A resend of a frame already taken is a duplicate. After a restore from a checkpoint,
-        a lossless sender resends from the seq the worker asks for, so frames ahead of it
-        (queued before the restart) are dropped until it does, up to RESEND_WAIT frames; any
-        other sender goes on from the restored state, the gap counted. Otherwise (False) the
-        gap resets the state as usual."""
-        if msg.seq < st.next_seq and msg.replay:
-            self.stats.count("duplicates")
-            return True
-        if msg.live and msg.seq > st.next_seq:  # frames dropped on the way: the state goes on
-            missing = msg.seq - st.next_seq
-            self.stats.count("frames_missing", missing)
-            self.stats.stream(st.name).missing += missing
-            st.next_seq = msg.seq
-            return False
-        if not st.restored or msg.seq < st.next_seq:
-            return False
-        if msg.lossless and st.awaited < RESEND_WAIT:
-            st.awaited += 1
-            self.stats.count("awaiting_resend")
-            return True
-        missing = msg.seq - st.next_seq
-        self.stats.count("frames_missing", missing)
-        self.stats.stream(st.name).missing += missing
-        log.info("stream %s: %d frames missing after the restore; going on from the "
-                 "checkpointed state", st.name, missing)  # fmt: skip
-        st.next_seq = msg.seq
-        return False
-
-    def _started(self, st: _Stream, shape: tuple[int, ...]) -> None:
+    def _started(self, st: StreamState, shape: tuple[int, ...]) -> None:
         self.stats.stream(st.name, st.session)
         size = "x".join(map(str, (shape[2], shape[1], shape[0])))
         log.info("stream %s: started (session %s, %s)", st.name, st.session[:8], size)
 
-    def _reset(self, st: _Stream, msg: InputMessage, shape: tuple[int, ...]) -> None:
+    def _reset(self, st: StreamState, msg: InputMessage, shape: tuple[int, ...]) -> None:
         if st.session != msg.session:
             cause = Reset.NEW_SESSION
         elif msg.seq != st.next_seq:
@@ -277,7 +208,7 @@ class Engine:
         self.stats.count("eos")
         return results
 
-    def _ended(self, st: _Stream, why: str) -> None:
+    def _ended(self, st: StreamState, why: str) -> None:
         done = self.stats.ended(st.name, why)
         if done is not None:
             log.info(
@@ -288,59 +219,6 @@ class Engine:
                 done.processed,
                 done.fps(),
             )
-
-    # -- checkpoints ------------------------------------------------------------------------
-    def _resume_point(self, stream: str | None, session: str) -> tuple[int, int | None]:
-        """(the seq this worker needs next from that session, its last checkpoint's next seq):
-        (0, None) when it holds nothing of that session, which then starts over."""
-        st = self.streams.get(stream or "")
-        if stream and (st is None or st.restored):
-            st = self._take_over(stream, session, time.monotonic())
-        if st is None or st.session != session:
-            return 0, None
-        done = self.checkpointed.get(st.name)
-        return st.next_seq, done[1] if done is not None and done[0] == session else None
-
-    def _take_over(self, name: str, session: str, now: float) -> _Stream | None:
-        """The stream as this worker should continue it: a stream it does not hold, or holds
-        only as restored (no frame since), goes on from the newest checkpoint of `session`
-        in a shared folder, written by the shard that held it before (its capture moved it
-        here). `load` returns only checkpoints new since it last looked (cheap to ask)."""
-        st = self.streams.get(name)
-        if self.load is None or (st is not None and not st.restored):
-            return st
-        snap = self.load(name)
-        if snap is None or snap.session != session:
-            return st
-        if st is not None and snap.next_seq <= st.next_seq:
-            return st
-        if st is None and len(self.streams) >= self.max_streams:
-            return None
-        self.restore(snap, now)
-        self.checkpointed[name] = (session, snap.next_seq)
-        log.info("stream %s: taken over from another shard's checkpoint", name)
-        return self.streams[name]
-
-    def snapshot(self, name: str) -> Snapshot | None:
-        """The stream's state after its last chunk run (frames waiting in a partial chunk
-        are not in it: they are run again after a restore), or None if nothing ran yet."""
-        st = self.streams.get(name)
-        if st is None or st.state is None or st.shape is None:
-            return None
-        return Snapshot(name, st.session, st.next_seq - st.count, st.shape,
-                        snapshot_state(st.state), st.owner)  # fmt: skip
-
-    def restore(self, snap: Snapshot, now: float) -> None:
-        """Hold a checkpointed stream: frames that go on from `snap.next_seq` in its session
-        continue exactly, with no discontinuity."""
-        st = _Stream(snap.stream, snap.session, next_seq=snap.next_seq, shape=snap.shape,
-                     state=snap.state, discontinuity=False, last_seen=now, owner=snap.owner,
-                     restored=True)  # fmt: skip
-        self.streams[snap.stream] = st
-        self.stats.stream(snap.stream, snap.session)
-        self.stats.count("restored")
-        log.info("stream %s: restored from its checkpoint (session %s, next seq %d)",
-                 snap.stream, snap.session[:8], snap.next_seq)  # fmt: skip
 
     # -- timing ---------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -391,11 +269,11 @@ class Engine:
         return results
 
     # -- compute --------------------------------------------------------------------------
-    def _flush(self, st: _Stream) -> list[Result]:
+    def _flush(self, st: StreamState) -> list[Result]:
         """Run the stream's chunk now (with every full chunk waiting)."""
         return self._run([st])
 
-    def _run(self, streams: list[_Stream]) -> list[Result]:
+    def _run(self, streams: list[StreamState]) -> list[Result]:
         """Run the chunks of `streams` and of every full chunk waiting, batched."""
         group = list(self._ready.values())
         self._ready.clear()
