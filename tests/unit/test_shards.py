@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from streamconv.errors import ConfigError, StartupError
 from streamconv.wire.shards import identity, owner, parse_shards, resolve, weight
+from tests.conftest import REPO
 
 SHARDS = [f"tcp://streamconv-worker-{i}.streamconv-worker:5555" for i in range(5)]
 names = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20)
@@ -158,3 +159,22 @@ def test_a_capture_waits_for_a_dns_name_that_does_not_resolve_yet() -> None:
                       wait_s=0.2)  # fmt: skip
     with pytest.raises(StartupError, match="no worker answered"):
         capture.run()  # tried again until wait_s: a clear startup error, not a config error
+
+
+def test_the_protocol_documents_the_routing_exactly() -> None:
+    """docs/PROTOCOL.md's worked example, recomputed from its words (hashlib alone)."""
+    import hashlib
+    import re
+
+    text = (REPO / "docs/PROTOCOL.md").read_text()
+    shards = [f"tcp://streamconv-worker-{i}.streamconv-worker:5555" for i in range(3)]
+    documented = re.findall(r"`(0x[0-9a-f]{16})`", text)
+    by_hand = [
+        int.from_bytes(
+            hashlib.blake2b(f"{identity(s)}\ncam0".encode(), digest_size=8).digest(), "big"
+        )
+        for s in shards
+    ]
+    assert [int(d, 16) for d in documented] == by_hand == [weight("cam0", s) for s in shards]
+    assert owner("cam0", shards) == shards[1]
+    assert "the owner is worker 1" in text
