@@ -224,3 +224,23 @@ def test_count_is_frames_of_every_layer(
     code = proc.wait()
     assert_clean_exit(proc, code)
     assert table_counts(proc.stdout()) == {"cam0/c1": 3, "cam0/c2": 3}
+
+
+def test_several_connects_fan_in_every_shards_outputs(
+    subscribe: Callable[..., SubscribeProc], zmq_ctx: transport.Context
+) -> None:
+    """`--connect` repeated (and EP,EP): one subscriber reads two workers' streams."""
+    shards = [FakeWorker(zmq_ctx) for _ in range(3)]
+    proc = subscribe("--connect", shards[0].endpoint,
+                     "--connect", f"{shards[1].endpoint},{shards[2].endpoint}",
+                     "--timeout", "3")  # fmt: skip
+    for i, shard in enumerate(shards):
+        shard.wait_subscribed(b"", proc=proc.proc)
+        for seq in range(2 + i):
+            shard.output(f"cam{i}", "c1", seq)
+        shard.eos(f"cam{i}", "c1", 2 + i)
+    for i in range(3):
+        proc.wait_for_line(f"eos: cam{i}/c1 after {2 + i} frames")
+    code = proc.wait()  # ends after 3 idle seconds
+    assert_clean_exit(proc, code)
+    assert table_counts(proc.stdout()) == {"cam0/c1": 2, "cam1/c1": 3, "cam2/c1": 4}
