@@ -19,7 +19,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from importlib.metadata import version
@@ -32,6 +31,7 @@ import pipeline_procs as procs
 import zmq
 from floor import RECV_TIMEOUT_S, FloorVariant, Run
 from machine import cpu_line
+from pipeline_runs import interleave, wait_worker_ready
 
 from streamconv.client.subscriber import Subscriber
 from streamconv.config import load_settings
@@ -80,17 +80,7 @@ class StreamconvVariant:
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Probes through the worker until one comes back (torch import takes seconds)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if not self.worker.is_alive():
-                msg = f"worker exited (code {self.worker.exitcode})"
-                raise RuntimeError(msg)
-            try:
-                self.sub.wait_ready(self.input, timeout_s=1.0)
-                return
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
+        wait_worker_ready(self.worker, self.sub, self.input, timeout_s)
 
     def run(self, n: int) -> Run:
         out = Run()
@@ -117,20 +107,6 @@ def correct(run: Run, size: Size, chw: bool) -> bool:
 
 def runner(variant: StreamconvVariant | FloorVariant, n: int) -> Callable[[], Run]:
     return lambda: variant.run(n)
-
-
-def interleave(
-    variants: dict[str, Callable[[], Run]], rounds: int, skip: int
-) -> dict[str, list[Run]]:
-    """Every variant once per round, the order rotated so drift hits all of them alike."""
-    names: list[str] = list(variants)
-    runs: dict[str, list[Run]] = {n: [] for n in variants}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            run = variants[name]()
-            if r >= skip:
-                runs[name].append(run)
-    return runs
 
 
 def machine(threads: int) -> str:

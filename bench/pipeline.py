@@ -19,7 +19,7 @@ import numpy as np
 import pipeline_procs as procs
 import zmq
 from machine import cpu_line
-from pipeline_runs import PipelineVariant, Run, imagezmq_run, relay_run
+from pipeline_runs import PipelineVariant, Run, imagezmq_run, interleave, relay_run
 
 from streamconv.config import load_settings
 
@@ -74,19 +74,6 @@ def settings_for(name: str, live: bool = False) -> Any:
     ports = {"input": procs.free_endpoint(), "output": procs.free_endpoint()}
     overrides = {"worker": {**worker, **ports, "http": "off", **(LIVE if live else {})}}
     return load_settings(CONFIGS / f"{config}.toml", overrides)
-
-
-def interleave(
-    variants: dict[str, Callable[[], Run]], rounds: int, skip: int = 0
-) -> dict[str, list[Run]]:
-    """Run every variant once per round, rotating the order so drift hits all of them."""
-    names, runs = list(variants), {n: [] for n in variants}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            run = variants[name]()
-            if r >= skip:
-                runs[name].append(run)
-    return runs
 
 
 def ms(values: list[int], q: float) -> float:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pipeline_procs as procs
@@ -20,6 +21,38 @@ import zmq
 from streamconv.client.subscriber import Subscriber
 
 RECV_TIMEOUT_S = 60.0  # a hung run is a failed run, never a hung benchmark
+R = TypeVar("R")
+
+
+def interleave(
+    variants: dict[str, Callable[[], R]], rounds: int, skip: int = 0
+) -> dict[str, list[R]]:
+    """Run every variant once per round, rotating the order so drift hits all of them; the
+    first `skip` rounds are warm-up, not kept."""
+    names: list[str] = list(variants)
+    runs: dict[str, list[R]] = {n: [] for n in variants}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            run = variants[name]()
+            if r >= skip:
+                runs[name].append(run)
+    return runs
+
+
+def wait_worker_ready(worker: Any, sub: Subscriber, inp: str, timeout_s: float = 120.0) -> None:
+    """Probe through the worker process until an answer reaches `sub` (torch import and model
+    build take seconds); RuntimeError if the process exits first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if not worker.is_alive():
+            msg = f"worker {worker.name} exited (code {worker.exitcode})"
+            raise RuntimeError(msg)
+        try:
+            sub.wait_ready(inp, timeout_s=1.0)
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
 
 
 @dataclass
@@ -63,17 +96,7 @@ class PipelineVariant:
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Beat the PUB/SUB slow joiner (torch import and model build take seconds)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if not self.worker.is_alive():
-                msg = f"worker {self.worker.name} exited (code {self.worker.exitcode})"
-                raise RuntimeError(msg)
-            try:
-                self.sub.wait_ready(self.input, timeout_s=1.0)
-                return
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
+        wait_worker_ready(self.worker, self.sub, self.input, timeout_s)
 
     def run(self, n: int, *, live: bool = False, fps: float = 30.0) -> Run:
         mode = "live" if live else "lossless"
