@@ -85,6 +85,25 @@ def test_the_installed_package_runs_outside_the_checkout(
         cwd=work, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert assets.stdout.strip() == "ok", assets.stderr
+    # The proxy from the installed package: up, then `docker stop` (SIGTERM) exits 0.
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        shard, listen = (f"tcp://127.0.0.1:{s.getsockname()[1]}" for s in (a, b))
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "streamconv", "proxy", "--shards", shard, "--listen", listen],
+        cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proxy.stderr is not None
+        line = proxy.stderr.readline()  # its first line says where it listens
+        assert f"proxy on {listen}" in line, line
+        proxy.send_signal(signal.SIGTERM)
+        assert proxy.wait(15) == 0
+    finally:
+        if proxy.poll() is None:
+            proxy.kill()
+        proxy.communicate(timeout=10)
     done = streamconv("run", "sample", "--config", "retina", "--device", "cpu", cwd=work,
                       env=env, timeout_s=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
