@@ -6,6 +6,12 @@ is, and after a reconnect where the worker goes on, from probes (docs/PROTOCOL.m
 stream `_probe` that `watch`es this stream and asks to `resume` this session, answered on the
 worker's output with `next_seq` (the seq it needs next) and `checkpointed` (its last
 checkpoint's next seq). The frames from `next_seq` on are then sent again, marked `replay`.
+
+An answer counts only for the question it answers and the worker that gives it: probes are
+numbered (their session is `PREFIX.N`), a reconnect starts a new round that takes no answer to
+a probe sent before it (answers of a worker that has since died wait in the SUB queue), and
+the round's first answer names the worker (its `boot` id) whose later answers may trim the
+buffer.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ class Resender:
         self.resent = 0
         self._prefix = protocol.new_session()[:16] + "."
         self._asked = 0
+        self._round = 1  # probes numbered from here on are of the current round
+        self.boot: str | None = None  # the worker that answered the current round
         self._last_ask = 0.0
         self.answered = False  # the worker has answered a probe (it can resume)
 
@@ -95,19 +103,30 @@ class Resender:
         self._last_ask = time.monotonic()
 
     def answers(self, timeout_ms: int = 0) -> list[dict[str, Any]]:
-        """The answers to this sender's probes that arrived (waiting up to `timeout_ms`)."""
+        """The answers that arrived (waiting up to `timeout_ms`) to this round's probes, from
+        the worker that answered the round first."""
         out = []
         frames = transport.recv(self.sub, timeout_ms)
         while frames is not None:
-            try:
-                header, _ = protocol.decode_output([f.buffer for f in frames])
-            except ProtocolError:
-                header = {}
-            if header.get("session", "").startswith(self._prefix) and "next_seq" in header:
+            header = self._answer(frames)
+            if header is not None and (self.boot is None or header.get("boot") == self.boot):
+                self.boot = header.get("boot")
                 out.append(header)
                 self.answered = True
             frames = transport.recv_nowait(self.sub)
         return out
+
+    def _answer(self, frames: list[Any]) -> dict[str, Any] | None:
+        """The header if it answers a probe of this round with a resume point."""
+        try:
+            header, _ = protocol.decode_output([f.buffer for f in frames])
+        except ProtocolError:
+            return None
+        session = header["session"]
+        if not session.startswith(self._prefix) or "next_seq" not in header:
+            return None
+        number = session[len(self._prefix) :]
+        return header if number.isdigit() and int(number) >= self._round else None
 
     def tick(self, push: transport.Socket) -> None:
         """While sending: now and then, ask for the last checkpoint and trim to it."""
@@ -123,13 +142,16 @@ class Resender:
     ) -> int | None:  # fmt: skip
         """After a reconnect: the seq the worker needs next (with a subscriber, if wanted);
         None if it did not say within `timeout_s` (an older worker, or no output reachable),
-        or within NEVER_ANSWERED_S if it never answered a probe so far."""
+        or within NEVER_ANSWERED_S if it never answered a probe so far. Only answers to the
+        probes asked from now on count: the worker may have restarted since the last ones."""
         limit = timeout_s if self.answered else min(timeout_s, NEVER_ANSWERED_S)
         deadline = time.monotonic() + limit
+        self._round, self.boot = self._asked + 1, None
         while not stop.is_set() and time.monotonic() < deadline:
             self.ask(push)
             for answer in self.answers(RETRY_MS):
                 if want_subscriber and not answer.get("subscribed"):
+                    self.boot = None  # ask again; any worker's next answer may do
                     continue
                 if answer.get("checkpointed") is not None:
                     self.trim(answer["checkpointed"])

@@ -401,9 +401,11 @@ def encode_output_eos(
     *,
     preview: bool = False,
     resume: tuple[int, int | None] | None = None,
+    boot: str | None = None,
 ) -> list[Any]:
     """[topic, header, b""]: no more output for this layer of this stream and session.
-    `subscribed` answers a probe's `watch`; `preview` sends it on the preview topic."""
+    `subscribed` answers a probe's `watch`; `preview` sends it on the preview topic; a probe's
+    answer carries `resume` (next seq, last checkpoint's) and the worker's `boot` id."""
     header: dict[str, Any] = {
         "v": VERSION,
         "kind": "eos",
@@ -417,6 +419,8 @@ def encode_output_eos(
         header["subscribed"] = subscribed
     if resume is not None:  # a probe's answer: where the watched stream goes on
         header["next_seq"], header["checkpointed"] = resume
+    if boot is not None and stream == PROBE_STREAM:
+        header["boot"] = boot
     if preview:
         header["preview"] = True
         return [preview_topic(stream, layer), json.dumps(header).encode(), b""]
@@ -466,6 +470,8 @@ def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
         _int_field(header, "next_seq")
     if header.get("checkpointed") is not None:
         _int_field(header, "checkpointed")
+    if "boot" in header:
+        _session({"session": header["boot"]})
     if header.get("preview"):
         if kind == "output":
             header["full_shape"] = list(_shape(header.get("full_shape"), (3,)))

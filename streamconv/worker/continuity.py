@@ -87,8 +87,7 @@ class Continuity:
             return True
         if msg.live and msg.seq > st.next_seq:  # frames dropped on the way: the state goes on
             missing = msg.seq - st.next_seq
-            self.stats.count("frames_missing", missing)
-            self.stats.stream(st.name).missing += missing
+            self.stats.missing(st.name, missing)
             st.next_seq = msg.seq
             return False
         if not st.restored or msg.seq < st.next_seq:
@@ -98,8 +97,7 @@ class Continuity:
             self.stats.count("awaiting_resend")
             return True
         missing = msg.seq - st.next_seq
-        self.stats.count("frames_missing", missing)
-        self.stats.stream(st.name).missing += missing
+        self.stats.missing(st.name, missing)
         log.info("stream %s: %d frames missing after the restore; going on from the "
                  "checkpointed state", st.name, missing)  # fmt: skip
         st.next_seq = msg.seq
@@ -153,7 +151,7 @@ class Continuity:
                      state=snap.state, discontinuity=False, last_seen=now, owner=snap.owner,
                      restored=True)  # fmt: skip
         self.streams[snap.stream] = st
-        self.stats.stream(snap.stream, snap.session)
+        self.stats.open(snap.stream, snap.session)
         self.stats.count("restored")
         log.info("stream %s: restored from its checkpoint (session %s, next seq %d)",
                  snap.stream, snap.session[:8], snap.next_seq)  # fmt: skip

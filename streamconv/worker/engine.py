@@ -107,8 +107,7 @@ class Engine(Continuity):
             st = self.streams[msg.stream] = StreamState(msg.stream, msg.session, owner=sender)
             self._started(st, shape)
             if msg.live and msg.seq > 0:  # its first frames were dropped on the way
-                self.stats.count("frames_missing", msg.seq)
-                self.stats.stream(st.name).missing += msg.seq
+                self.stats.missing(st.name, msg.seq)
         elif (
             st.session != msg.session
             or msg.seq != st.next_seq
@@ -139,14 +138,13 @@ class Engine(Continuity):
         st.next_seq = msg.seq + 1
         st.last_seen = now
         st.fps = msg.fps
-        self.stats.stream(st.name).received += 1
-        self.stats.count("frames_in")
+        self.stats.received(st.name)
         if st.count >= self.chunk:
             self._ready[st.name] = st  # run with the others due (run_ready)
         return results
 
     def _started(self, st: StreamState, shape: tuple[int, ...]) -> None:
-        self.stats.stream(st.name, st.session)
+        self.stats.open(st.name, st.session)
         size = "x".join(map(str, (shape[2], shape[1], shape[0])))
         log.info("stream %s: started (session %s, %s)", st.name, st.session[:8], size)
 
@@ -156,8 +154,7 @@ class Engine(Continuity):
         elif msg.seq != st.next_seq:
             cause = Reset.SEQ_GAP
             missing = max(0, msg.seq - st.next_seq)
-            self.stats.count("frames_missing", missing)
-            self.stats.stream(st.name).missing += missing
+            self.stats.missing(st.name, missing)
         else:
             cause = Reset.SIZE_CHANGE
         self.stats.reset(st.name, cause)
@@ -176,7 +173,7 @@ class Engine(Continuity):
                 )
         st.recent_sessions.append(st.session)
         st.restart(msg.session)
-        self.stats.stream(st.name).session = msg.session
+        self.stats.open(st.name, msg.session)
 
     def _end(self, msg: InputMessage) -> list[Result]:
         if msg.stream == PROBE_STREAM:
@@ -195,8 +192,7 @@ class Engine(Continuity):
             results += self._flush(st)
             if msg.seq != st.next_seq:
                 missing = max(0, msg.seq - st.next_seq)
-                self.stats.count("frames_missing", missing)
-                self.stats.stream(st.name).missing += missing
+                self.stats.missing(st.name, missing)
                 log.warning(
                     "stream %s: eos says %d frames were sent, %d arrived in order",
                     msg.stream,

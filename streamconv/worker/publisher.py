@@ -97,10 +97,9 @@ class Publisher:
         scales, offsets = r.quant.get(name, (None, None))
         small = previews.shrink(frames[last], scales[last] if scales else None,
                                 offsets[last] if offsets else None)  # fmt: skip
-        st = self.stats.stream(r.stream)
         return protocol.encode_preview(
             r.stream, name, r.session, r.seqs[last], r.t_ns[last], small,
-            full_shape=frames[last].shape, lost=st.missing + sum(st.drops.values()),
+            full_shape=frames[last].shape, lost=self.stats.lost(r.stream),
             fps=r.fps, discontinuity=previews.take_reset(r.stream, name),
         )  # fmt: skip
 
@@ -120,7 +119,7 @@ class Publisher:
             subscribed = self.stats.has_subscriber(r.watch, self.layers)
         for name in self.layers:
             parts = protocol.encode_output_eos(r.stream, name, r.session, r.seq, subscribed,
-                                               resume=r.resume)  # fmt: skip
+                                               resume=r.resume, boot=self.stats.boot)  # fmt: skip
             transport.send(self.sock, parts)
         self.stats.count("eos_published", len(self.layers))
         previews = self._previewing()

@@ -10,8 +10,9 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -63,6 +64,7 @@ class StreamStats:
     started: float = field(default_factory=time.monotonic)
     received: int = 0
     processed: int = 0
+    processed_session: int = 0  # of `processed`, in this session (for its frame rate)
     missing: int = 0
     published: Counter[str] = field(default_factory=Counter)
     resets: Counter[Reset] = field(default_factory=Counter)
@@ -74,7 +76,8 @@ class StreamStats:
 
     def fps(self) -> float:
         span = self.last_out - self.first_out
-        return (self.processed - 1) / span if span > 0 and self.processed > 1 else 0.0
+        n = self.processed_session
+        return (n - 1) / span if span > 0 and n > 1 else 0.0
 
     def percentile_ms(self, q: float) -> float | None:
         if not self.latency_s:
@@ -94,6 +97,8 @@ class Stats:
         self.latency = Histogram(LATENCY_BUCKETS)
         self.chunk_seconds = Histogram(CHUNK_BUCKETS)
         self.started = time.time()
+        # This worker process, told apart from the one before a restart (probe answers carry it).
+        self.boot = uuid.uuid4().hex[:16]
         self._ended: deque[str] = deque()
 
     # -- writers (the worker loop) ----------------------------------------------------------
@@ -101,14 +106,44 @@ class Stats:
         with self.lock:
             self.counts[key] += n
 
-    def stream(self, name: str, session: str = "") -> StreamStats:
+    def open(self, name: str, session: str) -> StreamStats:
+        """A stream starts (or starts again after it ended): its counters go on from where
+        they were, so a per-stream counter on /metrics never decreases."""
         with self.lock:
             st = self.streams.get(name)
-            if st is None or st.ended is not None:
-                if st is not None and name in self._ended:
-                    self._ended.remove(name)
+            if st is not None and st.ended is not None:
+                self._ended.remove(name)
+                st = replace(st, session=session, started=time.monotonic(), ended=None,
+                             latency_s=deque(maxlen=LATENCY_SAMPLES), first_out=0.0,
+                             last_out=0.0, processed_session=0)  # fmt: skip
+                self.streams[name] = st
+            elif st is None:
                 st = self.streams[name] = StreamStats(name, session)
+            st.session = session
             return st
+
+    def received(self, name: str) -> None:
+        with self.lock:
+            self.counts["frames_in"] += 1
+            st = self.streams.get(name)
+            if st is not None:
+                st.received += 1
+
+    def missing(self, name: str, frames: int) -> None:
+        """`frames` frames of the stream never reached the model (a gap in seq)."""
+        if frames <= 0:
+            return
+        with self.lock:
+            self.counts["frames_missing"] += frames
+            st = self.streams.get(name)
+            if st is not None:
+                st.missing += frames
+
+    def lost(self, name: str) -> int:
+        """The stream's frames the worker never ran (missing or dropped), 0 if unknown."""
+        with self.lock:
+            st = self.streams.get(name)
+            return 0 if st is None else st.missing + sum(st.drops.values())
 
     def drop(self, reason: Drop, stream: str | None = None, frames: int = 1) -> None:
         with self.lock:
@@ -132,6 +167,7 @@ class Stats:
             st = self.streams.get(stream)
             if st is not None:
                 st.processed += frames
+                st.processed_session += frames
                 st.first_out = st.first_out or now
                 st.last_out = now
 
@@ -208,6 +244,7 @@ class Stats:
             }
             return {
                 "uptime_s": round(time.time() - self.started, 1),
+                "boot": self.boot,
                 "active_streams": sum(s["state"] == "active" for s in streams.values()),
                 "counts": dict(self.counts),
                 "drops": {str(k): v for k, v in self.drops.items()},

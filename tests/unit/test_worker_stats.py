@@ -24,7 +24,9 @@ def test_histogram_buckets_are_cumulative() -> None:
 
 def test_stream_stats_and_subscriptions() -> None:
     s = Stats()
-    s.stream("a", "s1").received += 3
+    s.open("a", "s1")
+    for _ in range(3):
+        s.received("a")
     s.processed("a", 3, 0.01)
     s.published("a", "conv", 3, [0.001, 0.002, 0.010])
     s.published("a", "relu", 3, [])
@@ -54,6 +56,33 @@ def test_stream_stats_and_subscriptions() -> None:
     assert s.active() == 0
 
 
+def test_counts_of_an_ended_stream_stay_and_never_decrease() -> None:
+    """Asking about an ended stream (a preview does) never makes a blank one; a stream that
+    starts again goes on counting from its old totals (a Prometheus counter never decreases)."""
+    s = Stats()
+    s.open("a", "s1")
+    for _ in range(5):
+        s.received("a")
+    s.missing("a", 2)
+    s.ended("a", "eos")
+    assert s.lost("a") == 2
+    assert s.lost("never-seen") == 0
+    snap = s.snapshot()
+    assert snap["active_streams"] == 0
+    assert snap["streams"]["a"]["state"] == "eos"
+    assert snap["streams"]["a"]["session"] == "s1"
+    assert snap["streams"]["a"]["frames_received"] == 5
+    assert "never-seen" not in snap["streams"]
+    s.open("a", "s2")
+    s.received("a")
+    again = s.snapshot()["streams"]["a"]
+    assert (again["state"], again["session"], again["frames_received"]) == ("active", "s2", 6)
+    assert again["frames_missing"] == 2
+    assert s.counts["frames_in"] == 6
+    s.ended("a", "eos")
+    assert s.active() == 0
+
+
 def test_an_empty_subscription_matches_every_stream() -> None:
     s = Stats()
     s.subscription(True, b"")
@@ -63,7 +92,7 @@ def test_an_empty_subscription_matches_every_stream() -> None:
 def test_ended_streams_are_bounded() -> None:
     s = Stats()
     for i in range(200):
-        s.stream(f"s{i}")
+        s.open(f"s{i}", "x")
         s.ended(f"s{i}", "eos")
     assert len(s.streams) == 64
 
@@ -84,7 +113,9 @@ def test_drop_log_logs_a_burst_then_summarises(caplog: pytest.LogCaptureFixture)
 
 def test_metrics_render_in_prometheus_format() -> None:
     s = Stats()
-    s.stream("cam0").received += 2
+    s.open("cam0", "x")
+    s.received("cam0")
+    s.received("cam0")
     s.drop(Drop.OVERSIZE)
     text = metrics.render(metrics.registry(s, lambda: 1234)).decode()
     samples = {
