@@ -155,7 +155,10 @@ def parser() -> argparse.ArgumentParser:
     s = add("subscribe", "print per-layer frames/s and latency; save outputs")
     s.add_argument("--connect", action="append", help="worker output endpoint (default "
                    "tcp://127.0.0.1:5556); repeat it, or EP,EP,..., for every shard's")  # fmt: skip
-    s.add_argument("--stream", help="only this stream")
+    s.add_argument("--stream", help="only this stream, until its eos; exit code 4 if it lost "
+                   "outputs or did not end")  # fmt: skip
+    s.add_argument("--allow-loss", action="store_true", help="with --stream: exit 0 even if "
+                   "outputs were lost (a live camera)")  # fmt: skip
     s.add_argument("--layer", action="append", help="only this layer (repeatable)")
     s.add_argument("--save", type=Path, help="write a preview .mp4 per layer into this folder")
     s.add_argument("--npy", type=Path, help="write every output frame as .npy into this folder")

@@ -3,6 +3,10 @@
 It runs until SIGINT or SIGTERM (both end it cleanly: files finalised, summary printed, exit 0),
 until `--timeout` idle seconds, until `--count` outputs of every layer, or, with `--stream`,
 until that stream's eos has arrived on every layer.
+
+Its summary counts every output missed (client/losses.py). With `--stream` it exits with
+LOST_EXIT when that stream missed outputs or did not end before `--timeout` (`--allow-loss`:
+exit 0 all the same, e.g. for a live camera).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from streamconv.wire.shards import parse_shards
 
 REPORT_EVERY_S = 2.0
 POLL_S = 0.2  # how soon a stop signal is noticed
+LOST_EXIT = 4  # the followed stream lost outputs, or did not end in time
 
 
 def subscribe(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
@@ -29,13 +34,12 @@ def subscribe(args: argparse.Namespace, stop: threading.Event | None = None) -> 
     stop = threading.Event() if stop is None else stop
     restore = on_stop(lambda signum: stop.set())  # SIGINT, SIGTERM
     try:
-        _run(args, stop)
+        return _run(args, stop)
     finally:
         restore()
-    return 0
 
 
-def _run(args: argparse.Namespace, stop: threading.Event) -> None:
+def _run(args: argparse.Namespace, stop: threading.Event) -> int:
     monitor = Monitor()
     preview = PreviewWriter(args.save) if args.save else None
     npy = NpyWriter(args.npy) if args.npy else None
@@ -77,14 +81,31 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> None:
         print(monitor.table())
         if sub.bad_messages:
             print(f"bad messages skipped: {sub.bad_messages}")
-        if sum(sub.gaps.values()):
-            print(f"lost outputs (seq gaps without discontinuity): {dict(sub.gaps)}")
+        for line in sub.losses.report():
+            print(f"lost: {line}")
         if sub.duplicates:
             print(f"outputs recomputed after a worker restart, already received: {sub.duplicates}")
+        return _verdict(sub, args, timed_out=not stop.is_set() and not sub.ended and
+                        not _enough(counts, args.count, args.layer))  # fmt: skip
     finally:
         if preview:  # an mp4 that is not released does not play
             for path in preview.close():
                 print(f"preview: {path}")
+
+
+def _verdict(sub: Subscriber, args: argparse.Namespace, timed_out: bool) -> int:
+    """LOST_EXIT if the followed stream lost outputs or never ended; 0 otherwise."""
+    if args.stream is None:
+        return 0
+    missed = sub.losses.missed(args.stream)
+    if not missed and not timed_out:
+        return 0
+    why = f"{missed} outputs lost" if missed else "it did not end"
+    if getattr(args, "allow_loss", False):
+        print(f"stream {args.stream}: {why} (allowed by --allow-loss)")
+        return 0
+    print(f"stream {args.stream}: {why}; exit code {LOST_EXIT} (--allow-loss to accept it)")
+    return LOST_EXIT
 
 
 def _enough(counts: Counter[tuple[str, str]], n: int | None, layers: Iterable[str] | None) -> bool:

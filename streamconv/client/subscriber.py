@@ -11,9 +11,12 @@ that stream's session has sent eos on every layer: the `layers` given, or else e
 on the stream (a layer that published outputs is seen before its eos). Without a `stream` the
 outputs of all streams interleave and have no common end: iterating goes on until a receive
 times out. Gaps in seq that the worker did not mark as a discontinuity (a subscriber too slow
-for the PUB high-water mark, or a worker restart) are counted in `gaps`; outputs a restarted
-worker computed again (`replay`) that this subscriber already has are skipped and counted in
-`duplicates`.
+for the PUB high-water mark, or a worker restart) are counted in `gaps` (events); `losses`
+counts the outputs missed, per stream, layer and session: at the start (joined late), in gaps,
+at the end (known from the eos), and the sessions that never ended (client/losses.py). Outputs
+a restarted worker computed again (`replay`) that this subscriber already has are skipped and
+counted in `duplicates`. To see a stream from its first output, subscribe (and `wait_ready`)
+before its sender starts.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from streamconv.client.losses import Losses
 from streamconv.errors import AuthError, ProtocolError
 from streamconv.wire import protocol, transport
 from streamconv.wire.protocol import PROBE_STREAM
@@ -73,6 +77,7 @@ class Subscriber:
         # With CURVE, a refused handshake is reported instead of a silent timeout.
         self._watch = transport.PeerWatch(self.sock) if curve_secret else None
         self.gaps: Counter[tuple[str, str]] = Counter()
+        self.losses = Losses()
         self.bad_messages = 0
         self.duplicates = 0  # replayed outputs already received, skipped
         self._last: dict[tuple[str, str], tuple[str, int]] = {}
@@ -117,6 +122,10 @@ class Subscriber:
                 self.duplicates += 1
                 continue
             self._check_gap(header)
+            if header["kind"] == "output":
+                self.losses.output(header)
+            else:
+                self.losses.eos(header)
             self._track_end(header)
             return header, array
 

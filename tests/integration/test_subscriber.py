@@ -182,3 +182,32 @@ def test_bad_messages_are_skipped_and_counted(worker: FakeWorker, open_sub: Any)
     worker.eos("cam0", "c1", 1)
     assert kinds(list(sub)) == ["c1:output:0", "c1:eos:1"]
     assert sub.bad_messages == 3
+
+
+def test_missed_outputs_are_counted_at_the_start_in_gaps_and_at_the_end(
+    worker: FakeWorker, open_sub: Any
+) -> None:
+    """Joined late (first seq 2), a gap of 3 (seq 4-6, one of them marked by the worker), the
+    last 2 missed before the eos of 12: 2 + 3 + 2 outputs missed, one state reset."""
+    sub = open_sub(stream="cam0", layers=["c1"])
+    for seq, flag in [(2, False), (3, False), (7, True), (8, False), (9, False)]:
+        worker.output("cam0", "c1", seq, discontinuity=flag)
+    worker.eos("cam0", "c1", 12)
+    assert len(list(sub)) == 6
+    tally = sub.losses.tallies[("cam0", "c1", SESSION)]
+    assert (tally.start, tally.middle, tally.end, tally.discontinuities) == (2, 3, 2, 1)
+    assert sub.losses.missed("cam0") == 7
+    assert sub.losses.missed("other") == 0
+    assert sub.losses.not_ended() == []
+    assert "received 5 of 12, missed 7" in sub.losses.report()[0]
+
+
+def test_a_session_without_eos_is_reported_as_not_ended(worker: FakeWorker, open_sub: Any) -> None:
+    sub = open_sub(stream="cam0", layers=["c1"])
+    for seq in range(3):
+        worker.output("cam0", "c1", seq)
+    while sub.poll(0.5) is not None:
+        pass
+    assert sub.losses.missed() == 0
+    assert sub.losses.not_ended() == [("cam0", "c1", SESSION)]
+    assert "no eos" in sub.losses.report()[0]

@@ -1,0 +1,87 @@
+"""Issue 16's cases with real processes: nothing lost, or every loss counted where the user
+looks (the subscriber's summary and exit code, the worker's /status)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamconv.client import Sender
+from tests.conftest import REPO
+from tests.integration.conftest import WorkerProc
+
+pytestmark = pytest.mark.integration
+
+
+def status(worker: WorkerProc) -> dict[str, Any]:
+    with urllib.request.urlopen(worker.http + "/status", timeout=5) as reply:
+        return json.load(reply)
+
+
+def readme_client_example() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index("```python\nimport numpy as np\nfrom streamconv.client import Sender")
+    return text[start + len("```python\n") : text.index("```", start + 10)]
+
+
+def test_the_readme_client_example_receives_every_output(
+    start_worker: Callable[..., WorkerProc], python_env: dict[str, str]
+) -> None:
+    """Case 4: as written (only the endpoints changed), the example gets all 100 outputs."""
+    worker = start_worker()
+    code = readme_client_example()
+    code = code.replace("tcp://127.0.0.1:5555", worker.input)
+    code = code.replace("tcp://127.0.0.1:5556", worker.output)
+    code = code.replace("        ...", "        n = locals().get('n', 0) + (frame is not None)")
+    code += "print('received', n)\n"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=python_env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "outputs missed: 0" in done.stdout
+    assert "received 100" in done.stdout
+
+
+def run_subscribe(env: dict[str, str], *flags: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "streamconv", "subscribe", *flags]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def until(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.02)
+
+
+def test_subscribe_that_joined_late_reports_the_missed_outputs_and_exits_4(
+    start_worker: Callable[..., WorkerProc], python_env: dict[str, str]
+) -> None:
+    """A subscriber that joined after the first 30 frames: the summary names 30 outputs
+    missed at the start of every layer, and the exit code says so (4; 0 with --allow-loss)."""
+    worker = start_worker()
+    with Sender(worker.input, stream="late", wait_s=30) as sender:
+        for i in range(30):
+            sender.send(np.full((24, 32), i, np.uint8))
+        until(lambda: status(worker)["streams"].get("late", {}).get("frames_processed") == 30,
+              "30 frames processed")  # fmt: skip
+        flags = ("--connect", worker.output, "--stream", "late", "--timeout", "20")
+        subs = [run_subscribe(python_env, *flags, *extra) for extra in ((), ("--allow-loss",))]
+        until(lambda: sum(n for t, n in status(worker)["subscriptions"].items()
+                          if t.startswith("late/")) == 2, "both subscribed")  # fmt: skip
+        for i in range(30, 40):
+            sender.send(np.full((24, 32), i, np.uint8))
+    outs = [p.communicate(timeout=60) for p in subs]
+    strict, relaxed = subs
+    assert strict.returncode == 4, outs[0]
+    assert relaxed.returncode == 0, outs[1]
+    for out, _ in outs:
+        assert "received 10 of 40, missed 30 (at the start 30, in gaps 0, at the end 0)" in out
