@@ -8,6 +8,7 @@ down cleanly and the summary is printed (the offline check is skipped).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
@@ -189,11 +190,26 @@ def _run(
     return _verify(settings, capture, received)
 
 
+def check_listen(host: str, port: int) -> None:
+    """StartupError, in one line, if `host:port` cannot be listened on: the view's child would
+    fail on it only after the pipeline started (and the URL of the other program printed)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the view's server binds
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            why = "address in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+            msg = f"cannot listen on {host}:{port}: {why}; pick another --listen"
+            raise StartupError(msg) from e
+
+
 def _start_view(viewer: Supervisor, settings: Settings) -> tuple[str, str]:
     """Start `streamconv view` on a free output endpoint: (the page's URL, that endpoint)."""
     host, port = parse_http(settings.view.listen) or ("127.0.0.1", 0)
     if port == 0:  # the child binds it: pick it here so that the URL is known
         port = int(free_endpoint().rsplit(":", 1)[1])
+    check_listen(host, port)
     output = free_endpoint()
     connect = settings.view.connect.model_copy(update={"endpoint": output})
     view = settings.view.model_copy(update={"listen": f"{host}:{port}", "connect": connect})
@@ -202,19 +218,24 @@ def _start_view(viewer: Supervisor, settings: Settings) -> tuple[str, str]:
 
 
 def wait_for_page(url: str, viewer: Supervisor, stop: threading.Event) -> None:
-    """Block until a browser has opened the page (the view's /status counts pages)."""
-    print(f"view: open {url} in a browser; the capture starts when the page is open "
-          "(Ctrl-C to stop)", flush=True)  # fmt: skip
+    """Block until a browser has opened the page (the view's /status counts pages). The URL
+    is printed once the view answers on it, so a view that failed never has its URL shown."""
+    told = False
     while not stop.wait(0.25):
         failed = viewer.failed()
         if failed:
             raise StartupError(failed)
         try:
             with urllib.request.urlopen(url + "status", timeout=2) as reply:
-                if json.load(reply).get("pages_total", 0) > 0:
-                    return
+                pages = json.load(reply).get("pages_total", 0)
         except (OSError, ValueError):
             continue  # not listening yet
+        if not told:
+            told = True
+            print(f"view: open {url} in a browser; the capture starts when the page is open "
+                  "(Ctrl-C to stop)", flush=True)  # fmt: skip
+        if pages > 0:
+            return
 
 
 def _check_children(children: Supervisor, idle_s: float) -> None:

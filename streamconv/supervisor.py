@@ -13,11 +13,13 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from streamconv.config import CaptureSettings, Settings, ViewSettings
+from streamconv.errors import StartupError
 from streamconv.logs import configure as configure_logging
 
 log = logging.getLogger(__name__)
 
 STOP_WAIT_S = 10.0  # a worker finishes in-hand chunks within its shutdown_timeout_s
+EXIT_STARTUP = 3  # the CLI's code for a startup error
 
 
 def worker_main(settings: Settings) -> None:
@@ -37,11 +39,17 @@ def capture_main(settings: CaptureSettings, level: str, fmt: str) -> None:
 
 
 def view_main(settings: ViewSettings, level: str, fmt: str) -> None:
-    """Child process entry: serve the live page until SIGTERM."""
+    """Child process entry: serve the live page until SIGTERM. A startup error (its port was
+    taken since run checked it) is one log line and exit code 3, as `streamconv view` gives,
+    not a traceback: this entry is the child's command line."""
     from streamconv.client.view.role import View
 
     configure_logging(level, fmt)
-    View(settings).run()
+    try:
+        View(settings).run()
+    except StartupError as e:
+        log.error("%s", e)
+        raise SystemExit(EXIT_STARTUP) from None
 
 
 class Supervisor:

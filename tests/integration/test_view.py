@@ -271,3 +271,23 @@ def test_uint8_outputs_are_shown_too(
     page.until(lambda: ("q", "smooth") in page.images, what="an image")
     assert page.image("q", "smooth").shape == (40, 50, 3)
     assert np.ptp(page.image("q", "smooth")) > 0  # not a flat picture
+
+
+def test_run_view_on_a_taken_port_says_so_in_one_line(
+    python_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Not the child's traceback, not the URL of the other program's port: one line, exit 3."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "streamconv", "run", "synthetic:64x48:45", "--device", "cpu",
+             "--view", "--listen", f"127.0.0.1:{port}", "--out", str(tmp_path)],
+            cwd=REPO, env=python_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    said = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    expected = f"cannot listen on 127.0.0.1:{port}: address in use; pick another --listen"
+    assert len(said) == 1, said
+    assert expected in said[0]
