@@ -284,6 +284,7 @@ class Engine(Continuity):
         results: list[Result] = []
         for st, outcome in zip(group, outcomes, strict=True):
             seqs, t_ns, replays = st.seqs, st.t_ns, st.replays
+            newest = st.buffer[st.count - 1] if st.buffer is not None else None  # a view
             st.buffer, st.count, st.seqs, st.t_ns, st.replays = None, 0, [], [], []
             if isinstance(outcome, Broken):
                 # A value, not an exception: the other streams' results must go out.
@@ -298,7 +299,8 @@ class Engine(Continuity):
             st.state = outcome.state
             results.append(ChunkResult(st.name, st.session, seqs, t_ns, st.discontinuity,
                                        outcome.layers, outcome.quant, st.fps, outcome.compute_s,
-                                       replays if any(replays) else []))  # fmt: skip
+                                       replays if any(replays) else [],
+                                       input_frame=newest))  # fmt: skip
             st.discontinuity = False
             self.stats.count("frames_out", len(seqs))
             self.stats.processed(st.name, len(seqs), outcome.compute_s)

@@ -9,6 +9,10 @@ the stream's frames the worker never ran (dropped or missing), since a viewer se
 of the outputs and cannot count that itself. A frame that comes before its preview is due is
 kept (one per stream and layer, replaced by newer ones) and sent when it is due, so the last
 frame of a burst is always shown.
+
+The stream's input, as the model gets it (after the colour step), is previewed the same way
+under the layer name INPUT, while a subscription covers its topic: the newest input frame of
+a chunk, which the engine hands over as a view into the chunk's buffer (no copy).
 """
 
 from __future__ import annotations
@@ -21,8 +25,12 @@ from typing import Any
 import numpy as np
 
 from streamconv.wire import protocol
+from streamconv.worker.results import ChunkResult
 
 PREFIX = protocol.PREVIEW_PREFIX.encode()
+# A layer name cannot contain a dot (config), a protocol name can: no layer is ever called this.
+INPUT = ".input"
+_FULL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
 class Previews:
@@ -37,6 +45,12 @@ class Previews:
     def wanted(subscriptions: object) -> bool:
         """Does any subscription ask for previews? (An empty one, 'everything', does not.)"""
         return any(t.startswith(PREFIX) for t in subscriptions)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def input_wanted(subscriptions: object, stream: str) -> bool:
+        """Does a subscription cover the stream's input preview topic?"""
+        topic = protocol.preview_topic(stream, INPUT)
+        return any(topic.startswith(t) and t.startswith(PREFIX) for t in subscriptions)  # type: ignore[attr-defined]
 
     def offer(
         self, stream: str, layer: str, make: Callable[[], list[Any]], discontinuity: bool,
@@ -94,3 +108,23 @@ class Previews:
             small *= np.float32(scale)
             small += np.float32(offset)
         return small
+
+    def input_message(self, r: ChunkResult, lost: Callable[[str], int]) -> list[Any]:
+        """The preview of the chunk's newest input frame (r.input_frame, not None), as values
+        in the model's range: integer pixels (frames that travel raw to the device) are divided
+        by their full scale here, on the few pixels kept."""
+        frame = r.input_frame
+        if frame is None:  # pragma: no cover - the publisher offers only chunks that have one
+            msg = "no input frame in this chunk"
+            raise ValueError(msg)
+        step = max(1, math.ceil(max(frame.shape[-2:]) / self.side))
+        small = frame[:, ::step, ::step].astype(np.float32)
+        full = _FULL_SCALE.get(frame.dtype)
+        if full is not None:
+            small /= np.float32(full)
+        last = len(r.seqs) - 1
+        return protocol.encode_preview(
+            r.stream, INPUT, r.session, r.seqs[last], r.t_ns[last], small,
+            full_shape=frame.shape, lost=lost(r.stream), fps=r.fps,
+            discontinuity=self.take_reset(r.stream, INPUT),
+        )  # fmt: skip

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from streamconv.wire import protocol, transport
-from streamconv.worker.previews import Previews
+from streamconv.worker.previews import INPUT, Previews
 from streamconv.worker.results import ChunkResult, EndResult, Result
 from streamconv.worker.stats import Stats
 
@@ -82,6 +82,7 @@ class Publisher:
         previews = self._previewing()
         if previews is not None:
             self._preview(r, previews)
+            self._preview_input(r, previews)
 
     def _preview(self, r: ChunkResult, previews: Previews) -> None:
         """Offer the chunk's newest frame of each layer as its preview."""
@@ -102,6 +103,15 @@ class Publisher:
             full_shape=frames[last].shape, lost=self.stats.lost(r.stream),
             fps=r.fps, discontinuity=previews.take_reset(r.stream, name),
         )  # fmt: skip
+
+    def _preview_input(self, r: ChunkResult, previews: Previews) -> None:
+        """Offer the chunk's newest input frame as the stream's input preview (INPUT)."""
+        if r.input_frame is None or not Previews.input_wanted(self.stats.subscriptions, r.stream):
+            return
+        make = functools.partial(previews.input_message, r, self.stats.lost)
+        parts = previews.offer(r.stream, INPUT, make, r.discontinuity)
+        if parts is not None:
+            self._send_preview(parts)
 
     def _send_preview(self, parts: list[Any]) -> None:
         transport.send(self.sock, parts)

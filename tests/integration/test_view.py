@@ -19,6 +19,8 @@ import pytest
 
 from streamconv.capture.sources import synthetic_frame
 from streamconv.wire import protocol, transport
+from streamconv.wire.curve import generate
+from streamconv.worker.previews import INPUT
 from tests.conftest import REPO
 from tests.integration.conftest import WorkerProc
 from tests.integration.pages import PageClient, rss_mb, stalled_page
@@ -66,6 +68,14 @@ def test_a_page_sees_every_layer_of_every_stream(
     first = {n: page.images[("a", n)][0] for n in LAYERS}
     for name in LAYERS:
         assert page.image("a", name).shape == (30, 40, 3)
+    # The input comes first, as the worker's preview of it (full or not), gray as it is.
+    page.until(lambda: ("a", INPUT) in page.images, what="the input's image")
+    listed = (page.stream("a") or {}).get("layers", [])
+    assert [x["layer"] for x in listed] == [INPUT, *LAYERS]
+    assert listed[0]["input"] is True
+    shown = page.image("a", INPUT).astype(int)
+    assert shown.shape == (30, 40, 3)
+    assert np.abs(shown[..., 0] - shown[..., 2]).max() <= 8  # gray: no colour map
     send(push, "a", a, range(15, 30), 40, 30)
     transport.send(push, protocol.encode_eos("a", a, 30))
     page.until(lambda: (page.stream("a") or {}).get("status") == "ended", what="a ended")
@@ -73,7 +83,8 @@ def test_a_page_sees_every_layer_of_every_stream(
     for name in LAYERS:
         layer = page.layer("a", name)
         assert layer is not None
-        assert (layer["frames"], layer["lost"], layer["resets"], layer["seq"]) == (30, 0, 1, 29)
+        # A stream's first start is no reset.
+        assert (layer["frames"], layer["lost"], layer["resets"], layer["seq"]) == (30, 0, 0, 29)
         assert (layer["width"], layer["height"], layer["channels"]) == (40, 30, 1)
         assert layer["min"] <= layer["max"]
     change = page.layer("a", "change")
@@ -147,7 +158,7 @@ def test_view_before_its_worker_and_after_it_goes_away(
     assert (page.stream("cam") or {}).get("status") == "live"
     smooth = page.layer("cam", "smooth")
     assert smooth is not None
-    assert smooth["resets"] == 2
+    assert smooth["resets"] == 1  # the restart; the stream's first start was none
     assert smooth["lost"] == 0
 
 
@@ -291,3 +302,45 @@ def test_run_view_on_a_taken_port_says_so_in_one_line(
     expected = f"cannot listen on 127.0.0.1:{port}: address in use; pick another --listen"
     assert len(said) == 1, said
     assert expected in said[0]
+
+
+def test_the_input_is_shown_first_and_in_colour(
+    start_worker: Start, start_view: Start, zmq_ctx: transport.Context
+) -> None:
+    worker = start_worker(env={"STREAMCONV_WORKER__COLOR": "rgb"})
+    view = start_view(worker.output)
+    page = PageClient(view.http)
+    page.until(lambda: page.state.get("worker") == "connected", what="the worker connected")
+    push = transport.push_socket(zmq_ctx, worker.input)
+    bgr = np.zeros((48, 64, 3), np.uint8)
+    bgr[:, :32, 2] = 255  # red on the left, blue on the right (OpenCV's BGR)
+    bgr[:, 32:, 0] = 255
+    session = protocol.new_session()
+    for seq in range(8):
+        transport.send(push, protocol.encode_frame("rgb", session, seq, bgr, fps=30.0))
+    page.until(lambda: ("rgb", INPUT) in page.images, what="the input's image")
+    listed = (page.stream("rgb") or {}).get("layers", [])
+    assert listed[0]["layer"] == INPUT
+    assert (listed[0]["width"], listed[0]["height"], listed[0]["channels"]) == (64, 48, 3)
+    shown = page.image("rgb", INPUT).astype(int)  # BGR, as OpenCV decodes it
+    assert np.abs(shown[24, 8] - (0, 0, 255)).max() < 40  # red
+    assert np.abs(shown[24, 56] - (255, 0, 0)).max() < 40  # blue
+    page.close()
+
+
+def test_a_curve_refusal_is_said_on_the_page(start_worker: Start, start_view: Start,
+                                             tmp_path: Path) -> None:  # fmt: skip
+    """Not only "worker disconnected": the page says the worker refused the view's key."""
+    worker_key, worker_secret = generate(tmp_path, "worker")
+    generate(tmp_path / "clients", "allowed")
+    _, stranger = generate(tmp_path / "others", "stranger")
+    env = {"STREAMCONV_WORKER__OUTPUT__CURVE_SECRET": str(worker_secret),
+           "STREAMCONV_WORKER__OUTPUT__CURVE_CLIENTS": str(tmp_path / "clients")}  # fmt: skip
+    worker = start_worker(env=env)
+    view = start_view(worker.output, "--curve-secret", str(stranger),
+                      "--curve-server", str(worker_key))  # fmt: skip
+    page = PageClient(view.http)
+    page.until(lambda: page.state.get("refused") is not None, what="the refusal", timeout_s=30)
+    assert page.state["worker"] == "disconnected"
+    assert "not in the worker's curve_clients" in page.state["refused"]
+    page.close()

@@ -100,13 +100,13 @@ def test_hub_counts_lost_outputs_and_resets_and_tracks_ranges() -> None:
     hub.take(header(4), frame, display=True)  # 2 and 3 were lost
     lv = hub.layer("cam0", "a")
     assert lv is not None
-    assert (lv.frames, lv.lost, lv.resets, lv.last_seq) == (3, 2, 1, 4)
+    assert (lv.frames, lv.lost, lv.resets, lv.last_seq) == (3, 2, 0, 4)  # a start: no reset
     assert (lv.frame_min, lv.frame_max) == (2.0, 2.0)
     assert (lv.run_min, lv.run_max) == (-2.0, 2.0)
     assert lv.shown("running") is not None
     assert lv.shown("running").colormap == "diverging"
     hub.take(header(5, discontinuity=True), frame, display=True)  # a reset is not a loss
-    assert (lv.lost, lv.resets) == (2, 2)
+    assert (lv.lost, lv.resets) == (2, 1)
     hub.take(header(5), None, display=True)  # eos
     assert hub.streams["cam0"].status(time.monotonic(), 2.0) == "ended"
 
@@ -283,7 +283,7 @@ def test_the_hub_reads_a_layers_rate_and_counts_from_previews() -> None:
         )  # arrival times of a 300/s layer
     lv = hub.layer("cam0", "a")
     assert lv is not None
-    assert (lv.frames, lv.lost, lv.resets, lv.shape) == (300, 3, 1, (1, 480, 640))
+    assert (lv.frames, lv.lost, lv.resets, lv.shape) == (300, 3, 0, (1, 480, 640))
     fps, _ = lv.rate(start + 299 / 300)
     assert fps == pytest.approx(300, rel=1e-6)
 

@@ -1,5 +1,8 @@
 """What the view knows of every stream: each layer's latest frame, rates, ranges and history.
 
+The stream's input (the worker's preview of it, layer INPUT) is kept like a layer and shown as
+a picture, in colour when it has three channels, not through a colour map.
+
 The receiving thread writes (`take`), page sessions read (`snapshot`, `layer_frame`); one lock
 guards both, held only for bookkeeping. Memory is bounded: one latest frame per layer (scaled
 down to the display size), a fixed-length history, and at most `max_streams` streams.
@@ -16,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from streamconv.client.view.render import Scaling, choose_colormap, display_range, fit, tile
+from streamconv.client.view.render import (
+    Scaling,
+    choose_colormap,
+    display_range,
+    fit,
+    picture,
+    tile,
+)
+from streamconv.worker.previews import INPUT
 
 HISTORY_MAX = 4096  # samples kept per layer, whatever the rate
 RATE_WINDOW_S = 1.0  # frames/s and latency are over the last second of arrivals
@@ -27,8 +38,8 @@ class Shown:
     """One layer's latest frame as the page shows it: the plane to colour and its range."""
 
     version: int
-    plane: np.ndarray  # (H, W) float, channels tiled, scaled down to the display size
-    colormap: str
+    plane: np.ndarray  # (H, W) float, channels tiled (an RGB input: (H, W, 3)), scaled down
+    colormap: str  # a colour map's name, or "gray" / "rgb" for the input's picture
     lo: float
     hi: float
 
@@ -37,6 +48,7 @@ class Shown:
 class LayerView:
     stream: str
     layer: str
+    session: str = ""  # of the latest output: a new one restarts the ranges and seq count
     version: int = 0  # bumps with every frame kept for display
     plane: np.ndarray | None = None
     header: dict[str, Any] = field(default_factory=dict)
@@ -58,12 +70,22 @@ class LayerView:
     samples: int = 0  # history entries ever added: a page's cursor into `history`
     last_seq: int | None = None
 
+    @property
+    def input(self) -> bool:
+        return self.layer == INPUT
+
     def shown(self, scaling: Scaling) -> Shown | None:
         if self.plane is None:
             return None
-        colormap = choose_colormap(self.run_min)
         running = scaling == "running"
         rng = (self.run_min, self.run_max) if running else (self.frame_min, self.frame_max)
+        if self.input:
+            # Pixels in 0..1 (every integer input) are shown as they are, not stretched.
+            normal = self.run_min >= 0.0 and self.run_max <= 1.0
+            colormap = "rgb" if self.plane.ndim == 3 else "gray"
+            lo, hi = (0.0, 1.0) if normal else rng
+            return Shown(self.version, self.plane, colormap, lo, hi)
+        colormap = choose_colormap(self.run_min)
         lo, hi = display_range(colormap, rng)
         return Shown(self.version, self.plane, colormap, lo, hi)
 
@@ -93,8 +115,13 @@ class StreamView:
     probe: tuple[float, float] | None = (0.5, 0.5)  # normalised x, y; None: frame mean only
     last_seen: float = 0.0
 
+    def ended(self) -> bool:
+        """Every layer has ended (the input has no eos of its own: it ends with them)."""
+        layers = [v for v in self.layers.values() if not v.input]
+        return bool(layers) and all(v.ended for v in layers)
+
     def status(self, now: float, stale_s: float) -> str:
-        if self.layers and all(v.ended for v in self.layers.values()):
+        if self.ended():
             return "ended"
         return "stale" if now - self.last_seen > stale_s else "live"
 
@@ -105,6 +132,7 @@ class Hub:
         self.streams: dict[str, StreamView] = {}
         self.lock = threading.Lock()
         self.connected = False
+        self.refused: str | None = None  # why the worker's last handshake refused the view
         self.evicted = 0  # streams dropped from the view to stay within max_streams
         self.received = 0
         self.start = time.monotonic()
@@ -134,14 +162,19 @@ class Hub:
             if lv is None:
                 lv = sv.layers[header["layer"]] = LayerView(sv.stream, header["layer"])
             lv.last_seen = now
-            if header["session"] != sv.session:
-                sv.session = header["session"]
+            sv.session = header["session"]
+            # A stream's first start, or a start after its end, is no reset of running state.
+            start = header["session"] != lv.session and (not lv.session or lv.ended)
+            if header["session"] != lv.session:
+                lv.session = header["session"]
                 lv.run_min, lv.run_max, lv.last_seq = math.inf, -math.inf, None
             if frame is None:
                 lv.ended = True
+                if sv.ended() and INPUT in sv.layers:
+                    sv.layers[INPUT].ended = True
                 return
             lv.ended = False
-            self._account(lv, header, now)
+            self._account(lv, header, now, start)
             probe = _probe(frame, sv.probe)
             if not display:
                 lv.history.append((now - self.start, None, probe))
@@ -149,7 +182,7 @@ class Hub:
                 return
         # The scans run outside the lock: the page sessions keep going meanwhile.
         lo, hi, mean = _scan(frame)
-        plane = fit(tile(frame), self.max_side)
+        plane = fit(picture(frame) if lv.input else tile(frame), self.max_side)
         with self.lock:
             lv.frame_min, lv.frame_max = lo, hi
             lv.run_min, lv.run_max = min(lv.run_min, lo), max(lv.run_max, hi)
@@ -160,9 +193,9 @@ class Hub:
             lv.history.append((now - self.start, mean, probe))
             lv.samples += 1
 
-    def _account(self, lv: LayerView, header: dict[str, Any], now: float) -> None:
+    def _account(self, lv: LayerView, header: dict[str, Any], now: float, start: bool) -> None:
         seq = header["seq"]
-        if header.get("discontinuity"):
+        if header.get("discontinuity") and not start:
             lv.resets += 1
             lv.last_reset = now
         preview = bool(header.get("preview"))

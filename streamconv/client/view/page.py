@@ -75,7 +75,8 @@ class Page:
         with hub.lock:
             for sv in hub.streams.values():
                 layers = []
-                for lv in sv.layers.values():
+                # The input first, then the layers in pipeline order (sorted() is stable).
+                for lv in sorted(sv.layers.values(), key=lambda v: not v.input):
                     key = (sv.stream, lv.layer)
                     live.add(key)
                     shown = lv.shown(self.scaling)
@@ -85,11 +86,13 @@ class Page:
                 status = sv.status(now, hub.stale_s)
                 streams.append({"stream": sv.stream, "session": sv.session, "status": status,
                                 "layers": layers})  # fmt: skip
-            connected = hub.connected
+            connected, refused = hub.connected, hub.refused
         self.sent = {k: v for k, v in self.sent.items() if k in live}
         self.cursor = {k: v for k, v in self.cursor.items() if k in live}
         worker = "connected" if connected else "disconnected"
-        return {"type": "state", "worker": worker, "endpoint": endpoint, "streams": streams}, due
+        state = {"type": "state", "worker": worker, "endpoint": endpoint, "refused": refused,
+                 "streams": streams}  # fmt: skip
+        return state, due
 
     def _layer(self, lv: LayerView, shown: Shown | None, now: float) -> dict[str, Any]:
         key = (lv.stream, lv.layer)
@@ -102,6 +105,7 @@ class Page:
         _, h, w = lv.shape
         return {
             "layer": lv.layer,
+            "input": lv.input,
             "fps": round(fps, 2),
             "latency_ms": None if latency is None else round(latency, 2),
             "width": w,

@@ -2,7 +2,8 @@
 
 Signed outputs get a diverging map centred on zero (blue - grey - red), non-negative ones a
 sequential map (viridis-like). Both are 256-entry tables built by linear interpolation between
-a few anchor colours, so their values at the anchors are exact and testable.
+a few anchor colours, so their values at the anchors are exact and testable. The stream's
+input is a picture instead: gray, or RGB when it has three channels, over a fixed range.
 """
 
 from __future__ import annotations
@@ -98,9 +99,18 @@ def tile(frame: np.ndarray) -> np.ndarray:
     return grid
 
 
+def picture(frame: np.ndarray) -> np.ndarray:
+    """An input frame (C, H, W) -> what the page shows: (H, W, 3) RGB for three channels (the
+    model's order: RGB for the worker's color "rgb"), else the channels tiled as gray."""
+    if frame.shape[0] == 3:
+        return np.ascontiguousarray(frame.transpose(1, 2, 0))
+    return tile(frame)
+
+
 def fit(plane: np.ndarray, max_side: int) -> np.ndarray:
-    """Scale a plane down (area averaging) so that neither side exceeds `max_side`."""
-    h, w = plane.shape
+    """Scale a plane (or an (H, W, 3) picture) down, by area averaging, so that neither side
+    exceeds `max_side`."""
+    h, w = plane.shape[:2]
     scale = max_side / max(h, w)
     if scale >= 1:
         return plane
@@ -109,7 +119,12 @@ def fit(plane: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def colourise(plane: np.ndarray, colormap: str, lo: float, hi: float) -> np.ndarray:
-    """(H, W) float -> (H, W, 3) uint8 BGR through the colour map."""
+    """(H, W) float -> (H, W, 3) uint8 BGR through the colour map; "gray" and "rgb" (an
+    (H, W, 3) RGB plane) map lo..hi to 0..255 without one."""
+    if colormap == "gray":
+        return cv2.cvtColor(to_indices(plane, lo, hi), cv2.COLOR_GRAY2BGR)
+    if colormap == "rgb":
+        return np.ascontiguousarray(to_indices(plane, lo, hi)[..., ::-1])
     flat = 128 if colormap == "diverging" else 0  # zero is the middle grey
     return cv2.applyColorMap(to_indices(plane, lo, hi, flat), _CV_TABLES[colormap])  # type: ignore[index]
 

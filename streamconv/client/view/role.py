@@ -24,6 +24,7 @@ from streamconv.httpserver import HttpServer
 from streamconv.signals import on_stop
 from streamconv.wire import protocol, transport
 from streamconv.wire.protocol import PREVIEW_PREFIX, PROBE_STREAM
+from streamconv.worker.previews import INPUT
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,11 @@ class View:
         http = HttpServer(*host_port, app(self.served), hint="--listen HOST:PORT")
         ctx = transport.context()
         # Previews by default: full outputs at full rate cost the worker as much as a second
-        # subscriber (BENCHMARKS.md, View); `full` takes every output, exact to the frame.
-        topics = [b""] if self.settings.full else [PREVIEW_PREFIX.encode()]
+        # subscriber (BENCHMARKS.md, View); `full` takes every output, exact to the frame, and
+        # the previews too, for the input's (the worker has no full-rate copy of its input).
+        topics = [PREVIEW_PREFIX.encode()]
+        if self.settings.full:
+            topics.insert(0, b"")
         sock = transport.open_socket(ctx, "sub", self.settings.connect, topics=topics)
         transport.connect_also(sock, self.settings.more)  # every shard's outputs
         watch = transport.PeerWatch(sock)
@@ -78,7 +82,7 @@ class View:
                 self.hub.connected = watch.update() > 0
                 if watch.refused != refused and watch.refused:  # once per change, not per retry
                     log.error("the worker did not let the view in: %s", watch.refused)
-                refused = watch.refused
+                refused = self.hub.refused = watch.refused  # the page says why too
                 batch = _take(sock)
                 if batch:
                     self._account(batch)
@@ -100,10 +104,9 @@ class View:
                 level = logging.WARNING if self.bad_messages == 1 else logging.DEBUG
                 log.log(level, "view: skipped a bad message (counted): %s", e)
                 continue
-            if (
-                header["stream"] != PROBE_STREAM
-                and bool(header.get("preview")) != self.settings.full
-            ):
+            preview = bool(header.get("preview"))
+            wanted = preview != self.settings.full or (preview and header["layer"] == INPUT)
+            if header["stream"] != PROBE_STREAM and wanted:
                 decoded.append((header, frame))
         # The newest frame per layer is shown: an eos after it in the same batch (the last
         # frames and the end, read together by a busy view) must not hide it.

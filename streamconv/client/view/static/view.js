@@ -72,7 +72,7 @@ function connect() {
     setServerState("reconnecting");
     $("#server-banner").hidden = false;
     // Without the server the worker's state is unknown, and what is shown is frozen.
-    setWorker("waiting", "");
+    setWorker("waiting", "", null);
     document.body.classList.add("offline");
     setText($("#server-retry"), `(retry in ${(backoffMs / 1000).toFixed(1)} s)`);
     setTimeout(connect, backoffMs);
@@ -102,16 +102,21 @@ function onHello(msg) {
 function clearAll() {
   for (const id of [...streams.keys()]) removeStream(id);
   latestT = -Infinity;
-  setWorker("waiting", "");
+  setWorker("waiting", "", null);
 }
 
-function setWorker(state, endpoint) {
+function setWorker(state, endpoint, refused) {
   const el = $("#worker");
   setText(el, state);
   el.dataset.state = state;
   el.title = endpoint || "";
   $("#worker-banner").hidden = state !== "disconnected";
-  setText($("#worker-endpoint"), endpoint ? `(waiting for ${endpoint})` : "");
+  // A refused handshake (CURVE) says why: waiting would never help until a key changes.
+  const banner = $("#worker-banner");
+  banner.dataset.refused = refused ? "yes" : "no";
+  setText($("#worker-what"), refused ? "the worker refused the view:" : "worker disconnected");
+  const where = endpoint ? `(${refused ? "" : "waiting for "}${endpoint})` : "";
+  setText($("#worker-endpoint"), refused ? `${refused} ${where}` : where);
 }
 
 // ---------- streams and layers ----------
@@ -151,7 +156,7 @@ function getLayer(s, name) {
   fig.dataset.layer = name;
 
   const cap = make("figcaption", "layer-head", fig);
-  make("span", "name", cap, name);
+  const label = make("span", "name", cap, name);
   const size = make("span", "size", cap);
 
   const wrap = make("div", "frame-wrap", fig);
@@ -187,7 +192,7 @@ function getLayer(s, name) {
   const plot = make("canvas", "plot", plotBox);
 
   L = {
-    name, fig, img, marker, labels, mid: null, cmap: null,
+    name, fig, img, marker, labels, label, mid: null, cmap: null,
     el: { size, colorbar, lo, hi, fps, latency, range, frames, lost, resets, plot, plotLabel, plotValue },
     points: [], listed: false, created: performance.now(),
     shownUrl: null, pendingUrl: null, pendingVersion: null,
@@ -218,7 +223,7 @@ function removeLayer(s, name) {
 }
 
 function onState(msg) {
-  setWorker(msg.worker || "waiting", msg.endpoint || "");
+  setWorker(msg.worker || "waiting", msg.endpoint || "", msg.refused || null);
   const now = performance.now();
   const seen = new Set();
   for (const st of msg.streams || []) {
@@ -261,6 +266,9 @@ function onState(msg) {
 
 function updateLayer(L, d) {
   const e = L.el;
+  // The stream's input: its own look and a plain name (its layer name is not one to show).
+  L.fig.classList.toggle("input", !!d.input);
+  setText(L.label, d.input ? "input" : L.name);
   setText(e.fps, `${(d.fps ?? 0).toFixed(1)} fps`);
   setText(e.latency, d.latency_ms == null ? "– ms" : `${d.latency_ms.toFixed(1)} ms`);
   setText(e.size, `${d.width}×${d.height}${d.channels > 1 ? `×${d.channels}` : ""}`);
