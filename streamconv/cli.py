@@ -150,6 +150,8 @@ def parser() -> argparse.ArgumentParser:
                    help="send only once the worker has a subscriber for this stream")  # fmt: skip
     c.add_argument("--shards", help="EP,EP,...: worker input endpoints; the stream goes to "
                    "its owner by rendezvous hashing (README, Scaling out)")  # fmt: skip
+    c.add_argument("--http", dest="serve_http", help="HOST:PORT for /healthz, /readyz, "
+                   "/metrics and /status (default: off)")  # fmt: skip
     _client_keys(c)
 
     s = add("subscribe", "print per-layer frames/s and latency; save outputs")
@@ -176,7 +178,11 @@ def parser() -> argparse.ArgumentParser:
     _client_keys(v)
 
     x = add("proxy", "one output endpoint for every shard's (XSUB/XPUB forwarder)")
-    x.add_argument("--shards", help="EP,EP,...: the workers' output endpoints")
+    x.add_argument("--shards", help="EP,EP,...: the workers' output endpoints, or "
+                   "dns://SERVICE:PORT, followed as workers come and go")  # fmt: skip
+    x.add_argument("--http", dest="serve_http", help="HOST:PORT for /healthz, /readyz, "
+                   "/metrics and /status, or 'off' (default 127.0.0.1 and --listen's port "
+                   "+ 1)")  # fmt: skip
     x.add_argument("--listen", help="where subscribers connect (default tcp://127.0.0.1:5560)")
     x.add_argument("--allow-insecure", action="store_true", default=None,
                    help="let --listen bind a non-loopback address without CURVE")  # fmt: skip
@@ -239,7 +245,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
                        resize=a["resize"], gray=a["gray"], limit=a["limit"], loop=a["loop"],
                        realtime=a["realtime"], wait_s=a.get("wait"), output=a.get("output"),
                        wait_subscriber=a.get("wait_subscriber"),
-                       shards=a.get("shards"))  # fmt: skip
+                       shards=a.get("shards"), http=a.get("serve_http"))  # fmt: skip
         connect = pick(endpoint=a.get("connect"), hwm=a.get("queue")) | keys
         if connect:
             capture["connect"] = connect
@@ -260,7 +266,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         proxy = pick(shards=a.get("shards"), listen=a.get("listen"),
                      allow_insecure=a.get("allow_insecure"), curve_secret=a.get("curve_secret"),
                      curve_server=a.get("curve_server"),
-                     curve_clients=a.get("curve_clients"))  # fmt: skip
+                     curve_clients=a.get("curve_clients"),
+                     http=a.get("serve_http"))  # fmt: skip
     tree = {"worker": worker, "capture": capture, "view": view, "proxy": proxy, "log": logs}
     return {k: v for k, v in tree.items() if v}
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamconv import health
+from streamconv.capture import http as capture_http
 from streamconv.capture.sources import Size, Source, open_source
 from streamconv.client.sender import (
     DEFAULT_ENDPOINT,
@@ -39,6 +41,7 @@ from streamconv.client.sender import (
 from streamconv.config import CaptureSettings
 from streamconv.config.roles import derive_output
 from streamconv.errors import AuthError, ConfigError, ProtocolError, StartupError
+from streamconv.httpserver import HttpServer
 from streamconv.signals import on_stop
 from streamconv.wire import protocol
 from streamconv.wire.shards import owner, parse_shards, resolve
@@ -209,6 +212,8 @@ class Capture:
         self.keys = {"curve_secret": curve_secret, "curve_server": curve_server}
         self._stop = threading.Event()
         self.sender: Sender | None = None  # the sender of the current (or last) run
+        self.http = "off"  # HOST:PORT of /healthz, /readyz, /metrics and /status
+        self.health = health.Health(watch_loop=False)
 
     def _route(self, shards: list[str]) -> bool:
         """Send to the stream's owner among `shards`; True if that changed the endpoint."""
@@ -271,7 +276,9 @@ class Capture:
 
     @classmethod
     def from_settings(cls, s: CaptureSettings, progress: bool = False) -> Capture:
-        return cls(**capture_kwargs(s, progress))
+        capture = cls(**capture_kwargs(s, progress))
+        capture.http = s.http
+        return capture
 
     @property
     def session(self) -> str | None:
@@ -286,14 +293,20 @@ class Capture:
         then eos; every wait is bounded. Raises StartupError if nobody answers in time."""
         restore = on_stop(lambda signum: self._stop.set())  # flags only
         start = time.monotonic()
+        http = None
         try:
+            http = self._serve_http()  # before the waits: /healthz answers while they last
             sender, answered = self._sender()
+            self.health.phase = "ready" if answered else "stopping"
             with sender:
                 if answered and (not self.wait_subscriber or sender.wait_subscriber(self.output)):
                     self._pump(sender)
                 if self._stop.is_set():
                     log.info("capture: stop requested, finishing")
         finally:
+            self.health.phase = "stopping"
+            if http is not None:
+                http.stop()
             restore()
             if self._owns_source:
                 self.source.close()
@@ -310,6 +323,10 @@ class Capture:
             sender.disconnects,
             sender.drained,
         )
+
+    def _serve_http(self) -> HttpServer | None:
+        """/healthz, /readyz, /metrics and /status on `http` ('off': none; capture/http.py)."""
+        return capture_http.serve(self)
 
     def _pump(self, sender: Sender) -> None:
         fps = self.source.fps

@@ -276,10 +276,22 @@ class CaptureSettings(Strict):
         "the name resolves to; instead of connect",
     )
 
+    http: str = Field(
+        default="off",
+        description="HOST:PORT for /healthz, /readyz, /metrics and /status; 'off' (the "
+        "default: many captures share a host, and a port each would collide)",
+    )
+
     @field_validator("shards", mode="before")
     @classmethod
     def _shard_list(cls, value: Any) -> Any:
         return split_list(value)
+
+    @field_validator("http")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        parse_http(value)
+        return value
 
 
 class ViewSocket(SocketSettings):
@@ -351,8 +363,10 @@ class LogSettings(Strict):
 class ProxySettings(Strict):
     """`streamconv proxy`: one output endpoint for every shard's (an XSUB/XPUB forwarder)."""
 
-    shards: list[Url] = Field(
-        default_factory=list, description="the workers' output endpoints to fan in"
+    shards: list[str] = Field(
+        default_factory=list,
+        description="the workers' output endpoints to fan in, or dns://SERVICE:PORT for every "
+        "address the name resolves to (resolved again every 10 s: workers come and go)",
     )
     listen: Url = Field(
         default="tcp://127.0.0.1:5560", description="where subscribers connect (bound)"
@@ -371,10 +385,30 @@ class ProxySettings(Strict):
         default=None, description="folder of the subscribers' public certificates it lets in"
     )
 
+    http: str | None = Field(
+        default=None,
+        description="HOST:PORT for /healthz, /readyz, /metrics and /status; 'off' for none "
+        "(default: 127.0.0.1 and the listen port + 1, e.g. 127.0.0.1:5561)",
+    )
+
     @field_validator("shards", mode="before")
     @classmethod
     def _shard_list(cls, value: Any) -> Any:
         return split_list(value)
+
+    @field_validator("http")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_http(value)
+        return value
+
+    def http_address(self) -> str:
+        """`http`, or by default loopback on the listen port + 1 ('off' if that has none)."""
+        if self.http is not None:
+            return self.http
+        after = derive_output(self.listen)
+        return f"127.0.0.1:{after.rsplit(':', 1)[1]}" if after else "off"
 
 
 class Settings(Strict):

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from streamconv import health
+from streamconv.health import CONTENT_TYPE, render
 from streamconv.worker.stats import Histogram, Stats
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+__all__ = ["CONTENT_TYPE", "StatsCollector", "registry", "render"]
 
 
 def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
@@ -95,11 +96,4 @@ class StatsCollector(Collector):
 def registry(stats: Stats, device_memory: Callable[[], int | None]) -> CollectorRegistry:
     """A registry of its own (not the global one): the worker's stats plus process metrics
     (process_resident_memory_bytes, process_cpu_seconds_total, ...)."""
-    reg = CollectorRegistry()
-    reg.register(StatsCollector(stats, device_memory))
-    ProcessCollector(registry=reg)
-    return reg
-
-
-def render(reg: CollectorRegistry) -> bytes:
-    return generate_latest(reg)
+    return health.registry(StatsCollector(stats, device_memory))

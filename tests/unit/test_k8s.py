@@ -634,7 +634,8 @@ def test_the_proxy_lists_every_workers_output_over_curve(rendered: dict[str, lis
     assert not made.listen.local()
     assert made.listen.curve
     assert made.listen.curve_clients == args.curve_clients
-    for upstream in made.upstream:  # a CURVE client of every worker
+    for endpoint in _shards(sts, 5556):  # a CURVE client of every worker
+        upstream = made.upstream(endpoint)
         assert upstream.curve
         assert upstream.curve_server == args.curve_server
     # The CURVE flags are what let it listen there.
