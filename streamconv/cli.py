@@ -62,10 +62,12 @@ def _logging_args(p: argparse.ArgumentParser) -> None:
                    help="json: one object per line (default: text)")  # fmt: skip
 
 
-def _common() -> argparse.ArgumentParser:
-    """Options every subcommand takes, after its name: `streamconv worker -v`."""
+def _common(config: bool = True) -> argparse.ArgumentParser:
+    """Options the subcommands take, after its name: `streamconv worker -v`."""
     p = argparse.ArgumentParser(add_help=False)
     _logging_args(p)
+    if not config:  # `presets` and `keys` read no config: a --config there would do nothing
+        return p
     p.add_argument(
         "--config",
         default=DEFAULT_CONFIG,
@@ -117,10 +119,11 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--version", action="version", version=f"streamconv {_version()}")
     _logging_args(root)
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = [_common()]
+    common, plain = [_common()], [_common(config=False)]
 
-    def add(name: str, text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=text, description=text, parents=common,
+    def add(name: str, text: str, config: bool = True) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text,
+                              parents=common if config else plain,
                               formatter_class=_Help)  # fmt: skip
 
     w = add("worker", "run the worker: PULL frames, PUB layer outputs, serve HTTP health")
@@ -128,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--input", help="input endpoint to bind (default tcp://127.0.0.1:5555)")
     w.add_argument("--output", help="output endpoint to bind (default tcp://127.0.0.1:5556)")
     w.add_argument("--http", help="HOST:PORT for health and metrics, or 'off' (default "
-                   "127.0.0.1:5557)")  # fmt: skip
+                   "127.0.0.1 and the input's port + 2: 5557 for 5555)")  # fmt: skip
     w.add_argument("--checkpoint-dir", type=Path, help="keep each stream's state here and resume "
                    "from it at start (README, Crash safety)")  # fmt: skip
     w.add_argument("--checkpoint-every", type=int, help="frames per stream between checkpoints "
@@ -141,7 +144,8 @@ def parser() -> argparse.ArgumentParser:
 
     c = add("capture", "read a source and push its frames to a worker")
     _capture_args(c)
-    c.add_argument("--connect", help="worker input endpoint (default tcp://127.0.0.1:5555)")
+    c.add_argument("--connect", help="worker input endpoint (default: the config's [worker] "
+                   "input, tcp://127.0.0.1:5555 in the presets)")  # fmt: skip
     c.add_argument("--wait", type=float, help="seconds to wait for a worker (default 30; 0 "
                    "forever)")  # fmt: skip
     c.add_argument("--output", help="the worker's output endpoint, for --wait-subscriber "
@@ -155,8 +159,9 @@ def parser() -> argparse.ArgumentParser:
     _client_keys(c)
 
     s = add("subscribe", "print per-layer frames/s and latency; save outputs")
-    s.add_argument("--connect", action="append", help="worker output endpoint (default "
-                   "tcp://127.0.0.1:5556); repeat it, or EP,EP,..., for every shard's")  # fmt: skip
+    s.add_argument("--connect", action="append", help="worker output endpoint (default: the "
+                   "config's [view] connect, else its [worker] output, tcp://127.0.0.1:5556 in "
+                   "the presets); repeat it, or EP,EP,..., for every shard's")  # fmt: skip
     s.add_argument("--stream", help="only this stream, until its eos; exit code 4 if it lost "
                    "outputs or did not end")  # fmt: skip
     s.add_argument("--allow-loss", action="store_true", help="with --stream: exit 0 even if "
@@ -203,13 +208,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--curve", action="store_true", help="encrypt every socket with CURVE, "
                    "with throwaway keys made for this run")  # fmt: skip
 
-    k = add("keys", "make CURVE key pairs (zmq.auth certificates)")
+    k = add("keys", "make CURVE key pairs (zmq.auth certificates)", config=False)
     k.add_argument("action", choices=["generate"], help="generate: write NAME.key and "
                    "NAME.key_secret (mode 0600) into DIR")  # fmt: skip
     k.add_argument("dir", type=Path, help="folder for the certificates")
     k.add_argument("--name", default="client", help="file name stem")
 
-    p = add("presets", "list the shipped config presets, or print one to start a config from")
+    p = add("presets", "list the shipped config presets, or print one to start a config from",
+            config=False)  # fmt: skip
     p.add_argument("name", nargs="?", help="print this preset's TOML")
     return root
 
@@ -254,7 +260,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     view: dict[str, Any] = {}
     if args.command in ("view", "run"):
         view = pick(listen=a.get("listen"), full=a.get("full"))
-    if args.command == "view" and (a.get("connect") or keys):
+    if args.command in ("view", "subscribe") and (a.get("connect") or keys):
         endpoints = parse_shards(a.get("connect") or [])
         view["connect"] = pick(endpoint=endpoints[0] if endpoints else None) | keys
         if endpoints[1:]:
@@ -286,7 +292,12 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "subscribe":
         from streamconv.client.subscribe import subscribe
 
-        return subscribe(args)
+        # The flags went into [view] (a subscriber like view); what they left out, the file gives.
+        sock = settings.view.connect
+        args.connect = [sock.endpoint, *settings.view.more]
+        args.curve_secret, args.curve_server = sock.curve_secret, sock.curve_server
+        expect = [spec.name for spec in settings.layers if spec.publish]
+        return subscribe(args, expect=args.layer or expect)
     if args.command == "proxy":
         from streamconv.proxy import Proxy
 

@@ -29,27 +29,36 @@ POLL_S = 0.2  # how soon a stop signal is noticed
 LOST_EXIT = 4  # the followed stream lost outputs, or did not end in time
 
 
-def subscribe(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
-    """Run the subscriber of `args` (the CLI's); `stop` ends it from another thread."""
+def subscribe(
+    args: argparse.Namespace, stop: threading.Event | None = None, expect: Iterable[str] = ()
+) -> int:
+    """Run the subscriber of `args` (the CLI's); `stop` ends it from another thread. The first
+    table waits for every layer in `expect` (or REPORT_EVERY_S after the first output)."""
     stop = threading.Event() if stop is None else stop
     restore = on_stop(lambda signum: stop.set())  # SIGINT, SIGTERM
     try:
-        return _run(args, stop)
+        return _run(args, stop, set(expect))
     finally:
         restore()
 
 
-def _run(args: argparse.Namespace, stop: threading.Event) -> int:
+def _run(args: argparse.Namespace, stop: threading.Event, expect: set[str]) -> int:
     monitor = Monitor()
     preview = PreviewWriter(args.save) if args.save else None
     npy = NpyWriter(args.npy) if args.npy else None
     idle_s = args.timeout if args.timeout and args.timeout > 0 else math.inf  # 0: no limit
     counts: Counter[tuple[str, str]] = Counter()  # outputs taken, per (stream, layer)
     endpoints = parse_shards(args.connect or [DEFAULT_OUTPUT])
+    # At once: a subscriber of a worker that is not there yet would otherwise print nothing.
+    which = f"stream {args.stream!r}" if args.stream else "every stream"
+    layers = f", layers {', '.join(args.layer)}" if args.layer else ""
+    print(f"subscribing to {which}{layers} on {', '.join(endpoints)}", flush=True)
+    first_at: float | None = None  # when the first output came
     try:
         keys = {"curve_secret": args.curve_secret, "curve_server": args.curve_server}
         with Subscriber(endpoints, stream=args.stream, layers=args.layer, **keys) as sub:
-            last_message = last_report = time.monotonic()
+            last_message = time.monotonic()
+            last_report: float | None = None
             while not stop.is_set() and not _enough(counts, args.count, args.layer):
                 got = sub.poll(POLL_S)
                 now = time.monotonic()
@@ -73,7 +82,8 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
                     preview.add(header, frame)
                 if npy:
                     npy.add(header, frame)
-                if now - last_report > REPORT_EVERY_S:
+                first_at = first_at or now
+                if _table_due(counts, expect, first_at, last_report, now):
                     print(monitor.table(), flush=True)
                     last_report = now
         if not counts:
@@ -106,6 +116,21 @@ def _verdict(sub: Subscriber, args: argparse.Namespace, timed_out: bool) -> int:
         return 0
     print(f"stream {args.stream}: {why}; exit code {LOST_EXIT} (--allow-loss to accept it)")
     return LOST_EXIT
+
+
+def _table_due(
+    counts: Counter[tuple[str, str]],
+    expect: set[str],
+    first_at: float,
+    last_report: float | None,
+    now: float,
+) -> bool:
+    """Every REPORT_EVERY_S; the first once every expected layer has reported (a table of one
+    layer's first frame says little), or REPORT_EVERY_S after the first output."""
+    if last_report is not None:
+        return now - last_report > REPORT_EVERY_S
+    ready = bool(expect) and expect <= {layer for _, layer in counts}
+    return ready or now - first_at >= REPORT_EVERY_S
 
 
 def _enough(counts: Counter[tuple[str, str]], n: int | None, layers: Iterable[str] | None) -> bool:

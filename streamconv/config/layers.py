@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Layer names become torch module names too, which cannot contain a dot.
-LayerName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+LAYER_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+LayerName = Annotated[str, Field(pattern=LAYER_NAME_PATTERN)]
 
 
 class Strict(BaseModel):

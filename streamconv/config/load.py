@@ -8,6 +8,7 @@ overrides (the command line) override both.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,24 +18,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from streamconv.config.explain import describe
 from streamconv.config.layers import ConvLayer, FileKernel
 from streamconv.config.roles import Settings
+from streamconv.config.shared import follow_worker
 from streamconv.errors import ConfigError
 
+log = logging.getLogger(__name__)
 ENV_PREFIX = "STREAMCONV_"
-
-
-def _format_error(
-    err: ValidationError, origin: str, origins: Mapping[tuple[str, ...], str] | None = None
-) -> str:
-    """One line per fault, naming the key and where its value came from."""
-    lines = [f"invalid settings in {origin}:"]
-    for e in err.errors():
-        loc = tuple(str(p) for p in e["loc"])
-        key = ".".join(loc) or "(top level)"
-        source = next((o for path, o in (origins or {}).items() if loc[: len(path)] == path), None)
-        lines.append(f"  {key}: {e['msg']}" + (f" (from {source})" if source else ""))
-    return "\n".join(lines)
+# STREAMCONV_ variables that are not settings, read by the test suite and scripts.
+NOT_SETTINGS = frozenset({"STREAMCONV_CHROMIUM"})
 
 
 def _leaf_paths(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -48,10 +41,16 @@ def _leaf_paths(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[t
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Nested dict from STREAMCONV_SECTION__KEY=value; values parsed as JSON when they can be."""
+    """Nested dict from STREAMCONV_SECTION__KEY=value; values parsed as JSON when they can be.
+
+    A STREAMCONV_ variable without the double underscore is no setting: it is warned about
+    (a typo such as STREAMCONV_WORKER_CHUNK would otherwise be silently ignored)."""
     tree: dict[str, Any] = {}
-    for var, raw in environ.items():
-        if not var.startswith(ENV_PREFIX) or "__" not in var:
+    for var, raw in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX) or var in NOT_SETTINGS:
+            continue
+        if "__" not in var:
+            _warn_malformed(var)
             continue
         path = var[len(ENV_PREFIX) :].lower().split("__")
         try:
@@ -60,9 +59,32 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             value = raw
         node = tree
         for part in path[:-1]:
+            if isinstance(node.get(part), str):  # a socket's shorthand, now with more keys
+                node[part] = {"endpoint": node[part]}
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                msg = f"{var} sets a key inside {part!r}, which another variable sets whole"
+                raise ConfigError(msg)
         node[path[-1]] = value
     return tree
+
+
+def _warn_malformed(var: str) -> None:
+    sections = [s for s in Settings.model_fields if s != "layers"]
+    rest = var[len(ENV_PREFIX) :]
+    guess = next((s for s in sections if rest.lower().startswith(s + "_")), None)
+    hint = (
+        f"did you mean {ENV_PREFIX}{rest[: len(guess)]}__{rest[len(guess) + 1 :]}?"
+        if guess
+        else f"e.g. {ENV_PREFIX}WORKER__CHUNK"
+    )
+    log.warning(
+        "ignoring %s: a setting is %s<SECTION>__<KEY>, with two underscores (%s); sections: %s",
+        var,
+        ENV_PREFIX,
+        hint,
+        ", ".join(sections),
+    )
 
 
 def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -118,8 +140,9 @@ def load_settings(
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, str(path), origins)) from e
-    return _resolve_paths(settings, path.parent)
+        origin = f"the preset {str(path)!r}" if preset else str(path)
+        raise ConfigError(describe(e, origin, raw, origins)) from e
+    return _resolve_paths(follow_worker(settings), path.parent)
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:

@@ -13,8 +13,10 @@ from pydantic import Field, field_validator, model_validator
 
 from streamconv.config.layers import LayerSpec, Strict
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-Url = Annotated[str, Field(pattern=r"^(tcp|ipc|inproc)://.+$")]
+NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+URL_PATTERN = r"^(tcp|ipc|inproc)://.+$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Url = Annotated[str, Field(pattern=URL_PATTERN)]
 HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9_.:\[\]-]+):(?P<port>\d{1,5})$")
 
 
@@ -113,7 +115,8 @@ class WorkerSettings(Strict):
     output: OutputSocket = OutputSocket()
     http: str = Field(
         default="127.0.0.1:5557",
-        description="HOST:PORT for /healthz, /readyz, /metrics and /status; 'off' for none",
+        description="HOST:PORT for /healthz, /readyz, /metrics and /status; 'off' for none "
+        "(default: 127.0.0.1 and the input's TCP port + 2, so 5557 for 5555)",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:INDEX")
     dtype: Literal["float32", "float16", "bfloat16", "float64"] = "float32"
@@ -196,6 +199,20 @@ class WorkerSettings(Strict):
         description="torch CPU threads; 0 keeps torch's default (all cores). One leaves the "
         "cores to capture and subscribers and keeps live latency low (BENCHMARKS.md)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _http_follows_input(cls, data: Any) -> Any:
+        # Two workers given their own input ports must not collide on the HTTP port.
+        if not isinstance(data, dict) or "http" in data:
+            return data
+        sock = data.get("input")
+        endpoint = sock.get("endpoint") if isinstance(sock, dict) else sock
+        endpoint = endpoint.endpoint if isinstance(endpoint, SocketSettings) else endpoint
+        match = re.fullmatch(r"tcp://.+:(\d{1,5})", endpoint) if isinstance(endpoint, str) else None
+        if match is not None and int(match[1]) + 2 <= 65535:
+            return data | {"http": f"127.0.0.1:{int(match[1]) + 2}"}
+        return data
 
     @field_validator("http")
     @classmethod
@@ -286,6 +303,20 @@ class CaptureSettings(Strict):
     @classmethod
     def _shard_list(cls, value: Any) -> Any:
         return split_list(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _http_follows_input(cls, data: Any) -> Any:
+        # Two workers given their own input ports must not collide on the HTTP port.
+        if not isinstance(data, dict) or "http" in data:
+            return data
+        sock = data.get("input")
+        endpoint = sock.get("endpoint") if isinstance(sock, dict) else sock
+        endpoint = endpoint.endpoint if isinstance(endpoint, SocketSettings) else endpoint
+        match = re.fullmatch(r"tcp://.+:(\d{1,5})", endpoint) if isinstance(endpoint, str) else None
+        if match is not None and int(match[1]) + 2 <= 65535:
+            return data | {"http": f"127.0.0.1:{int(match[1]) + 2}"}
+        return data
 
     @field_validator("http")
     @classmethod

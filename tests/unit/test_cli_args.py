@@ -55,5 +55,5 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parser().parse_args(["subscribe", "--help"])
     text = capsys.readouterr().out
-    assert "(default tcp://127.0.0.1:5556)" in " ".join(text.split())
+    assert "tcp://127.0.0.1:5556 in the presets)" in " ".join(text.split())
     assert "(default: None)" not in text
