@@ -21,9 +21,12 @@ import logging
 import threading
 import time
 
+from prometheus_client import CollectorRegistry
+
 from streamconv import health
 from streamconv.config import ProxySettings, SocketSettings
-from streamconv.errors import ConfigError
+from streamconv.errors import ConfigError, StartupError
+from streamconv.httpserver import HttpServer
 from streamconv.signals import on_stop
 from streamconv.wire import transport
 from streamconv.wire.shards import parse_shards, resolve
@@ -154,10 +157,10 @@ class Proxy:
         reg = health.registry(health.ValuesCollector(self._values()))
         http = None
         try:
-            http = health.serve(self.http_address, "proxy", self.health, reg)
-            workers.start()
             down = transport.open_socket(ctx, "xpub", self.listen, guard=guard)
             log.info("proxy on %s for %s", self.settings.listen, ", ".join(self.shards))
+            http = self._serve_http(reg)
+            workers.start()
             self.health.phase = "ready"
             up = self._serve(ctx, down, workers)
         finally:
@@ -175,6 +178,16 @@ class Proxy:
                 http.stop()
             log.info("proxy stopped: %d messages forwarded, %d subscription changes",
                      self.forwarded, self.subscriptions)  # fmt: skip
+
+    def _serve_http(self, reg: CollectorRegistry) -> HttpServer | None:
+        try:
+            return health.serve(self.http_address, "proxy", self.health, reg)
+        except StartupError as e:
+            if self.settings.http is not None:  # asked for: a taken port is an error
+                raise
+            # The default port (listen + 1) is a convenience: taken, the proxy still forwards.
+            log.warning("proxy: %s; no /healthz, /metrics: set --http", e)
+            return None
 
     def _serve(
         self, ctx: transport.Context, down: transport.Socket, workers: Workers
