@@ -1,6 +1,9 @@
 """The colour step: decoded frames (H,W) or (H,W,C) become the model's float32 (C,H,W).
 
 uint8 / 255, uint16 / 65535, float32 as is; then gray (from BGR), rgb (from BGR) or as-is.
+Gray is OpenCV's: cv2.cvtColor(frame, COLOR_BGR2GRAY), i.e. 0.299 R + 0.587 G + 0.114 B
+(ITU-R BT.601) in OpenCV's fixed point, rounded to the frame's own integer type, then scaled;
+so a colour frame gives exactly what `capture --gray` (which calls cvtColor) would have sent.
 Frames are written straight into the chunk buffer the model reads. A single uint8 plane is
 divided in one pass (numpy's vectorised division is the fastest here); several uint8 channels
 are split and each goes through a 256-entry float32 table (OpenCV's LUT) straight into its
@@ -16,8 +19,6 @@ import numpy as np
 from streamconv.errors import ShapeError
 from streamconv.wire.protocol import to_float
 
-# OpenCV delivers BGR; luma weights in that order (ITU-R BT.601, as cv2.cvtColor uses).
-_BGR_TO_GRAY = np.array([0.114, 0.587, 0.299], dtype=np.float32)
 _SCALE = {np.dtype(np.uint8): np.float32(255.0), np.dtype(np.uint16): np.float32(65535.0)}
 # Exactly what np.divide(uint8, float32(255), dtype=float32) gives, for every byte.
 _U8_TABLE = np.divide(np.arange(256, dtype=np.uint8), np.float32(255.0), dtype=np.float32)
@@ -65,14 +66,27 @@ def frame_to_chw(
         for i, c in enumerate(order):
             _lookup(planes[c], out[i])
         return out
-    f = to_float(frame)
     if color == "gray":
-        out[0] = f[:, :, :3] @ _BGR_TO_GRAY
-    elif color == "rgb":
+        _gray(frame, out[0])
+        return out
+    f = to_float(frame)
+    if color == "rgb":
         out[...] = f[:, :, 2::-1].transpose(2, 0, 1)
     else:
         out[...] = f.transpose(2, 0, 1)
     return out
+
+
+def _gray(frame: np.ndarray, out: np.ndarray) -> None:
+    """BGR(A) -> gray as cv2.cvtColor does it (see the module docstring), scaled into `out`."""
+    code = cv2.COLOR_BGRA2GRAY if frame.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+    src = frame if frame.dtype in (np.uint8, np.uint16, np.float32) else to_float(frame)
+    plane = cv2.cvtColor(np.ascontiguousarray(src), code)
+    scale = _SCALE.get(plane.dtype)
+    if scale is None:
+        out[...] = plane
+    else:
+        np.divide(plane, scale, out=out, dtype=np.float32)
 
 
 def _lookup(plane: np.ndarray, out: np.ndarray) -> None:

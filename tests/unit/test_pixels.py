@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -44,3 +45,18 @@ def test_a_strided_frame_takes_the_same_path() -> None:
     assert np.array_equal(frame_to_chw(view, "rgb", 3), reference(view, "rgb"))
     assert np.array_equal(frame_to_chw(big[:, :, 0][::2], "as-is", 1),
                           reference(big[:, :, 0][::2], "as-is"))  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_gray_is_opencvs_bgr2gray(dtype: type, channels: int) -> None:
+    # Before: float weights on float pixels, up to 2e-3 relative from what cvtColor (and so
+    # `capture --gray`) gives for the same frame.
+    rng = np.random.default_rng(channels)
+    top = 1.0 if dtype is np.float32 else np.iinfo(dtype).max
+    frame = (rng.random((48, 64, channels)) * top).astype(dtype)
+    code = cv2.COLOR_BGRA2GRAY if channels == 4 else cv2.COLOR_BGR2GRAY
+    expected = to_float(cv2.cvtColor(frame, code))
+    assert np.array_equal(frame_to_chw(frame, "gray")[0], expected)
+    strided = np.ascontiguousarray(np.repeat(frame, 2, axis=1))[:, ::2]  # a view, as decoded
+    assert np.array_equal(frame_to_chw(strided, "gray")[0], expected)
