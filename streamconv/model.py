@@ -136,7 +136,7 @@ def build_layer(spec: LayerSpec, channels: int) -> tuple[Layer, int]:
                 spec.out_channels,
                 1,
                 stride=spec.stride,
-                bias=spec.bias,
+                bias=spec.bias_values() is not None,
                 padding_mode=spec.padding_mode,
                 temporal_fill=spec.temporal_fill,
                 dilation=spec.dilation,
@@ -147,8 +147,10 @@ def build_layer(spec: LayerSpec, channels: int) -> tuple[Layer, int]:
         except ValueError as e:
             msg = f"layer {spec.name!r}: {e}"
             raise ConfigError(msg) from e
-        if conv.bias is not None:
-            torch.nn.init.zeros_(conv.bias)
+        values = spec.bias_values()
+        if conv.bias is not None and values is not None:
+            with torch.no_grad():
+                conv.bias.copy_(torch.tensor(values, dtype=conv.bias.dtype))
         return conv, spec.out_channels
     if isinstance(spec, FilterLayer):
         cls = TemporalLowPass if spec.type == "lowpass" else TemporalHighPass

@@ -73,7 +73,11 @@ class ConvLayer(Strict):
         default=True,
         description="kernels are impulse responses; false for nn.Conv3d-style weights",
     )
-    bias: bool = False
+    bias: bool | float | list[float] = Field(
+        default=False,
+        description="added to the output: a number for every output channel, or one per "
+        "channel; true is a bias of 0 (a parameter to set later), false none",
+    )
     padding_mode: Literal["zeros", "replicate", "reflect", "circular"] = "replicate"
     temporal_fill: Literal["first", "zeros"] = "first"
     dilation: int = Field(default=1, ge=1)
@@ -90,6 +94,24 @@ class ConvLayer(Strict):
             msg = "needs a 'kernel' (random or file) or a 'spatial' and/or 'temporal' kernel"
             raise ValueError(msg)
         return self
+
+    @model_validator(mode="after")
+    def _bias_per_channel(self) -> ConvLayer:
+        if isinstance(self.bias, list) and len(self.bias) != self.out_channels:
+            msg = (
+                f"bias has {len(self.bias)} values for {self.out_channels} output channels: "
+                "give one number for all, or one per channel"
+            )
+            raise ValueError(msg)
+        return self
+
+    def bias_values(self) -> list[float] | None:
+        """The bias of each output channel, or None for no bias."""
+        if self.bias is False:
+            return None
+        if isinstance(self.bias, list):
+            return list(self.bias)
+        return [0.0 if self.bias is True else float(self.bias)] * self.out_channels
 
 
 class FilterLayer(Strict):
