@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+import streamconv.capture.sources as sources_package
 from streamconv.capture.role import Capture, derive_stream
 from streamconv.capture.sources import (
     ArraySource,
@@ -235,3 +237,30 @@ def test_a_glob_source_is_named_after_its_folder(
     # A file whose name holds a wildcard character is a file, not a glob.
     write_pngs(tmp_path, ["[x] a.png"])
     assert derive_stream(str(tmp_path / "[x] a.png")) == "_x__a"
+
+
+@pytest.mark.parametrize("planted", [b"", b"not a video at all"], ids=["empty", "junk"])
+def test_sample_ignores_whatever_sits_at_the_old_shared_temp_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: bytes
+) -> None:
+    # Before: 'sample' opened $TMP/streamconv-sample.mp4 if anything was there, so an empty
+    # file failed with "convert it with ffmpeg" and another video was sent as the sample.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(sources_package, "_PRIVATE", [])
+    (tmp_path / "streamconv-sample.mp4").write_bytes(planted)
+    frames = frames_of("sample")
+    assert len(frames) == 120
+    assert frames[0].shape == (120, 160, 3)
+    [folder] = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert folder.name.startswith("streamconv-sample-")
+    assert folder.stat().st_mode & 0o077 == 0  # nobody else's to write into
+
+
+def test_another_video_at_the_old_path_is_not_sent_as_the_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(sources_package, "_PRIVATE", [])
+    write_sample_video(tmp_path / "streamconv-sample.mp4", frames=5, size=(64, 48), fps=30.0)
+    frames = frames_of("sample")
+    assert (len(frames), frames[0].shape) == (120, (120, 160, 3))

@@ -8,9 +8,11 @@ This package never imports torch.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -51,10 +53,19 @@ SPEC_HELP = (
 )
 
 
+_PRIVATE: list[Path] = []  # this process's own folder for the clip, removed at exit
+
+
 def sample_clip(path: Path | None = None) -> Path:
     """The built-in sample clip ('sample'): 120 frames of the synthetic pattern, 160x120,
-    written once as an .mp4 at `path` (default: in the system's temporary folder)."""
-    path = path or Path(tempfile.gettempdir()) / "streamconv-sample.mp4"
+    written once as an .mp4 at `path`. By default in a folder of this process's own (mode
+    0700, removed at exit): a file at a shared, guessable temporary path could be anyone's."""
+    if path is None:
+        if not _PRIVATE:
+            folder = Path(tempfile.mkdtemp(prefix="streamconv-sample-"))
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            _PRIVATE.append(folder)
+        path = _PRIVATE[0] / "sample.mp4"
     if not path.exists():
         folder_ = path.parent
         folder_.mkdir(parents=True, exist_ok=True)
