@@ -61,6 +61,18 @@ def test_an_rgb_worker_keeps_its_input_in_colour() -> None:
     assert (newest[1:] == 0).all()
 
 
+def test_pixels_that_travel_raw_to_the_device_are_previewed_in_the_models_range() -> None:
+    eng = engine(chunk=2, device_pixels=True)
+    pixels = clip(2)
+    results = [r for i in range(2) for r in take(eng, frame(i, pixels[i]), 0.0)]
+    (chunk,) = [r for r in results if isinstance(r, ChunkResult)]
+    assert chunk.input_frame is not None
+    assert chunk.input_frame.dtype == np.uint8  # as the chunk went to the device
+    _, small = protocol.decode_output(Previews(10, 320).input_message(chunk, lambda s: 0))
+    assert small is not None
+    assert np.abs(small[0] - pixels[1] / 255).max() <= 1 / 255 / 2 + 1e-6  # uint8 on the wire
+
+
 def test_the_input_preview_is_a_small_copy_in_the_models_range_on_its_own_topic() -> None:
     raw = np.full((4, 3, 480, 640), 51, np.uint8)  # a chunk that travelled raw (device pixels)
     r = ChunkResult("cam", "s" * 32, [7, 8, 9, 10], [1, 2, 3, 4], True, {}, input_frame=raw[3])
