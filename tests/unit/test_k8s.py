@@ -619,13 +619,21 @@ def _proxy(docs: list[Doc]) -> tuple[Doc, Doc, Doc]:
     return deployment, pod, _container(pod, "proxy")
 
 
-def test_the_proxy_lists_every_workers_output_over_curve(rendered: dict[str, list[Doc]]) -> None:
+def test_the_proxy_finds_every_workers_output_over_curve(
+    rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy's dns:// shards resolve (through the headless Service) to every worker's
+    output, the same shards as the workers' own list: it follows `replicas` with no edit."""
     docs = rendered["everything"]
     sts, _, _ = _worker(docs)
     _, _, proxy = _proxy(docs)
     args = cli_parser().parse_args(_argv(proxy))
     assert args.command == "proxy"
-    assert set(args.shards.split(",")) == set(_shards(sts, 5556))
+    assert args.shards == f"dns://{sts['spec']['serviceName']}:5556"
+    fqdns = _fake_dns(monkeypatch, sts)
+    found = resolve([args.shards])
+    assert sorted(found) == sorted(f"tcp://{name}:5556" for name in fqdns)
+    assert sorted(identity(s) for s in found) == sorted(identity(s) for s in _shards(sts, 5556))
     assert not args.allow_insecure, "the proxy listens on the pod network: CURVE, not plaintext"
     settings = load_settings("default", overrides(args), environ={})
     # As the proxy itself takes them: it refuses a listen address it may not bind.
