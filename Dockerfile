@@ -1,7 +1,9 @@
 # streamconv image: one image, three roles (worker, capture, subscribe); the first argument picks one.
 #
 #   docker build -t streamconv .
-#   docker run --rm --init -p 127.0.0.1:5555-5557:5555-5557 streamconv     # the worker, preset "default"
+#   docker run --rm --init -e STREAMCONV_WORKER__ALLOW_INSECURE=true \
+#       -p 127.0.0.1:5555-5557:5555-5557 streamconv     # the worker, preset "default", plaintext on
+#                                                        # the host's loopback (wider: CURVE, README)
 #   docker run --rm --no-healthcheck streamconv capture sample --connect tcp://HOST:5555 --stream s0
 #
 # Which torch the image gets (docs/CONTAINER.md has the details):

@@ -7,7 +7,9 @@
 #   bash scripts/container-smoke.sh
 #
 # The engine: docker with a live daemon, else podman if it can run containers; where neither can,
-# it prints one line saying so and exits 0. Environment:
+# it prints one line saying so and exits 77 ("could not run": nothing was tried, so not a pass;
+# the test that calls it reports a skip). Exit 0 means every check ran and passed; 1 a failure.
+# Environment:
 #   SMOKE_ENGINE=docker|podman|buildah  force one. buildah (never picked by itself) builds with
 #       `buildah bud --isolation=chroot` and runs the worker with `buildah run`, which shares the
 #       host's network and is stopped by a SIGTERM to the worker process itself: for machines
@@ -31,6 +33,11 @@ fail() {
     say "FAILED: $*"
     exit 1
 }
+COULD_NOT_RUN=77  # the automake/ctest convention for "skipped"
+skip() {
+    echo "container smoke skipped: $*"
+    exit "$COULD_NOT_RUN"
+}
 
 # --- which engine --------------------------------------------------------------------------------
 can_run_podman() {
@@ -53,12 +60,10 @@ if [[ -z $ENGINE ]]; then
         if can_run_podman; then
             ENGINE=podman
         else
-            echo "container smoke skipped: podman is installed but cannot run containers here (${PODMAN_PROBE:-no error text})"
-            exit 0
+            skip "podman is installed but cannot run containers here (${PODMAN_PROBE:-no error text})"
         fi
     else
-        echo "container smoke skipped: no container engine here (no docker daemon, no working podman)"
-        exit 0
+        skip "no container engine here (no docker daemon, no working podman)"
     fi
 fi
 case $ENGINE in docker | podman | buildah) ;; *) fail "SMOKE_ENGINE must be docker, podman or buildah, not '$ENGINE'" ;; esac
