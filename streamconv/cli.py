@@ -358,7 +358,7 @@ def _main(argv: list[str] | None) -> int:
             return presets(args.name)
         if args.command == "keys":
             return keys(args.dir, args.name)
-        settings = load_settings(args.config, overrides(args))
+        settings = load_settings(args.config, overrides(args), role=args.command)
         configure_logging(settings.log.level, settings.log.format)
         return dispatch(args, settings)
     except (ConfigError, SourceError) as e:

@@ -117,10 +117,12 @@ def load_settings(
     path: str | Path,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    role: str | None = None,
 ) -> Settings:
     """Read a TOML config, apply environment then explicit overrides, and validate.
 
-    `path` is a file, or the name of a shipped preset ("default", "retina").
+    `path` is a file, or the name of a shipped preset ("default", "retina"). `role` (the
+    command) skips the checks of other roles: only a worker refuses exposed worker sockets.
     """
     path = Path(path)
     preset = not path.exists() and str(path) in preset_names()
@@ -138,7 +140,7 @@ def load_settings(
     origins |= {p: "the command line" for p in _leaf_paths(overrides or {})}
     raw = merge(merge(raw, env), overrides or {})
     try:
-        settings = Settings.model_validate(raw)
+        settings = Settings.model_validate(raw, context={"role": role})
     except ValidationError as e:
         origin = f"the preset {str(path)!r}" if preset else str(path)
         raise ConfigError(describe(e, origin, raw, origins)) from e

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from streamconv.config.layers import LayerSpec, Strict
 
@@ -236,7 +236,12 @@ class WorkerSettings(Strict):
         return self
 
     @model_validator(mode="after")
-    def _exposed(self) -> WorkerSettings:
+    def _exposed(self, info: ValidationInfo) -> WorkerSettings:
+        # Only a worker binds these. A capture or subscriber loaded from the same file (or the
+        # image's environment, which binds 0.0.0.0) must not be refused for the worker's sockets.
+        role = (info.context or {}).get("role")
+        if role not in (None, "worker"):
+            return self
         for name, sock in (("input", self.input), ("output", self.output)):
             if not sock.local() and not sock.curve and not self.allow_insecure:
                 msg = (

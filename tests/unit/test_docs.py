@@ -51,7 +51,7 @@ def _image_env() -> dict[str, str]:
     return dict(re.findall(r"(STREAMCONV_\w+)=(\S+)", dockerfile.split("\nENV STREAMCONV", 1)[1]))
 
 
-def test_every_documented_docker_run_of_the_worker_starts() -> None:
+def test_every_documented_docker_run_starts() -> None:
     # Before: the Dockerfile's header and docs/CONTAINER.md ran the image without
     # STREAMCONV_WORKER__ALLOW_INSECURE=true, which the worker (bound to 0.0.0.0) refuses.
     from streamconv.cli import overrides, parser
@@ -60,16 +60,15 @@ def test_every_documented_docker_run_of_the_worker_starts() -> None:
     for doc in ("README.md", "docs/CONTAINER.md", "Dockerfile"):
         for cmd in _docker_runs((REPO / doc).read_text()):
             rest = cmd[cmd.index("streamconv") + 1 :] or ["worker", "--config", "default"]
-            if rest[0] != "worker":
-                continue
             env = _image_env() | dict(
                 cmd[i + 1].split("=", 1) for i, tok in enumerate(cmd) if tok in ("-e", "--env")
             )
             rest = [("default" if a.startswith("/config/") else a) for a in rest]  # a mount
             args = parser().parse_args(rest)
-            load_settings(args.config, overrides(args), environ=env)  # raises if refused
-            runs.append(doc)
-    assert {"README.md", "docs/CONTAINER.md", "Dockerfile"} <= set(runs)
+            load_settings(args.config, overrides(args), environ=env, role=args.command)
+            runs.append((doc, args.command))
+    assert {(d, "worker") for d in ("README.md", "docs/CONTAINER.md", "Dockerfile")} <= set(runs)
+    assert ("Dockerfile", "capture") in runs
 
 
 def test_readme_conv_options_are_the_layers_keys() -> None:

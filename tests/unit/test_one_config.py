@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from streamconv.cli import overrides, parser
+from streamconv.cli import main, overrides, parser
 from streamconv.client.subscribe import REPORT_EVERY_S, _table_due
 from streamconv.config import Settings, WorkerSettings, load_settings
+from streamconv.errors import ConfigError
 
 LAYER = '[[layers]]\nname = "low"\ntype = "lowpass"\ntau = 2.0\n'
 WORKER = '[worker]\ninput = "tcp://127.0.0.1:7000"\noutput = "tcp://127.0.0.1:7100"\n'
@@ -117,3 +118,26 @@ def test_the_first_table_comes_on_a_timer_when_a_layer_never_reports() -> None:
         assert _table_due(counts, expect, 0.0, None, REPORT_EVERY_S)
     assert not _table_due(counts, {"low"}, 0.0, last_report=5.0, now=5.0 + REPORT_EVERY_S / 2)
     assert _table_due(counts, {"low"}, 0.0, last_report=5.0, now=5.1 + REPORT_EVERY_S)
+
+
+IMAGE_ENV = {  # the Dockerfile's: every role in the image sees them
+    "STREAMCONV_WORKER__INPUT": "tcp://0.0.0.0:5555",
+    "STREAMCONV_WORKER__OUTPUT": "tcp://0.0.0.0:5556",
+    "STREAMCONV_WORKER__HTTP": "0.0.0.0:5557",
+}
+
+
+def test_only_the_worker_refuses_its_exposed_sockets() -> None:
+    # Before: `docker run streamconv capture ...` (and the compose capture and subscriber) exited
+    # 2, refused for the worker's 0.0.0.0 sockets that the capture never binds.
+    for role in ("capture", "subscribe", "view", "proxy", "run"):
+        load_settings("default", environ=IMAGE_ENV, role=role)
+    with pytest.raises(ConfigError, match="reachable from other machines without CURVE"):
+        load_settings("default", environ=IMAGE_ENV, role="worker")
+
+
+def test_subscribe_runs_in_the_images_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var, value in IMAGE_ENV.items():
+        monkeypatch.setenv(var, value)
+    # --count 0: done at once, without a worker; the settings are what is under test.
+    assert main(["subscribe", "--connect", "tcp://127.0.0.1:9", "--count", "0"]) == 0
