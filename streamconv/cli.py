@@ -148,8 +148,9 @@ def parser() -> argparse.ArgumentParser:
                    "input, tcp://127.0.0.1:5555 in the presets)")  # fmt: skip
     c.add_argument("--wait", type=float, help="seconds to wait for a worker (default 30; 0 "
                    "forever)")  # fmt: skip
-    c.add_argument("--output", help="the worker's output endpoint, for --wait-subscriber "
-                   "(default tcp://127.0.0.1:5556)")  # fmt: skip
+    c.add_argument("--output", help="the worker's output endpoint, where --wait-subscriber and "
+                   "lossless resume after a worker crash listen (default: [worker] output of "
+                   "--config, else the --connect port + 1: tcp://127.0.0.1:5556)")  # fmt: skip
     c.add_argument("--wait-subscriber", action="store_true", default=None,
                    help="send only once the worker has a subscriber for this stream")  # fmt: skip
     c.add_argument("--shards", help="EP,EP,...: worker input endpoints; the stream goes to "

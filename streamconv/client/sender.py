@@ -32,6 +32,7 @@ waiting send return False promptly. A Sender is used by one thread; it never imp
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -63,6 +64,7 @@ POLL_MS = 100  # the longest single wait: a stop request is seen within this
 ANNOUNCE_S = 1.0  # waiting this long for a worker is logged (once)
 STALL_WARN_S = 5.0  # a lossless send blocked this long (worker connected) is logged once
 REROUTE_S = 10.0  # sharded: how often to ask again where the stream goes while its worker is away
+PATH_CHECK_S = 3.0  # lossless: how long the first resume probe may take to be answered
 STOP_WAIT_S = 1.0  # once stopped, or with the worker gone: the most time for eos, then linger
 
 
@@ -126,6 +128,8 @@ class Sender:
         self.dropped_no_worker = 0  # of those, offered while no worker was connected
         self.eos_sent = False
         self.drained: bool | None = None  # after close: the queue emptied within the linger
+        # After close, lossless with resume: the worker said it ran every frame and the eos.
+        self.confirmed: bool | None = None
         self._linger_ms = self.linger_ms  # the linger close() used
         self._stop = stop if stop is not None else threading.Event()
         self._ready = self._closed = False
@@ -188,6 +192,8 @@ class Sender:
                 self._ready = True
                 level = logging.INFO if announced else logging.DEBUG
                 log.log(level, "the worker at %s answered", self.endpoint)
+                if self._resender is not None:
+                    self._check_resume_path(self._resender)
                 return True
             if self._watch.refused:  # it answered, and the keys do not match: no use waiting
                 why = self._watch.refused
@@ -205,6 +211,24 @@ class Sender:
                 limit = f"up to {self.wait_s:g} s" if self.wait_s else "no time limit"
                 log.info("waiting for a worker at %s (%s)", self.endpoint, limit)
         return False
+
+    def _check_resume_path(self, resender: Resender) -> None:
+        """Lossless: a worker whose answers never reach this sender cannot tell it where to go
+        on after a crash. Found out now, not at the crash: said in one line, and the frames go
+        without resume (a restarted worker then goes on past a gap, counted)."""
+        deadline = time.monotonic() + PATH_CHECK_S
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            resender.ask(self.sock)
+            if resender.answers(POLL_MS):
+                return
+        if self._stop.is_set():
+            return
+        log.warning("no answer on %s from the worker at %s within %g s: resume after a worker "
+                    "crash is OFF for stream %s; give the worker's output endpoint (--output, "
+                    "or [capture] output) to turn it on", resender.output, self.endpoint,
+                    PATH_CHECK_S, self.stream)  # fmt: skip
+        resender.close()
+        self._resender = None
 
     def send(self, frame: np.ndarray, t_ns: int | None = None) -> bool:
         """Queue one frame (taken at `t_ns`, default now): True if queued.
@@ -379,6 +403,7 @@ class Sender:
             raise _endpoint_error(output, e) from e
         log.info("waiting for a subscriber of stream %s on %s", self.stream, output)
         prefix, start, answered, n = protocol.new_session()[:16] + ".", time.monotonic(), False, 0
+        hinted = False
         try:
             while not self._stop.is_set():
                 n += 1
@@ -393,7 +418,12 @@ class Sender:
                         log.info("subscriber present for stream %s", self.stream)
                         return True
                     answered = True
-                if limit and time.monotonic() - start >= limit:
+                waited = time.monotonic() - start
+                if not answered and not hinted and waited >= PATH_CHECK_S:
+                    hinted = True
+                    log.warning("no answer on %s yet: is it the output endpoint of the worker "
+                                "at %s? (--output)", output, self.endpoint)  # fmt: skip
+                if limit and waited >= limit:
                     raise StartupError(self._no_subscriber(output, limit, answered))
             return False
         finally:
@@ -457,7 +487,39 @@ class Sender:
         if self._resender is not None and self._watch.disconnects != self._disconnects_seen:
             self._disconnects_seen = self._watch.disconnects
             self._resume()  # a restarted worker gets the frames it lacks before the eos
-        parts = protocol.encode_eos(self.stream, self.session, seq=self.sent)
+        if not self._queue_eos():
+            return False
+        if self._resender is not None and not self._stop.is_set():
+            self.confirmed = self._await_end(self._resender)
+        return True
+
+    def _await_end(self, resender: Resender) -> bool | None:
+        """Lossless with resume: wait (up to `wait_s`) until the worker says it ran the whole
+        session, its eos included. Until then the frames it may lack are in this process only:
+        a worker that dies with them in its queue, once this sender has gone, loses them. A
+        worker that restarts meanwhile gets them again, then the eos. None: the worker's
+        answers cannot say (an older worker)."""
+        deadline = time.monotonic() + (self.wait_s or math.inf)
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if self._peers() > 0 and self._watch.disconnects != self._disconnects_seen:
+                self._disconnects_seen = self._watch.disconnects
+                self._resume()
+                self._queue_eos()
+            resender.ask(self.sock)
+            for answer in resender.answers(POLL_MS):
+                if "ended" not in answer:
+                    return None
+                if answer["ended"] and answer["next_seq"] >= self.sent:
+                    return True
+        if not self._stop.is_set():
+            log.warning("the worker at %s did not confirm the end of stream %s within %g s: "
+                        "frames it had not run may be lost", self.endpoint, self.stream,
+                        self.wait_s)  # fmt: skip
+        return False
+
+    def _queue_eos(self) -> bool:
+        lossless = self._resender is not None
+        parts = protocol.encode_eos(self.stream, self.session, seq=self.sent, lossless=lossless)
         wait_s = self.close_timeout_s
         if self._stop.is_set() or self._watch.update(0) == 0:
             wait_s = min(wait_s, STOP_WAIT_S)
@@ -490,6 +552,10 @@ class Sender:
             text += "; the worker's connection held throughout"
         if self._closed and not self.eos_sent:
             text += "; the eos was not queued"
+        if self.confirmed:
+            text += "; the worker confirmed it ran every frame"
+        elif self.confirmed is False:
+            text += "; the worker did not confirm it ran every frame"
         if self.drained is False:
             text += (
                 f"; the queue had not drained when the {self._linger_ms / 1000:g} s linger ran "

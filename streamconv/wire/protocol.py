@@ -144,10 +144,12 @@ def encode_eos(
     t_ns: int | None = None,
     watch: str | None = None,
     resume: str | None = None,
+    lossless: bool = False,
 ) -> list[Any]:
     """[header, b""]: the end of a stream; `seq` is the number of frames sent. A probe (stream
     PROBE_STREAM) may `watch` a stream: the answer says whether it has a subscriber, and with
-    `resume` (a session of that stream) the seq the worker needs next and its last checkpoint."""
+    `resume` (a session of that stream) the seq the worker needs next and its last checkpoint.
+    `lossless`: the sender resends frames (and this eos) that a restarted worker lacks."""
     header: dict[str, Any] = {
         "v": VERSION,
         "kind": "eos",
@@ -160,6 +162,8 @@ def encode_eos(
         header["watch"] = watch
     if resume is not None:
         header["resume"] = resume
+    if lossless:
+        header["lossless"] = True
     return [json.dumps(header).encode(), b""]
 
 
@@ -268,7 +272,9 @@ def decode_input(parts: list[Any]) -> InputMessage:
         resume = header.get("resume")
         if resume is not None:
             resume = _session({"session": resume})
-        return InputMessage("eos", stream, session, seq, t_ns, watch=watch, resume=resume)
+        _flag(header, "lossless")
+        return InputMessage("eos", stream, session, seq, t_ns, watch=watch, resume=resume,
+                            lossless=bool(header.get("lossless")))  # fmt: skip
     dtype_name = header.get("dtype")
     if not isinstance(dtype_name, str) or dtype_name not in INPUT_DTYPES:
         msg = f"field 'dtype' must be one of {sorted(INPUT_DTYPES)}, got {_short(dtype_name)}"
@@ -400,12 +406,13 @@ def encode_output_eos(
     subscribed: bool | None = None,
     *,
     preview: bool = False,
-    resume: tuple[int, int | None] | None = None,
+    resume: tuple[int, int | None, bool] | None = None,
     boot: str | None = None,
 ) -> list[Any]:
     """[topic, header, b""]: no more output for this layer of this stream and session.
     `subscribed` answers a probe's `watch`; `preview` sends it on the preview topic; a probe's
-    answer carries `resume` (next seq, last checkpoint's) and the worker's `boot` id."""
+    answer carries `resume` (next seq, last checkpoint's, whether the session ended by its
+    eos) and the worker's `boot` id."""
     header: dict[str, Any] = {
         "v": VERSION,
         "kind": "eos",
@@ -418,7 +425,7 @@ def encode_output_eos(
     if subscribed is not None:
         header["subscribed"] = subscribed
     if resume is not None:  # a probe's answer: where the watched stream goes on
-        header["next_seq"], header["checkpointed"] = resume
+        header["next_seq"], header["checkpointed"], header["ended"] = resume
     if boot is not None and stream == PROBE_STREAM:
         header["boot"] = boot
     if preview:
@@ -470,6 +477,7 @@ def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
         _int_field(header, "next_seq")
     if header.get("checkpointed") is not None:
         _int_field(header, "checkpointed")
+    _flag(header, "ended")
     if "boot" in header:
         _session({"session": header["boot"]})
     if header.get("preview"):

@@ -260,6 +260,9 @@ _REFUSED: dict[int, str] = {
 }
 
 
+REFUSED_AFTER = 3  # handshakes failed in a row (ZeroMQ reconnects every 100 ms) = refused
+
+
 class PeerWatch:
     """Watches a connecting socket's peers: has a handshake with the other end completed?
 
@@ -273,7 +276,8 @@ class PeerWatch:
         self._sock = sock
         self.peers = 0  # handshakes completed minus disconnects
         self.disconnects = 0
-        self.refused: str | None = None  # why the last handshake failed, if it did
+        self.refused: str | None = None  # why the handshakes fail, once they keep failing
+        self._failures = 0  # handshakes failed in a row
 
     def update(self, timeout_ms: int = 0) -> int:
         """Take pending events (waiting up to `timeout_ms` for the first); the peer count."""
@@ -282,10 +286,14 @@ class PeerWatch:
             event = recv_monitor_message(self._mon)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.peers += 1
-                self.refused = None
+                self.refused, self._failures = None, 0
             elif event & _FAILED:
-                no_detail = _REFUSED[zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL]
-                self.refused = _REFUSED.get(int(event), no_detail)
+                # A peer killed mid-handshake fails it once too: only a denial by the worker's
+                # authenticator, or failures that repeat on every reconnect, are a refusal.
+                self._failures += 1
+                if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH or self._failures >= REFUSED_AFTER:
+                    no_detail = _REFUSED[zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL]
+                    self.refused = _REFUSED.get(int(event), no_detail)
             elif event == zmq.EVENT_DISCONNECTED:
                 self.peers = max(0, self.peers - 1)
                 self.disconnects += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +25,7 @@ from streamconv.worker.stats import Stats
 log = logging.getLogger(__name__)
 
 RESEND_WAIT = 128  # frames ahead dropped, after a restore, while a lossless sender resends
+ENDED_KEPT = 1024  # sessions remembered as ended by their eos (a sender asks to be sure)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class StreamState:
     owner: str | None = None  # the CURVE key that opened the stream
     restored: bool = False  # its state came from a checkpoint, and no frame followed yet
     awaited: int = 0  # frames dropped while waiting for the sender to resend (restored)
+    resuming: bool = False  # restored here, and its sender has not resent a frame yet
 
     def restart(self, session: str) -> None:
         self.session, self.state, self.shape, self.discontinuity = session, None, None, True
@@ -60,6 +62,7 @@ class Continuity:
     stats: Stats
     max_streams: int
     checkpointed: dict[str, tuple[str, int]]  # stream -> (session, next seq) last written
+    ended: OrderedDict[str, tuple[str, int]]  # stream -> (session, eos seq) ended here
     fresh_until: float  # until then, a restarted worker awaits resends (checkpoints on)
     load: Callable[[str], Snapshot | None] | None
     _awaiting: Counter[str]
@@ -103,17 +106,41 @@ class Continuity:
         st.next_seq = msg.seq
         return False
 
+    def _eos_early(self, st: StreamState | None, msg: InputMessage, now: float) -> bool:
+        """A lossless sender's eos ahead of the frames this worker ran (they were lost with a
+        worker that died, or wait in the sender's resend): True to drop it, as the frames
+        ahead are, since the sender resends them and the eos again."""
+        if not msg.lossless:
+            return False
+        if st is None:
+            return self._await_from_start(msg, now)
+        if not st.resuming or msg.seq <= st.next_seq or st.awaited >= RESEND_WAIT:
+            return False
+        st.awaited += 1
+        self.stats.count("awaiting_resend")
+        return True
+
+    def _remember_end(self, msg: InputMessage) -> None:
+        """The session ended here by its eos: a sender asking where it goes on is told so."""
+        self.ended[msg.stream] = (msg.session, msg.seq)
+        self.ended.move_to_end(msg.stream)
+        while len(self.ended) > ENDED_KEPT:
+            self.ended.popitem(last=False)
+
     # -- checkpoints ------------------------------------------------------------------------
-    def _resume_point(self, stream: str | None, session: str) -> tuple[int, int | None]:
-        """(the seq this worker needs next from that session, its last checkpoint's next seq):
-        (0, None) when it holds nothing of that session, which then starts over."""
+    def _resume_point(self, stream: str | None, session: str) -> tuple[int, int | None, bool]:
+        """(the seq this worker needs next from that session, its last checkpoint's next seq,
+        whether the session ended here by its eos): (0, None, False) when it holds nothing of
+        that session, which then starts over."""
         st = self.streams.get(stream or "")
         if stream and (st is None or st.restored):
             st = self._take_over(stream, session, time.monotonic())
         if st is None or st.session != session:
-            return 0, None
+            if self.ended.get(stream or "", ("", 0))[0] == session:
+                return self.ended[stream or ""][1], None, True
+            return 0, None, False
         done = self.checkpointed.get(st.name)
-        return st.next_seq, done[1] if done is not None and done[0] == session else None
+        return st.next_seq, done[1] if done is not None and done[0] == session else None, False
 
     def _take_over(self, name: str, session: str, now: float) -> StreamState | None:
         """The stream as this worker should continue it: a stream it does not hold, or holds
@@ -149,7 +176,7 @@ class Continuity:
         continue exactly, with no discontinuity."""
         st = StreamState(snap.stream, snap.session, next_seq=snap.next_seq, shape=snap.shape,
                      state=snap.state, discontinuity=False, last_seen=now, owner=snap.owner,
-                     restored=True)  # fmt: skip
+                     restored=True, resuming=True)  # fmt: skip
         self.streams[snap.stream] = st
         self.stats.open(snap.stream, snap.session)
         self.stats.count("restored")

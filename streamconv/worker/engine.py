@@ -9,7 +9,7 @@ marks the next output as a discontinuity; eos flushes the stream and frees its s
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 import numpy as np
@@ -64,6 +64,7 @@ class Engine(Continuity):
         self.stats = stats if stats is not None else Stats()
         self.admission = admission
         self.checkpointed: dict[str, tuple[str, int]] = {}  # stream -> (session, next seq)
+        self.ended: OrderedDict[str, tuple[str, int]] = OrderedDict()  # by eos: (session, seq)
         self.fresh_until = 0.0  # until then, a restarted worker awaits resends (checkpoints on)
         self._awaiting: Counter[str] = Counter()
         self.batcher = Batcher(model, device=device, dtype=dtype, publish=self.publish,
@@ -80,7 +81,7 @@ class Engine(Continuity):
         is a Failed result, and nothing else changes then)."""
         if msg.kind == "eos":
             refused = self.admission and self.admission.end(msg.stream, sender, self.streams)
-            return [refused] if refused else self._end(msg)
+            return [refused] if refused else self._end(msg, now)
         if msg.frame is None:
             why = f"frame message of stream {msg.stream!r} carries no pixels"
             return [Failed(Drop.MALFORMED, why, msg.stream)]
@@ -116,6 +117,7 @@ class Engine(Continuity):
             results += self._flush(st)
             self._reset(st, msg, shape)
         st.restored = False
+        st.resuming = st.resuming and not msg.replay
         raw = raw_dtype(msg.frame, self.color) if self.batcher.device_pixels else None
         if st.buffer is not None and st.buffer.dtype != (raw or np.float32):
             results += self._flush(st)  # the pixel type changed: run what came before
@@ -175,7 +177,7 @@ class Engine(Continuity):
         st.restart(msg.session)
         self.stats.open(st.name, msg.session)
 
-    def _end(self, msg: InputMessage) -> list[Result]:
+    def _end(self, msg: InputMessage, now: float) -> list[Result]:
         if msg.stream == PROBE_STREAM:
             self.stats.count("probes")
             resume = self._resume_point(msg.watch, msg.resume) if msg.resume else None
@@ -187,6 +189,9 @@ class Engine(Continuity):
             self.stats.count("stale_eos")
             log.info("stream %s: eos of an earlier session ignored", msg.stream)
             return [EndResult(msg.stream, msg.session, msg.seq)]
+        if self._eos_early(st, msg, now):
+            return []
+        self._remember_end(msg)
         if st is not None:
             del self.streams[msg.stream]
             results += self._flush(st)

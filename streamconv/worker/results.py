@@ -37,13 +37,14 @@ class EndResult:
     """The stream's session ended; `seq` is the frame count the sender reported.
 
     `watch` is set for an answer to a readiness probe that asked about a stream; `resume`,
-    for one that asked where that stream goes on: (next seq needed, last checkpoint's)."""
+    for one that asked where that stream goes on: (next seq needed, last checkpoint's, whether
+    that session ended here by its eos)."""
 
     stream: str
     session: str
     seq: int
     watch: str | None = None
-    resume: tuple[int, int | None] | None = None
+    resume: tuple[int, int | None, bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,3 +85,24 @@ def test_subscribe_that_joined_late_reports_the_missed_outputs_and_exits_4(
     assert relaxed.returncode == 0, outs[1]
     for out, _ in outs:
         assert "received 10 of 40, missed 30 (at the start 30, in gaps 0, at the end 0)" in out
+
+
+def test_a_lossless_capture_says_at_once_that_it_cannot_resume(
+    start_worker: Callable[..., WorkerProc], python_env: dict[str, str]
+) -> None:
+    """Case 2: the worker's output is not at the input port + 1 and no --output is given:
+    the capture says in one line, before any crash, that resume is off and how to fix it;
+    with the right --output it does not, and waits for the worker to confirm the end."""
+    worker = start_worker()
+    cmd = [sys.executable, "-m", "streamconv", "capture", "synthetic", "--limit", "20",
+           "--mode", "lossless", "--connect", worker.input]  # fmt: skip
+    wrong = subprocess.run(cmd, cwd=REPO, env=python_env, capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+    assert wrong.returncode == 0, wrong.stderr
+    off = [x for x in wrong.stderr.splitlines() if "resume after a worker crash is OFF" in x]
+    assert len(off) == 1 and "--output" in off[0], wrong.stderr
+    right = subprocess.run([*cmd, "--output", worker.output], cwd=REPO, env=python_env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert right.returncode == 0, right.stderr
+    assert "is OFF" not in right.stderr
+    assert "the worker confirmed it ran every frame" in right.stderr

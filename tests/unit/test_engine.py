@@ -374,3 +374,47 @@ def test_probes_and_alternating_sessions_are_counted() -> None:
     assert eng.stats.counts["eos"] == 0
     assert eng.stats.counts["resets"] == 5
     assert eng.stats.counts["session_flips"] == 4
+
+
+def probe(stream: str, session: str) -> InputMessage:
+    return InputMessage("eos", "_probe", "p.1", 0, 0, watch=stream, resume=session)
+
+
+def test_a_session_ended_by_its_eos_is_said_ended_to_its_sender() -> None:
+    """A lossless sender waits for this before it exits: until then only it holds the frames
+    a worker that dies could lack."""
+    eng, frames = engine(chunk=2), clip(3)
+    for seq in range(3):
+        take(eng, frame(seq, frames[seq]), 0.0)
+    [answer] = take(eng, probe("a", "s1"), 0.0)
+    assert isinstance(answer, EndResult) and answer.resume == (3, None, False)
+    take(eng, eos(3), 0.0)
+    [answer] = take(eng, probe("a", "s1"), 0.0)
+    assert isinstance(answer, EndResult) and answer.resume == (3, None, True)
+    [answer] = take(eng, probe("a", "another session"), 0.0)
+    assert isinstance(answer, EndResult) and answer.resume == (0, None, False)
+
+
+def test_a_lossless_eos_ahead_of_a_restored_stream_waits_for_the_resend() -> None:
+    """After a restart the eos queued before it can arrive before the frames the sender
+    resends: it is dropped (counted) until they came, then the resent eos ends the stream."""
+    frames = clip(10)
+    first = engine(chunk=2)
+    for seq in range(4):
+        take(first, frame(seq, frames[seq]), 0.0)
+    snap = first.snapshot("a")
+    assert snap is not None and snap.next_seq == 4
+    eng = engine(chunk=2)
+    eng.restore(snap, 0.0)
+    early = InputMessage("eos", "a", "s1", 10, 0, lossless=True)
+    assert take(eng, early, 0.0) == []
+    assert eng.stats.counts["awaiting_resend"] == 1
+    assert "a" in eng.streams
+    out: list[Result] = []
+    for seq in range(4, 10):
+        again = InputMessage("frame", "a", "s1", seq, seq, frames[seq], lossless=True, replay=True)
+        out += take(eng, again, 0.0)
+    out += take(eng, early, 0.0)
+    assert "a" not in eng.streams
+    assert [r.seqs for r in out if isinstance(r, ChunkResult)] == [[4, 5], [6, 7], [8, 9]]
+    assert eng.stats.counts["frames_missing"] == 0

@@ -32,8 +32,9 @@ class FakeWorker:
         assert self.pull.poll(10_000), "no probe arrived"
         head = protocol.decode_input(self.pull.recv_multipart())
         assert head.stream == PROBE_STREAM
+        resume = (next_seq, checkpointed, False)
         parts = protocol.encode_output_eos(PROBE_STREAM, "conv", head.session, 0,
-                                           resume=(next_seq, checkpointed), boot=boot)  # fmt: skip
+                                           resume=resume, boot=boot)  # fmt: skip
         self.xpub.send_multipart(parts)
         return head.session
 
