@@ -100,7 +100,8 @@ def test_a_lossless_capture_says_at_once_that_it_cannot_resume(
                            timeout=60)  # fmt: skip
     assert wrong.returncode == 0, wrong.stderr
     off = [x for x in wrong.stderr.splitlines() if "resume after a worker crash is OFF" in x]
-    assert len(off) == 1 and "--output" in off[0], wrong.stderr
+    assert len(off) == 1, wrong.stderr
+    assert "--output" in off[0]
     right = subprocess.run([*cmd, "--output", worker.output], cwd=REPO, env=python_env,
                            capture_output=True, text=True, timeout=60)  # fmt: skip
     assert right.returncode == 0, right.stderr

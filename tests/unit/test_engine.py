@@ -387,12 +387,15 @@ def test_a_session_ended_by_its_eos_is_said_ended_to_its_sender() -> None:
     for seq in range(3):
         take(eng, frame(seq, frames[seq]), 0.0)
     [answer] = take(eng, probe("a", "s1"), 0.0)
-    assert isinstance(answer, EndResult) and answer.resume == (3, None, False)
+    assert isinstance(answer, EndResult)
+    assert answer.resume == (3, None, False)
     take(eng, eos(3), 0.0)
     [answer] = take(eng, probe("a", "s1"), 0.0)
-    assert isinstance(answer, EndResult) and answer.resume == (3, None, True)
+    assert isinstance(answer, EndResult)
+    assert answer.resume == (3, None, True)
     [answer] = take(eng, probe("a", "another session"), 0.0)
-    assert isinstance(answer, EndResult) and answer.resume == (0, None, False)
+    assert isinstance(answer, EndResult)
+    assert answer.resume == (0, None, False)
 
 
 def test_a_lossless_eos_ahead_of_a_restored_stream_waits_for_the_resend() -> None:
@@ -403,7 +406,8 @@ def test_a_lossless_eos_ahead_of_a_restored_stream_waits_for_the_resend() -> Non
     for seq in range(4):
         take(first, frame(seq, frames[seq]), 0.0)
     snap = first.snapshot("a")
-    assert snap is not None and snap.next_seq == 4
+    assert snap is not None
+    assert snap.next_seq == 4
     eng = engine(chunk=2)
     eng.restore(snap, 0.0)
     early = InputMessage("eos", "a", "s1", 10, 0, lossless=True)
