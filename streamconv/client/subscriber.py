@@ -74,8 +74,9 @@ class Subscriber:
             if self._own_ctx:
                 self._ctx.term()
             raise
-        # With CURVE, a refused handshake is reported instead of a silent timeout.
-        self._watch = transport.PeerWatch(self.sock) if curve_secret else None
+        # A refused handshake (a key not allowed, or CURVE on one end only: a subscriber
+        # without keys at a CURVE worker) is reported instead of a silent timeout.
+        self._watch: transport.PeerWatch | None = transport.PeerWatch(self.sock)
         self.gaps: Counter[tuple[str, str]] = Counter()
         self.losses = Losses()
         self.bad_messages = 0

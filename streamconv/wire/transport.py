@@ -258,9 +258,29 @@ _REFUSED: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the security handshake failed (protocol error): "
     "CURVE on one end only, or a wrong --curve-server",
 }
+_NO_KEYS = (
+    "the worker requires CURVE and this client has no keys: pass --curve-secret (this "
+    "client's NAME.key_secret; its NAME.key must be in the worker's curve_clients folder) and "
+    "--curve-server (the worker's public certificate)"
+)
+_NOT_CURVE = (
+    "this client uses CURVE and the worker does not: leave out --curve-secret and "
+    "--curve-server, or give the worker its keys"
+)
 
 
 REFUSED_AFTER = 3  # handshakes failed in a row (ZeroMQ reconnects every 100 ms) = refused
+
+
+def _refusal(sock: Socket, event: int, value: int) -> str:
+    """Why handshakes of the connecting `sock` fail, in the user's words. Without keys, only
+    a CURVE server fails them: it hangs up on the greeting, which this end sees either as a
+    mechanism mismatch or, when its own write comes first, as a failure with no detail."""
+    if sock.getsockopt(zmq.MECHANISM) != zmq.CURVE:
+        return _NO_KEYS
+    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return _NOT_CURVE
+    return _REFUSED.get(event, _REFUSED[zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL])
 
 
 class PeerWatch:
@@ -283,17 +303,20 @@ class PeerWatch:
         """Take pending events (waiting up to `timeout_ms` for the first); the peer count."""
         while self._mon.poll(timeout_ms, zmq.POLLIN):
             timeout_ms = 0
-            event = recv_monitor_message(self._mon)["event"]
+            message = recv_monitor_message(self._mon)
+            event = message["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.peers += 1
                 self.refused, self._failures = None, 0
             elif event & _FAILED:
-                # A peer killed mid-handshake fails it once too: only a denial by the worker's
-                # authenticator, or failures that repeat on every reconnect, are a refusal.
+                # A peer killed mid-handshake fails it once too (no detail; ZeroMQ retries):
+                # only failures that repeat on every reconnect are a refusal, or a final
+                # verdict: a denial by the worker's authenticator, or a protocol error (CURVE
+                # on one end only), after which ZeroMQ never reconnects.
                 self._failures += 1
-                if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH or self._failures >= REFUSED_AFTER:
-                    no_detail = _REFUSED[zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL]
-                    self.refused = _REFUSED.get(int(event), no_detail)
+                final = event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                if final or self._failures >= REFUSED_AFTER:
+                    self.refused = _refusal(self._sock, int(event), int(message["value"]))
             elif event == zmq.EVENT_DISCONNECTED:
                 self.peers = max(0, self.peers - 1)
                 self.disconnects += 1
@@ -303,6 +326,36 @@ class PeerWatch:
         if not self._sock.closed:
             self._sock.disable_monitor()
         self._mon.close(linger=0)
+
+
+_REFUSALS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
+
+class RefusalWatch:
+    """Counts the client handshakes bound sockets refuse: a key not allowed (the ZAP
+    authenticator's denial), no keys at a CURVE socket or keys at a plaintext one, a wrong
+    server key. A client that merely drops mid-handshake (a port probe) is not counted.
+    Events wait in the monitor's queue (its high-water mark bounds it) until `take()`."""
+
+    def __init__(self, socks: dict[str, Socket]) -> None:
+        self._socks = socks
+        self._mons = {name: sock.get_monitor_socket(_REFUSALS) for name, sock in socks.items()}
+
+    def take(self) -> dict[str, int]:
+        """The handshakes refused since the last call, per socket name (never blocks)."""
+        out: dict[str, int] = {}
+        for name, mon in self._mons.items():
+            while mon.poll(0, zmq.POLLIN):
+                recv_monitor_message(mon)
+                out[name] = out.get(name, 0) + 1
+        return out
+
+    def close(self) -> None:
+        for name, mon in self._mons.items():
+            sock = self._socks[name]
+            if not sock.closed:
+                sock.disable_monitor()
+            mon.close(linger=0)
 
 
 def endpoint(sock: Socket) -> str:

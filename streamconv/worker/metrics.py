@@ -73,6 +73,11 @@ class StatsCollector(Collector):
             for topic, n in s.subscriptions.items():
                 subs.add_metric([topic.decode("utf-8", "replace")], n)
             active = sum(st.ended is None for st in s.streams.values())
+            refused = CounterMetricFamily(
+                "streamconv_curve_refused", "Client handshakes the worker's sockets refused "
+                "(a key not allowed, no CURVE keys where required, a wrong worker key)",
+                s.counts["curve_refused"],
+            )  # fmt: skip
             latency = _histogram(
                 "streamconv_latency_seconds",
                 "Capture (t_ns) to publish time per output frame",
@@ -82,7 +87,7 @@ class StatsCollector(Collector):
                 "streamconv_chunk_seconds", "Model time per chunk, copies included",
                 s.chunk_seconds,
             )  # fmt: skip
-        yield from (received, processed, published, missing, drops, resets, subs)
+        yield from (received, processed, published, missing, drops, resets, subs, refused)
         yield GaugeMetricFamily("streamconv_active_streams", "Streams holding state", active)
         yield latency
         yield chunk

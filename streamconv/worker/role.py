@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 50  # how quickly a stop request is noticed when no input arrives
 BATCH = 256  # messages drained per wake-up before partial chunks are checked
+REFUSALS_EVERY_S = 0.1  # how often refused handshakes are taken from the socket monitors
 RESUME_WINDOW_S = 30.0  # after a start with checkpoints: lossless senders resend what it lacks
 LINGER_MS = 1500  # the most time given to deliver the outputs flushed at shutdown
 
@@ -75,6 +76,9 @@ class Worker:
         self._ctx: transport.Context | None = None
         self._pull: transport.Socket | None = None
         self._guard: transport.Guard | None = None
+        self._refusals: transport.RefusalWatch | None = None
+        self._refusals_at = 0.0  # when they were last taken
+        self._refusals_logged: set[str] = set()  # sockets whose first refusal was logged
         self._curve_in = settings.worker.input.curve  # read each sender's key
         self.admission: Admission | None = None
         self.keeper: Keeper | None = None
@@ -158,6 +162,7 @@ class Worker:
         previews = Previews(w.preview_fps, w.preview_side) if w.preview_fps > 0 else None
         self.publisher = Publisher(pub, publish, w.output_dtype, self.stats, previews)
         self.endpoints = (transport.endpoint(self._pull), transport.endpoint(pub))
+        self._refusals = transport.RefusalWatch({"input": self._pull, "output": pub})
         self.health.live = self._live
         self.health.info = {"device": str(device), "layers": publish,
                             "curve": {"input": inp.curve, "output": w.output.curve}}  # fmt: skip
@@ -218,7 +223,8 @@ class Worker:
             return {}
         a = self.admission
         used = a.used(list(self.engine.streams.values()))
-        refused = self._guard.refused if self._guard is not None else 0
+        with self.stats.lock:
+            refused = self.stats.counts["curve_refused"]
         return {"state_budget": {"used_mb": round(used / 2**20, 3),
                                  "budget_mb": round(a.budget_bytes / 2**20, 3),
                                  "bytes_per_pixel": a.bytes_per_pixel},
@@ -249,6 +255,7 @@ class Worker:
             now = time.monotonic()
             self.deliver(engine.due(now))
             publisher.flush_previews()
+            self._count_refusals(now)
             if self.keeper is not None:
                 self.keeper.tick(now)
             if now - last_evict > 1.0:
@@ -258,6 +265,20 @@ class Worker:
             if every_s and now - last_stats >= every_s:
                 last_stats = now
                 log.info("%s", self.stats.summary())
+
+    def _count_refusals(self, now: float) -> None:
+        """Handshakes the sockets refused (socket monitors, read a few times a second, not
+        per message): counted in curve_refused, and the first one per socket logged."""
+        if self._refusals is None or now - self._refusals_at < REFUSALS_EVERY_S:
+            return
+        self._refusals_at = now
+        for name, n in self._refusals.take().items():
+            self.stats.count("curve_refused", n)
+            if name not in self._refusals_logged:
+                self._refusals_logged.add(name)
+                log.warning("%s: refused a client's handshake (no CURVE keys where CURVE is "
+                            "required, keys where it is not, a wrong worker key, or a key not "
+                            "allowed); every one is counted in curve_refused", name)  # fmt: skip
 
     def deliver(self, results: list[Result]) -> None:
         """Outputs to the publisher; failures to the stats and the (rate-limited) log."""
@@ -348,6 +369,9 @@ class Worker:
         log.info("worker stopped")
 
     def _close(self) -> None:
+        if self._refusals is not None:  # before the sockets it watches
+            self._refusals.close()
+            self._refusals = None
         if self.publisher is not None:
             # Sends are asynchronous: linger 0 would discard the outputs just flushed.
             transport.close(self.publisher.sock, 0 if self.abort_event.is_set() else LINGER_MS)
