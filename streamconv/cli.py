@@ -167,6 +167,12 @@ def parser() -> argparse.ArgumentParser:
                    "outputs or did not end")  # fmt: skip
     s.add_argument("--allow-loss", action="store_true", help="with --stream: exit 0 even if "
                    "outputs were lost (a live camera)")  # fmt: skip
+    s.add_argument("--input", action="append", help="with --lossless: the worker's input "
+                   "endpoint, where the acks go (default: each --connect port - 1)")  # fmt: skip
+    s.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,
+                   help="hold lossless senders back while this subscriber is behind, instead "
+                   "of losing outputs (default: on with --save or --npy; live streams never "
+                   "wait; acks go to the worker's input, its output port - 1)")  # fmt: skip
     s.add_argument("--layer", action="append", help="only this layer (repeatable)")
     s.add_argument("--save", type=Path, help="write a preview .mp4 per layer into this folder")
     s.add_argument("--npy", type=Path, help="write every output frame as .npy into this folder")

@@ -140,9 +140,11 @@ def _run(
     received: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     gaps = kept = 0
     try:
+        # Lossless: a subscriber slower than the worker (writing previews) holds the capture
+        # back instead of losing outputs, so the offline comparison always runs.
         with Subscriber(endpoints["output"], stream=stream, timeout_s=60,
-                        curve_secret=connect.curve_secret,
-                        curve_server=connect.curve_server) as sub:  # fmt: skip
+                        curve_secret=connect.curve_secret, curve_server=connect.curve_server,
+                        lossless=True, inputs=[endpoints["input"]]) as sub:  # fmt: skip
             _wait_ready(sub, endpoints["input"], children, stop)
             if wait_page is not None:
                 wait_page()
@@ -170,7 +172,7 @@ def _run(
                     received[header["layer"]].append(frame)
                 elif any(received.values()):  # too much to verify: free what was kept
                     received = {name: [] for name in layers}
-            gaps = sum(sub.gaps.values())
+            gaps = sub.losses.missed()
     finally:
         children.stop()
     print(file=sys.stderr)

@@ -29,7 +29,9 @@ from streamconv.wire.protocol import PROBE_STREAM
 
 log = logging.getLogger(__name__)
 
-ASK_EVERY_S = 1.0  # how often a running sender asks for the last checkpoint
+ASK_EVERY_S = 0.25  # how often a running sender asks for the last checkpoint and its credit
+CREDIT_NEAR = 16  # frames before the credit runs out: ask for more at once
+CREDIT_ASK_S = 0.005  # ...at most this often
 RETRY_MS = 100  # how often it asks while waiting to resume
 NEVER_ANSWERED_S = 2.0  # the wait to resume when the worker never answered a probe
 
@@ -60,6 +62,8 @@ class Resender:
         self._round = 1  # probes numbered from here on are of the current round
         self.boot: str | None = None  # the worker that answered the current round
         self._last_ask = 0.0
+        # Lossless subscribers: the first seq the worker lets this sender send (None: any).
+        self.credit: int | None = None
         self.answered = False  # the worker has answered a probe (it can resume)
 
     # -- the buffer -----------------------------------------------------------------------
@@ -113,6 +117,7 @@ class Resender:
                 self.boot = header.get("boot")
                 out.append(header)
                 self.answered = True
+                self.credit = header.get("credit")
             frames = transport.recv_nowait(self.sub)
         return out
 
@@ -128,12 +133,14 @@ class Resender:
         number = session[len(self._prefix) :]
         return header if number.isdigit() and int(number) >= self._round else None
 
-    def tick(self, push: transport.Socket) -> None:
-        """While sending: now and then, ask for the last checkpoint and trim to it."""
+    def tick(self, push: transport.Socket, sent: int) -> None:
+        """While sending (`sent` frames so far): now and then ask for the last checkpoint (and
+        trim to it) and for the credit; often when the credit is near."""
         for answer in self.answers():
             if answer.get("checkpointed") is not None:
                 self.trim(answer["checkpointed"])
-        if time.monotonic() - self._last_ask >= ASK_EVERY_S:
+        near = self.credit is not None and self.credit - sent <= CREDIT_NEAR
+        if time.monotonic() - self._last_ask >= (CREDIT_ASK_S if near else ASK_EVERY_S):
             self.ask(push)
 
     def resume_point(

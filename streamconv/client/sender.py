@@ -64,6 +64,7 @@ POLL_MS = 100  # the longest single wait: a stop request is seen within this
 ANNOUNCE_S = 1.0  # waiting this long for a worker is logged (once)
 STALL_WARN_S = 5.0  # a lossless send blocked this long (worker connected) is logged once
 REROUTE_S = 10.0  # sharded: how often to ask again where the stream goes while its worker is away
+CREDIT_POLL_MS = 10  # waiting for credit: how often to ask the worker
 PATH_CHECK_S = 3.0  # lossless: how long the first resume probe may take to be answered
 STOP_WAIT_S = 1.0  # once stopped, or with the worker gone: the most time for eos, then linger
 
@@ -241,10 +242,12 @@ class Sender:
         parts = self._encode(frame, t_ns)
         if self._stop.is_set() or not self.wait_worker():
             return False
+        if self._resender is not None and not self._await_credit(self._resender):
+            return False
         queued = self._send_live(parts) if self.mode == "live" else self._send_lossless(parts)
         if queued and self._resender is not None:
             self._resender.keep(self.sent, parts)
-            self._resender.tick(self.sock)
+            self._resender.tick(self.sock, self.sent + 1)
         self.sent += queued
         return queued
 
@@ -262,6 +265,25 @@ class Sender:
         return protocol.encode_frame(self.stream, self.session, self.sent, frame, t_ns, self.fps,
                                      lossless=self._resender is not None,
                                      live=self.mode == "live")  # fmt: skip
+
+    def _await_credit(self, resender: Resender) -> bool:
+        """Lossless subscribers: wait while the worker's credit does not cover the next frame
+        (a subscriber fell behind); False if stopped first. A worker that goes away ends the
+        wait: the send then waits for it as usual."""
+        since, warned = time.monotonic(), False
+        while resender.credit is not None and self.sent >= resender.credit:
+            if self._stop.is_set():
+                return False
+            if self._peers() == 0:
+                return True
+            resender.ask(self.sock)
+            resender.answers(CREDIT_POLL_MS)
+            if not warned and time.monotonic() - since > STALL_WARN_S:
+                warned = True
+                log.warning("stream %s waits for a lossless subscriber that is behind (the "
+                            "worker lets it send up to seq %d)", self.stream,
+                            resender.credit)  # fmt: skip
+        return True
 
     def _send_live(self, parts: list[Any]) -> bool:
         if self._peers() == 0:

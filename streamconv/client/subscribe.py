@@ -56,7 +56,10 @@ def _run(args: argparse.Namespace, stop: threading.Event, expect: set[str]) -> i
     first_at: float | None = None  # when the first output came
     try:
         keys = {"curve_secret": args.curve_secret, "curve_server": args.curve_server}
-        with Subscriber(endpoints, stream=args.stream, layers=args.layer, **keys) as sub:
+        lossless = args.lossless if args.lossless is not None else bool(args.save or args.npy)
+        inputs = parse_shards(args.input) if getattr(args, "input", None) else None
+        with Subscriber(endpoints, stream=args.stream, layers=args.layer, lossless=lossless,
+                        inputs=inputs, **keys) as sub:  # fmt: skip
             last_message = time.monotonic()
             last_report: float | None = None
             while not stop.is_set() and not _enough(counts, args.count, args.layer):

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from streamconv.client.acks import Acker
 from streamconv.client.losses import Losses
 from streamconv.errors import AuthError, ProtocolError
 from streamconv.wire import protocol, transport
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 Message = tuple[dict[str, Any], np.ndarray | None]
 SLICE_S = 1.0  # the longest single wait on the socket: any timeout, even math.inf, is safe
+LOSSLESS_HWM = 1_000_000  # lossless: the worker's credit bounds what waits, not this queue
+ACK_SLICE_S = 0.25  # lossless: the longest wait between two looks at the acks due
 
 
 class Subscriber:
@@ -55,6 +58,8 @@ class Subscriber:
         ctx: transport.Context | None = None,
         curve_secret: Path | None = None,
         curve_server: Path | None = None,
+        lossless: bool = False,
+        inputs: Sequence[str] | None = None,
     ) -> None:
         self.stream, self.layers, self.timeout_s = stream, set(layers or []), timeout_s
         # Several endpoints: every shard's output (wire/shards.py), fanned in by one socket.
@@ -68,9 +73,21 @@ class Subscriber:
         self._own_ctx = ctx is None
         self._ctx = transport.context() if ctx is None else ctx
         self._keys: dict[str, Any] = {"curve_secret": curve_secret, "curve_server": curve_server}
+        # Lossless: (almost) no queue limit here; the worker's credit bounds what can wait.
+        self.acker: Acker | None = None
         try:
-            self.sock = transport.sub_socket(self._ctx, endpoint, topics, hwm=hwm, **self._keys)
+            self.sock = transport.sub_socket(self._ctx, endpoint, topics,
+                                             hwm=LOSSLESS_HWM if lossless else hwm,
+                                             **self._keys)  # fmt: skip
+            if lossless:
+                outputs = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+                self.acker = Acker(self._ctx, outputs, inputs, self._keys)
+                if stream is not None:
+                    self.acker.follow(stream)
+                    self.acker.tick()
         except BaseException:
+            if hasattr(self, "sock"):
+                transport.close(self.sock, 0)
             if self._own_ctx:
                 self._ctx.term()
             raise
@@ -100,11 +117,14 @@ class Subscriber:
         """The next matching (header, array), or None if none comes within `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while True:
+            if self.acker is not None:
+                self.acker.tick()
             left_s = deadline - time.monotonic()
-            frames = transport.recv(self.sock, int(max(0.0, min(left_s, SLICE_S)) * 1000))
+            slice_s = ACK_SLICE_S if self.acker is not None else SLICE_S
+            frames = transport.recv(self.sock, int(max(0.0, min(left_s, slice_s)) * 1000))
             if frames is None:
                 self._check_refused()
-                if left_s <= SLICE_S:
+                if left_s <= slice_s:
                     return None
                 continue
             try:
@@ -127,6 +147,8 @@ class Subscriber:
                 self.losses.output(header)
             else:
                 self.losses.eos(header)
+            if self.acker is not None:
+                self.acker.consumed(header)
             self._track_end(header)
             return header, array
 
@@ -210,6 +232,8 @@ class Subscriber:
             transport.unsubscribe(self.sock, probe)
 
     def close(self) -> None:
+        if self.acker is not None:
+            self.acker.close()
         if self._watch is not None:
             self._watch.close()
         transport.close(self.sock, 0)

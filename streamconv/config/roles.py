@@ -384,10 +384,19 @@ def split_list(value: Any) -> Any:
 
 def derive_output(connect: str) -> str | None:
     """The worker's output endpoint by convention: the input's TCP port + 1."""
-    match = re.fullmatch(r"tcp://(?P<host>.+):(?P<port>\d{1,5})", connect)
-    if match is None or int(match["port"]) >= 65535:
+    return _port_plus(connect, 1)
+
+
+def derive_input(output: str) -> str | None:
+    """The worker's input endpoint by convention: the output's TCP port - 1."""
+    return _port_plus(output, -1)
+
+
+def _port_plus(endpoint: str, delta: int) -> str | None:
+    match = re.fullmatch(r"tcp://(?P<host>.+):(?P<port>\d{1,5})", endpoint)
+    if match is None or not 0 < int(match["port"]) + delta <= 65535:
         return None
-    return f"tcp://{match['host']}:{int(match['port']) + 1}"
+    return f"tcp://{match['host']}:{int(match['port']) + delta}"
 
 
 class LogSettings(Strict):

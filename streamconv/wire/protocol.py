@@ -92,6 +92,8 @@ class InputMessage:
     lossless: bool = False  # the sender resends what a restarted worker asks for
     live: bool = False  # the sender drops frames rather than wait: the worker may too
     replay: bool = False  # a frame sent again after a resume
+    ack: int | None = None  # a lossless subscriber's probe: the next seq of `watch` it needs
+    ack_session: str | None = None  # ...of this session of it (None: whichever comes)
 
 
 def encode_frame(
@@ -273,8 +275,10 @@ def decode_input(parts: list[Any]) -> InputMessage:
         if resume is not None:
             resume = _session({"session": resume})
         _flag(header, "lossless")
+        ack, ack_session = _ack(header)
         return InputMessage("eos", stream, session, seq, t_ns, watch=watch, resume=resume,
-                            lossless=bool(header.get("lossless")))  # fmt: skip
+                            lossless=bool(header.get("lossless")), ack=ack,
+                            ack_session=ack_session)  # fmt: skip
     dtype_name = header.get("dtype")
     if not isinstance(dtype_name, str) or dtype_name not in INPUT_DTYPES:
         msg = f"field 'dtype' must be one of {sorted(INPUT_DTYPES)}, got {_short(dtype_name)}"
@@ -291,6 +295,29 @@ def decode_input(parts: list[Any]) -> InputMessage:
     return InputMessage("frame", stream, session, seq, t_ns, frame, fps,
                         lossless=bool(header.get("lossless")), replay=bool(header.get("replay")),
                         live=bool(header.get("live")))  # fmt: skip
+
+
+def _ack(header: dict[str, Any]) -> tuple[int | None, str | None]:
+    """A lossless subscriber's acknowledgement on a probe: (next seq needed, of which session)."""
+    if header.get("ack") is None:
+        return None, None
+    if header.get("watch") is None:
+        msg = "field 'ack' needs 'watch' (the stream acknowledged)"
+        raise ProtocolError(msg)
+    ack = _int_field(header, "ack")
+    session = header.get("ack_session")
+    return ack, None if session is None else _session({"session": session})
+
+
+def encode_ack(subscriber: str, stream: str, next_seq: int, session: str | None) -> list[Any]:
+    """[header, b""]: a lossless subscriber (`subscriber`, its own id) has consumed every
+    output of `stream` (of `session`, if known) before `next_seq`; the worker lets lossless
+    senders of that stream run at most a window ahead (docs/PROTOCOL.md)."""
+    header = json.loads(encode_eos(PROBE_STREAM, subscriber, 0, watch=stream)[0])
+    header["ack"] = next_seq
+    if session is not None:
+        header["ack_session"] = session
+    return [json.dumps(header).encode(), b""]
 
 
 def to_float(frame: np.ndarray) -> np.ndarray:
@@ -406,13 +433,13 @@ def encode_output_eos(
     subscribed: bool | None = None,
     *,
     preview: bool = False,
-    resume: tuple[int, int | None, bool] | None = None,
+    resume: dict[str, Any] | None = None,
     boot: str | None = None,
 ) -> list[Any]:
     """[topic, header, b""]: no more output for this layer of this stream and session.
     `subscribed` answers a probe's `watch`; `preview` sends it on the preview topic; a probe's
-    answer carries `resume` (next seq, last checkpoint's, whether the session ended by its
-    eos) and the worker's `boot` id."""
+    answer carries the `resume` fields (next_seq, checkpointed, ended, credit) and the worker's
+    `boot` id."""
     header: dict[str, Any] = {
         "v": VERSION,
         "kind": "eos",
@@ -425,7 +452,7 @@ def encode_output_eos(
     if subscribed is not None:
         header["subscribed"] = subscribed
     if resume is not None:  # a probe's answer: where the watched stream goes on
-        header["next_seq"], header["checkpointed"], header["ended"] = resume
+        header.update(resume)
     if boot is not None and stream == PROBE_STREAM:
         header["boot"] = boot
     if preview:
@@ -478,6 +505,8 @@ def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
     if header.get("checkpointed") is not None:
         _int_field(header, "checkpointed")
     _flag(header, "ended")
+    if header.get("credit") is not None:
+        _int_field(header, "credit")
     if "boot" in header:
         _session({"session": header["boot"]})
     if header.get("preview"):

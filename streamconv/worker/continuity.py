@@ -10,16 +10,17 @@ folder). `StreamState` is one stream as the engine holds it.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from streamconv.layers import State
 from streamconv.wire.protocol import InputMessage
 from streamconv.worker.checkpoints import Snapshot, snapshot_state
+from streamconv.worker.credits import Credits
 from streamconv.worker.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Continuity:
     max_streams: int
     checkpointed: dict[str, tuple[str, int]]  # stream -> (session, next seq) last written
     ended: OrderedDict[str, tuple[str, int]]  # stream -> (session, eos seq) ended here
+    credits: Credits
     fresh_until: float  # until then, a restarted worker awaits resends (checkpoints on)
     load: Callable[[str], Snapshot | None] | None
     _awaiting: Counter[str]
@@ -128,19 +130,25 @@ class Continuity:
             self.ended.popitem(last=False)
 
     # -- checkpoints ------------------------------------------------------------------------
-    def _resume_point(self, stream: str | None, session: str) -> tuple[int, int | None, bool]:
-        """(the seq this worker needs next from that session, its last checkpoint's next seq,
-        whether the session ended here by its eos): (0, None, False) when it holds nothing of
-        that session, which then starts over."""
-        st = self.streams.get(stream or "")
+    def _resume_point(self, stream: str | None, session: str, now: float) -> dict[str, Any]:
+        """The answer to a sender asking where `session` of `stream` goes on: next_seq (0 when
+        this worker holds nothing of it: start over), checkpointed (its last checkpoint's next
+        seq, or None), ended (it ended here by its eos), credit (Credits)."""
+        name = stream or ""
+        credit = self.credits.credit(name, session, now)
+        st = self.streams.get(name)
         if stream and (st is None or st.restored):
-            st = self._take_over(stream, session, time.monotonic())
+            st = self._take_over(stream, session, now)
         if st is None or st.session != session:
-            if self.ended.get(stream or "", ("", 0))[0] == session:
-                return self.ended[stream or ""][1], None, True
-            return 0, None, False
+            ended = self.ended.get(name, ("", 0))
+            if ended[0] == session:
+                return {"next_seq": ended[1], "checkpointed": None, "ended": True,
+                        "credit": credit}  # fmt: skip
+            return {"next_seq": 0, "checkpointed": None, "ended": False, "credit": credit}
         done = self.checkpointed.get(st.name)
-        return st.next_seq, done[1] if done is not None and done[0] == session else None, False
+        checkpointed = done[1] if done is not None and done[0] == session else None
+        return {"next_seq": st.next_seq, "checkpointed": checkpointed, "ended": False,
+                "credit": credit}  # fmt: skip
 
     def _take_over(self, name: str, session: str, now: float) -> StreamState | None:
         """The stream as this worker should continue it: a stream it does not hold, or holds

@@ -22,6 +22,7 @@ from streamconv.worker.admission import Admission
 from streamconv.worker.batcher import Batcher, Broken, Job
 from streamconv.worker.checkpoints import Snapshot
 from streamconv.worker.continuity import Continuity, StreamState
+from streamconv.worker.credits import Credits
 from streamconv.worker.pixels import chw_shape, frame_to_chw, frame_to_raw_chw, raw_dtype
 from streamconv.worker.results import ChunkResult, EndResult, Failed, Result
 from streamconv.worker.stats import Reset, Stats
@@ -65,6 +66,7 @@ class Engine(Continuity):
         self.admission = admission
         self.checkpointed: dict[str, tuple[str, int]] = {}  # stream -> (session, next seq)
         self.ended: OrderedDict[str, tuple[str, int]] = OrderedDict()  # by eos: (session, seq)
+        self.credits = Credits()  # how far lossless senders may run ahead of their subscribers
         self.fresh_until = 0.0  # until then, a restarted worker awaits resends (checkpoints on)
         self._awaiting: Counter[str] = Counter()
         self.batcher = Batcher(model, device=device, dtype=dtype, publish=self.publish,
@@ -179,8 +181,12 @@ class Engine(Continuity):
 
     def _end(self, msg: InputMessage, now: float) -> list[Result]:
         if msg.stream == PROBE_STREAM:
+            if msg.ack is not None and msg.watch is not None:  # a lossless subscriber: no answer
+                self.credits.ack(msg.watch, msg.session, msg.ack_session, msg.ack, now)
+                self.stats.count("acks")
+                return []
             self.stats.count("probes")
-            resume = self._resume_point(msg.watch, msg.resume) if msg.resume else None
+            resume = self._resume_point(msg.watch, msg.resume, now) if msg.resume else None
             return [EndResult(msg.stream, msg.session, msg.seq, watch=msg.watch, resume=resume)]
         st = self.streams.get(msg.stream)
         results: list[Result] = []

@@ -6,6 +6,7 @@ Torch-free: the publisher and the stats read these without importing torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -37,14 +38,15 @@ class EndResult:
     """The stream's session ended; `seq` is the frame count the sender reported.
 
     `watch` is set for an answer to a readiness probe that asked about a stream; `resume`,
-    for one that asked where that stream goes on: (next seq needed, last checkpoint's, whether
-    that session ended here by its eos)."""
+    for one that asked where that stream goes on, the answer's fields: next_seq (needed next),
+    checkpointed (the last checkpoint's next seq), ended (that session ended here by its eos),
+    credit (the first seq a lossless sender may not send yet, or None)."""
 
     stream: str
     session: str
     seq: int
     watch: str | None = None
-    resume: tuple[int, int | None, bool] | None = None
+    resume: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

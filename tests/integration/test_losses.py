@@ -107,3 +107,52 @@ def test_a_lossless_capture_says_at_once_that_it_cannot_resume(
     assert right.returncode == 0, right.stderr
     assert "is OFF" not in right.stderr
     assert "the worker confirmed it ran every frame" in right.stderr
+
+
+def test_a_slow_lossless_subscriber_holds_the_capture_back_and_loses_nothing(
+    start_worker: Callable[..., WorkerProc], python_env: dict[str, str]
+) -> None:
+    """Case 3: a file captured at full speed, a subscriber that takes 2 ms per output. A plain
+    subscriber (queues of 50 + 200 messages) loses outputs and says how many; a lossless one
+    gets every output, because the worker holds the capture back: it never
+    runs more than its credit window ahead of what the subscriber consumed."""
+    from streamconv.client import Subscriber
+
+    worker = start_worker(env={"STREAMCONV_WORKER__OUTPUT__HWM": "200"})
+    layers = ["smooth", "change", "motion"]
+
+    def take(sub: Subscriber) -> tuple[int, int]:
+        """(outputs received, most frames the worker ran ahead of the one just consumed)"""
+        got, ahead = 0, 0
+        while not sub.ended and (message := sub.poll(5.0)) is not None:
+            head, array = message
+            if array is not None:
+                got += 1
+                if head["layer"] == "motion" and head["seq"] % 50 == 0:
+                    processed = status(worker)["streams"][head["stream"]]["frames_processed"]
+                    ahead = max(ahead, processed - head["seq"])
+                time.sleep(0.002)
+        return got, ahead
+
+    for lossless in (False, True):
+        name = "lossless" if lossless else "plain"
+        with Subscriber(worker.output, stream=name, layers=layers, hwm=50, timeout_s=20,
+                        lossless=lossless, inputs=[worker.input]) as sub:  # fmt: skip
+            sub.wait_ready(worker.input)
+            capture = subprocess.Popen(
+                [sys.executable, "-m", "streamconv", "capture", "synthetic", "--limit", "300",
+                 "--stream", name, "--resize", "160x120", "--mode", "lossless", "--connect",
+                 worker.input, "--output", worker.output],
+                cwd=REPO, env=python_env, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            got, ahead = take(sub)
+            _, err = capture.communicate(timeout=120)
+            assert capture.returncode == 0, err
+            if lossless:
+                assert got == 3 * 300
+                assert sub.losses.missed() == 0
+                assert ahead <= 32 + 8 + 16, ahead  # credit window + ack step + a chunk
+            else:
+                assert got < 3 * 300
+                lost = sub.losses.missed(name)  # the eos may be lost too: then the end is unknown
+                assert lost == 3 * 300 - got or sub.losses.not_ended()

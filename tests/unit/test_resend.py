@@ -32,7 +32,7 @@ class FakeWorker:
         assert self.pull.poll(10_000), "no probe arrived"
         head = protocol.decode_input(self.pull.recv_multipart())
         assert head.stream == PROBE_STREAM
-        resume = (next_seq, checkpointed, False)
+        resume = {"next_seq": next_seq, "checkpointed": checkpointed, "ended": False}
         parts = protocol.encode_output_eos(PROBE_STREAM, "conv", head.session, 0,
                                            resume=resume, boot=boot)  # fmt: skip
         self.xpub.send_multipart(parts)
@@ -85,10 +85,10 @@ def test_only_the_worker_that_answered_the_round_trims_the_buffer(
     resender.ask(push)
     worker.answer_next(40, 30, boot="another")  # not the worker this round talks to
     assert resender.sub.poll(10_000)
-    resender.tick(push)
+    resender.tick(push, 40)
     assert resender.kept[0][0] == 5
     resender.ask(push)
     worker.answer_next(40, 30, boot="new")
     assert resender.sub.poll(10_000)
-    resender.tick(push)
+    resender.tick(push, 40)
     assert resender.kept[0][0] == 30
