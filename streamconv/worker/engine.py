@@ -111,6 +111,8 @@ class Engine(Continuity):
             self._started(st, shape)
             if msg.live and msg.seq > 0:  # its first frames were dropped on the way
                 self.stats.missing(st.name, msg.seq)
+            elif msg.seq > 0 and not msg.replay:
+                self._lost_state(st, msg.seq)
         elif (
             st.session != msg.session
             or msg.seq != st.next_seq
@@ -151,6 +153,18 @@ class Engine(Continuity):
         self.stats.open(st.name, st.session)
         size = "x".join(map(str, (shape[2], shape[1], shape[0])))
         log.info("stream %s: started (session %s, %s)", st.name, st.session[:8], size)
+
+    def _lost_state(self, st: StreamState, seq: int) -> None:
+        """A stream started here at `seq` > 0, not resent: this worker never held (or no longer
+        holds) its state, and the session's frames before `seq` were not run here. Its first
+        output is a discontinuity (a new stream's always is); the reset and the frames are
+        counted, so /status, /metrics and subscribers show it."""
+        self.stats.reset(st.name, Reset.LOST_STATE)
+        self.stats.count("resets")
+        self.stats.missing(st.name, seq)
+        log.warning("stream %s: met at seq %d without its state (a restart without a checkpoint "
+                    "of it, or freed when idle): its first %d frames were not run here, and it "
+                    "goes on from a fresh state", st.name, seq, seq)  # fmt: skip
 
     def _reset(self, st: StreamState, msg: InputMessage, shape: tuple[int, ...]) -> None:
         if st.session != msg.session:

@@ -34,6 +34,9 @@ class Reset(StrEnum):
     SEQ_GAP = "seq_gap"
     SIZE_CHANGE = "size_change"
     MODEL_FAILED = "model_failed"
+    # Met at seq > 0 without its state: the worker restarted without a checkpoint of it (or
+    # freed it when idle); the session's frames before that seq were never run here.
+    LOST_STATE = "lost_state"
 
 
 class Histogram:

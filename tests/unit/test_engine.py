@@ -422,3 +422,28 @@ def test_a_lossless_eos_ahead_of_a_restored_stream_waits_for_the_resend() -> Non
     assert "a" not in eng.streams
     assert [r.seqs for r in out if isinstance(r, ChunkResult)] == [[4, 5], [6, 7], [8, 9]]
     assert eng.stats.counts["frames_missing"] == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "cause"),
+    [({"lossless": True}, Reset.LOST_STATE), ({}, Reset.LOST_STATE), ({"live": True}, None),
+     ({"lossless": True, "replay": True}, None)],
+    ids=["lossless", "plain", "live", "replay"],
+)  # fmt: skip
+def test_a_stream_met_at_seq_above_zero_without_its_state_is_marked(
+    flags: dict[str, bool], cause: Reset | None
+) -> None:
+    """A worker restarted without checkpoints meets a stream mid-session: the frames before
+    were never run here (counted as missing, and the lost state as a reset, except for a
+    live stream, whose frames may be dropped on the way, and a resend, which is resumed)."""
+    eng, frames = engine(chunk=3), clip(6)
+    msgs = [InputMessage("frame", "a", "s1", 40 + i, 0, f, **flags) for i, f in enumerate(frames)]
+    results = [r for m in msgs for r in take(eng, m, 0.0)] + eng.flush_all()
+    out = chunks(results)
+    assert [r.discontinuity for r in out] == [True, False]
+    assert_matches(out, frames)
+    snap = eng.stats.snapshot()["streams"]["a"]
+    missing = 0 if flags.get("replay") else 40
+    assert (snap["frames_missing"], eng.stats.counts["frames_missing"]) == (missing, missing)
+    assert snap["resets"] == ({str(cause): 1} if cause else {})
+    assert eng.stats.resets[Reset.LOST_STATE] == (cause is not None)
