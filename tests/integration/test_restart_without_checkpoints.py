@@ -1,0 +1,148 @@
+"""Issue 16, case 5, with real processes: a worker without checkpoints is stopped (SIGTERM)
+in the middle of a lossless file capture and started again on the same endpoints.
+
+Without the capture's resume path (the worker's output is not where the capture looks for
+it), the new worker meets the stream at seq N > 0 without its state: it marks it (cause
+lost_state, frames_missing N, the first output a discontinuity), and the subscriber's summary
+names the reset and the outputs it missed. With the resume path, the capture sends the whole
+session again from seq 0 and nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+
+from streamconv.capture.sources import synthetic_frame
+from tests.conftest import REPO
+from tests.integration.conftest import WorkerProc
+
+pytestmark = pytest.mark.integration
+
+DEFAULT = REPO / "streamconv/presets/default.toml"
+LAYERS = ("smooth", "change", "motion")
+FRAMES, FPS = 300, 30.0
+LOST = re.compile(r"lost: clip/(\w+) session \w+: received (\d+) of (\d+), missed (\d+) .*")
+
+
+def write_video(path: Path) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (64, 48))
+    for i in range(FRAMES):
+        writer.write(synthetic_frame(i, 64, 48))
+    writer.release()
+    return path
+
+
+def get(worker: WorkerProc, path: str) -> str:
+    with urllib.request.urlopen(worker.http + path, timeout=5) as reply:
+        return reply.read().decode()
+
+
+def clip(worker: WorkerProc) -> dict[str, Any]:
+    return json.loads(get(worker, "/status"))["streams"].get("clip", {})
+
+
+def until(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def endpoints(resume: bool) -> tuple[str, str]:
+    """The worker's input and output: the capture looks for the output at the input port + 1.
+    Below the ephemeral range: a client reconnecting to a dead port from an ephemeral port
+    can connect to itself on loopback, and that port is then taken."""
+    rng = random.Random()
+    gap = 1 if resume else 2
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + gap))
+            except OSError:
+                continue
+        return f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + gap}"
+    pytest.skip("no two free ports")
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["no-resume-path", "resume-path"])
+def test_a_restart_without_checkpoints_is_marked_or_resumed(
+    start_worker: Callable[..., WorkerProc],
+    python_env: dict[str, str],
+    tmp_path: Path,
+    resume: bool,
+) -> None:
+    video = write_video(tmp_path / "clip.mp4")
+    inp, out = endpoints(resume)
+    flags = ("--input", inp, "--output", out)
+    worker = start_worker(DEFAULT, *flags)
+    sub = subprocess.Popen(
+        [sys.executable, "-m", "streamconv", "subscribe", "--connect", out, "--stream", "clip",
+         "--timeout", "20"],
+        cwd=REPO, env=python_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    capture: subprocess.Popen[str] | None = None
+    try:
+        until(lambda: "clip/" in json.loads(get(worker, "/status"))["subscriptions"],
+              "the subscriber's subscription")  # fmt: skip
+        capture = subprocess.Popen(
+            [sys.executable, "-m", "streamconv", "capture", str(video), "--stream", "clip",
+             "--mode", "lossless", "--realtime", "--connect", inp],
+            cwd=REPO, env=python_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        until(lambda: clip(worker).get("frames_processed", 0) >= 60, "60 frames processed")
+        assert worker.stop(signal.SIGTERM) == 0
+        worker = start_worker(DEFAULT, *flags)
+        _, capture_log = capture.communicate(timeout=120)
+        assert capture.returncode == 0, capture_log
+        stdout, stderr = sub.communicate(timeout=60)
+    finally:
+        for proc in (capture, sub):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+    until(lambda: clip(worker).get("state") == "eos", "the stream's end at the new worker")
+    st = clip(worker)
+    metrics = get(worker, "/metrics")
+    lost = {m[1]: tuple(map(int, m.groups()[1:])) for m in LOST.finditer(stdout)}
+    if not resume:
+        # The new worker met the stream mid-session: marked, and the frames before counted.
+        first = FRAMES - st["frames_received"]
+        assert first > 0, st
+        assert st["resets"] == {"lost_state": 1}, st
+        assert st["frames_missing"] == first, st
+        assert 'streamconv_resets_total{cause="lost_state"} 1.0' in metrics
+        assert f"met at seq {first} without its state" in worker.log()
+        # The subscriber names the reset, and every output it missed; exit code 4 if any.
+        assert sorted(lost) == sorted(LAYERS), stdout
+        for layer in LAYERS:
+            assert f"clip/{layer} session" in stdout
+            received, total, missed = lost[layer]
+            assert (total, received + missed) == (FRAMES, FRAMES), stdout
+        assert stdout.count("1 state resets") == len(LAYERS), stdout
+        missed_any = any(missed for _, _, missed in lost.values())
+        assert sub.returncode == (4 if missed_any else 0), (stdout, stderr)
+    else:
+        # The capture sent the session again from seq 0: nothing lost, nothing to mark.
+        assert "frames again" in capture_log
+        assert st["resets"] == {}, st
+        assert st["frames_missing"] == 0, st
+        assert st["frames_received"] == FRAMES, st
+        assert 'cause="lost_state"' not in metrics
+        assert not lost, stdout
+        assert sub.returncode == 0, (stdout, stderr)
