@@ -20,6 +20,7 @@ from typing import Any
 from streamconv.config import Settings, load_settings, preset_names, preset_text
 from streamconv.errors import (
     ConfigError,
+    RefusedError,
     ShutdownCutError,
     SourceError,
     StartupError,
@@ -374,6 +375,9 @@ def _main(argv: list[str] | None) -> int:
     except StartupError as e:
         print(f"streamconv: {e}", file=sys.stderr)
         return 3
+    except RefusedError as e:
+        print(f"streamconv: {e}", file=sys.stderr)
+        return 5
     except ShutdownCutError as e:
         print(f"streamconv: {e}", file=sys.stderr)
         return 130

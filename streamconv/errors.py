@@ -60,3 +60,16 @@ class ShutdownCutError(StreamconvError):
 
 class AuthError(StartupError):
     """The worker refused this end's CURVE keys, or this end's keys do not fit the worker."""
+
+
+class RefusedError(StreamconvError):
+    """The worker drops this sender's lossless stream: another CURVE key's stream id, a quota,
+    frames too large or of the wrong shape (exit code 5). `dropped`: frames by reason."""
+
+    def __init__(self, endpoint: str, stream: str, dropped: dict[str, int]) -> None:
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))
+        super().__init__(
+            f"the worker at {endpoint} dropped frames of stream {stream} ({why}); its log says "
+            "why (another sender's stream id? a quota? frames too large?)"
+        )
+        self.dropped = dropped

@@ -40,7 +40,7 @@ from streamconv.client.sender import (
 )
 from streamconv.config import CaptureSettings
 from streamconv.config.roles import derive_output
-from streamconv.errors import AuthError, ConfigError, ProtocolError, StartupError
+from streamconv.errors import AuthError, ConfigError, ProtocolError, RefusedError, StartupError
 from streamconv.httpserver import HttpServer
 from streamconv.signals import on_stop
 from streamconv.wire import protocol
@@ -313,6 +313,9 @@ class Capture:
         seconds = time.monotonic() - start
         stopped = self._stop.is_set()
         log.info("capture: %s", sender.summary(seconds))
+        dropped = sender.dropped_by_worker
+        if dropped and self.mode == "lossless":  # said at the end when sending was quicker
+            raise RefusedError(sender.endpoint, self.stream, dropped)
         return CaptureStats(
             sender.sent,
             sender.dropped,

@@ -64,6 +64,8 @@ class Resender:
         self._last_ask = 0.0
         # Lossless subscribers: the first seq the worker lets this sender send (None: any).
         self.credit: int | None = None
+        # The worker's verdict: frames of this session it dropped, by reason.
+        self.verdict: dict[str, int] = {}
         self.answered = False  # the worker has answered a probe (it can resume)
 
     # -- the buffer -----------------------------------------------------------------------
@@ -118,6 +120,7 @@ class Resender:
                 out.append(header)
                 self.answered = True
                 self.credit = header.get("credit")
+                self.verdict = header.get("dropped") or {}
             frames = transport.recv_nowait(self.sub)
         return out
 

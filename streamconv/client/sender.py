@@ -47,6 +47,7 @@ from streamconv.errors import (
     AuthError,
     ConfigError,
     ProtocolError,
+    RefusedError,
     StartupError,
     StreamconvError,
 )
@@ -131,6 +132,7 @@ class Sender:
         self.drained: bool | None = None  # after close: the queue emptied within the linger
         # After close, lossless with resume: the worker said it ran every frame and the eos.
         self.confirmed: bool | None = None
+        self._verdict: dict[str, int] = {}  # the worker's last word on dropped frames
         self._linger_ms = self.linger_ms  # the linger close() used
         self._stop = stop if stop is not None else threading.Event()
         self._ready = self._closed = False
@@ -248,6 +250,7 @@ class Sender:
         if queued and self._resender is not None:
             self._resender.keep(self.sent, parts)
             self._resender.tick(self.sock, self.sent + 1)
+            self._check_verdict(self._resender)
         self.sent += queued
         return queued
 
@@ -265,6 +268,21 @@ class Sender:
         return protocol.encode_frame(self.stream, self.session, self.sent, frame, t_ns, self.fps,
                                      lossless=self._resender is not None,
                                      live=self.mode == "live")  # fmt: skip
+
+    @property
+    def dropped_by_worker(self) -> dict[str, int]:
+        """Frames of this session the worker dropped, by reason (lossless with resume only:
+        the worker says so in its probe answers)."""
+        return dict(self._resender.verdict) if self._resender is not None else dict(self._verdict)
+
+    def _check_verdict(self, resender: Resender) -> None:
+        """RefusedError once the worker says it dropped frames of this lossless session: every
+        later frame would be dropped too (another key's stream id, a quota, too large), and a
+        lossless stream that lost frames is not what its user asked for."""
+        if not resender.verdict:
+            return
+        self._verdict = dict(resender.verdict)
+        raise RefusedError(self.endpoint, self.stream, dict(resender.verdict))
 
     def _await_credit(self, resender: Resender) -> bool:
         """Lossless subscribers: wait while the worker's credit does not cover the next frame
@@ -531,6 +549,9 @@ class Sender:
             for answer in resender.answers(POLL_MS):
                 if "ended" not in answer:
                     return None
+                if answer.get("dropped"):
+                    self._verdict = dict(answer["dropped"])
+                    return False
                 if answer["ended"] and answer["next_seq"] >= self.sent:
                     return True
         if not self._stop.is_set():
@@ -574,6 +595,8 @@ class Sender:
             text += "; the worker's connection held throughout"
         if self._closed and not self.eos_sent:
             text += "; the eos was not queued"
+        if self._verdict:
+            text += f"; the worker DROPPED frames of this stream: {self._verdict}"
         if self.confirmed:
             text += "; the worker confirmed it ran every frame"
         elif self.confirmed is False:

@@ -23,6 +23,7 @@ INT64_MAX = 2**63 - 1  # every integer field fits a signed 64-bit integer (any l
 MAX_SESSION_CHARS = 128
 F32_MAX = float(np.finfo(np.float32).max) / 2  # margin for float32 rounding when dequantising
 MIN_QUANT_RANGE = 255.0 / F32_MAX  # below this, 255/range would not fit a float32
+MAX_PEEK_BYTES = 4096  # a header read only to name who sent a message too large
 PROBE_STREAM = "_probe"  # eos on this stream asks the worker for an eos back (readiness)
 PREVIEW_PREFIX = "_preview/"  # "_preview/{stream}/{layer}/": small, rate-limited outputs
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -320,6 +321,18 @@ def encode_ack(subscriber: str, stream: str, next_seq: int, session: str | None)
     return [json.dumps(header).encode(), b""]
 
 
+def peek_stream(raw: Any) -> tuple[str | None, str | None]:
+    """(stream, session) of an input header that will not be decoded (a message too large),
+    best effort: (None, None) when they cannot be read."""
+    if len(raw) > MAX_PEEK_BYTES:
+        return None, None
+    try:
+        header = _header(raw)
+        return check_name(header.get("stream"), "stream"), _session(header)
+    except ProtocolError:
+        return None, None
+
+
 def to_float(frame: np.ndarray) -> np.ndarray:
     """Input pixels as float32: uint8 / 255, uint16 / 65535, float32 as is."""
     if frame.dtype == np.uint8:
@@ -507,6 +520,12 @@ def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
     _flag(header, "ended")
     if header.get("credit") is not None:
         _int_field(header, "credit")
+    dropped = header.get("dropped")
+    if dropped is not None and not (
+        isinstance(dropped, dict) and all(_is_int(n) and n >= 0 for n in dropped.values())
+    ):
+        msg = f"field 'dropped' must map reasons to counts, got {_short(dropped)}"
+        raise ProtocolError(msg)
     if "boot" in header:
         _session({"session": header["boot"]})
     if header.get("preview"):

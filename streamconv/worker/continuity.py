@@ -133,22 +133,26 @@ class Continuity:
     def _resume_point(self, stream: str | None, session: str, now: float) -> dict[str, Any]:
         """The answer to a sender asking where `session` of `stream` goes on: next_seq (0 when
         this worker holds nothing of it: start over), checkpointed (its last checkpoint's next
-        seq, or None), ended (it ended here by its eos), credit (Credits)."""
+        seq, or None), ended (it ended here by its eos), credit (Credits), dropped (frames of
+        the session dropped here, by reason: the worker's verdict on it)."""
         name = stream or ""
-        credit = self.credits.credit(name, session, now)
+        answer = self._answer(name, session, now)
+        return {**answer, "credit": self.credits.credit(name, session, now),
+                "dropped": self.stats.verdict(name, session)}  # fmt: skip
+
+    def _answer(self, name: str, session: str, now: float) -> dict[str, Any]:
+        stream = name or None
         st = self.streams.get(name)
         if stream and (st is None or st.restored):
             st = self._take_over(stream, session, now)
         if st is None or st.session != session:
             ended = self.ended.get(name, ("", 0))
             if ended[0] == session:
-                return {"next_seq": ended[1], "checkpointed": None, "ended": True,
-                        "credit": credit}  # fmt: skip
-            return {"next_seq": 0, "checkpointed": None, "ended": False, "credit": credit}
+                return {"next_seq": ended[1], "checkpointed": None, "ended": True}
+            return {"next_seq": 0, "checkpointed": None, "ended": False}
         done = self.checkpointed.get(st.name)
         checkpointed = done[1] if done is not None and done[0] == session else None
-        return {"next_seq": st.next_seq, "checkpointed": checkpointed, "ended": False,
-                "credit": credit}  # fmt: skip
+        return {"next_seq": st.next_seq, "checkpointed": checkpointed, "ended": False}
 
     def _take_over(self, name: str, session: str, now: float) -> StreamState | None:
         """The stream as this worker should continue it: a stream it does not hold, or holds

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -80,7 +81,16 @@ class Engine(Continuity):
     def submit(self, msg: InputMessage, now: float, sender: str | None = None) -> list[Result]:
         """Take one decoded message from `sender` (its CURVE key, None without CURVE);
         returns the results it completes (a frame that cannot enter the model, or may not,
-        is a Failed result, and nothing else changes then)."""
+        is a Failed result naming its session, and nothing else changes then)."""
+        results = self._submit(msg, now, sender)
+        return [
+            replace(r, session=msg.session)
+            if isinstance(r, Failed) and r.stream == msg.stream and r.session is None
+            else r
+            for r in results
+        ]
+
+    def _submit(self, msg: InputMessage, now: float, sender: str | None) -> list[Result]:
         if msg.kind == "eos":
             refused = self.admission and self.admission.end(msg.stream, sender, self.streams)
             return [refused] if refused else self._end(msg, now)

@@ -52,12 +52,15 @@ class EndResult:
 @dataclass(frozen=True, slots=True)
 class Failed:
     """Input that was dropped: `frames` frames (0 for a message that never became one) of
-    `stream` (None when the message could not be read), for `reason`, explained by `detail`."""
+    `stream` and `session` (None when the message could not be read), for `reason`, explained
+    by `detail`. The session's sender is told (docs/PROTOCOL.md, the resume answer's
+    `dropped`)."""
 
     reason: Drop
     detail: str
     stream: str | None = None
     frames: int = 1
+    session: str | None = None
 
 
 Result = ChunkResult | EndResult | Failed

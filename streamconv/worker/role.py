@@ -37,7 +37,7 @@ from streamconv.model import (
 )
 from streamconv.signals import on_stop
 from streamconv.wire import transport
-from streamconv.wire.protocol import PREVIEW_PREFIX, InputMessage, decode_input
+from streamconv.wire.protocol import PREVIEW_PREFIX, InputMessage, decode_input, peek_stream
 from streamconv.wire.shards import owner
 from streamconv.worker import metrics
 from streamconv.worker.admission import Admission
@@ -286,7 +286,7 @@ class Worker:
             return
         for r in results:
             if isinstance(r, Failed):
-                self.stats.drop(r.reason, r.stream, r.frames)
+                self.stats.drop(r.reason, r.stream, r.frames, r.session)
                 self._drops.add(r.reason, r.detail)
         self._started()[1].publish(results)
         if self.keeper is not None:
@@ -326,7 +326,8 @@ class Worker:
         limit = self.settings.worker.max_message_bytes
         if size > limit:
             why = f"message of {size} bytes exceeds max_message_bytes {limit}"
-            return Failed(Drop.OVERSIZE, why)
+            stream, session = peek_stream(parts[0].buffer)  # its sender is told
+            return Failed(Drop.OVERSIZE, why, stream, session=session)
         try:
             msg = decode_input([p.buffer for p in parts])
         except ProtocolError as e:

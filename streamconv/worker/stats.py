@@ -11,7 +11,7 @@ import math
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CHUNK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LATENCY_SAMPLES = 1024  # recent capture-to-publish latencies kept per stream for p50/p99
+VERDICTS_KEPT = 1024  # sessions whose dropped frames their senders may still ask about
 ENDED_KEPT = 64  # ended streams kept for /status and /metrics (bounds label cardinality)
 BURST = 5  # drop log lines per reason before they are summarised
 
@@ -103,6 +104,8 @@ class Stats:
         # This worker process, told apart from the one before a restart (probe answers carry it).
         self.boot = uuid.uuid4().hex[:16]
         self._ended: deque[str] = deque()
+        # (stream, session) -> frames dropped by reason, told to that session's sender.
+        self.verdicts: OrderedDict[tuple[str, str], Counter[str]] = OrderedDict()
 
     # -- writers (the worker loop) ----------------------------------------------------------
     def count(self, key: str, n: int = 1) -> None:
@@ -148,13 +151,26 @@ class Stats:
             st = self.streams.get(name)
             return 0 if st is None else st.missing + sum(st.drops.values())
 
-    def drop(self, reason: Drop, stream: str | None = None, frames: int = 1) -> None:
+    def drop(
+        self, reason: Drop, stream: str | None = None, frames: int = 1, session: str | None = None
+    ) -> None:
         with self.lock:
             self.drops[reason] += 1
             self.counts["frames_dropped"] += frames
             st = self.streams.get(stream) if stream else None
             if st is not None:
                 st.drops[reason] += 1
+            if stream is not None and session is not None:
+                key = (stream, session)
+                self.verdicts.setdefault(key, Counter())[str(reason)] += max(frames, 1)
+                self.verdicts.move_to_end(key)
+                while len(self.verdicts) > VERDICTS_KEPT:
+                    self.verdicts.popitem(last=False)
+
+    def verdict(self, stream: str, session: str) -> dict[str, int]:
+        """The frames of this session of `stream` dropped here, by reason (its sender asks)."""
+        with self.lock:
+            return dict(self.verdicts.get((stream, session), {}))
 
     def reset(self, stream: str, cause: Reset) -> None:
         with self.lock:

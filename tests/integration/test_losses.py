@@ -156,3 +156,28 @@ def test_a_slow_lossless_subscriber_holds_the_capture_back_and_loses_nothing(
                 assert got < 3 * 300
                 lost = sub.losses.missed(name)  # the eos may be lost too: then the end is unknown
                 assert lost == 3 * 300 - got or sub.losses.not_ended()
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [({"STREAMCONV_WORKER__MAX_MESSAGE_BYTES": "6000"}, "oversize"),
+     ({"STREAMCONV_WORKER__MAX_STREAMS": "1"}, "too_many_streams")],
+)  # fmt: skip
+def test_a_capture_whose_stream_the_worker_drops_says_so_and_exits_5(
+    start_worker: Callable[..., WorkerProc], python_env: dict[str, str], env: dict[str, str],
+    reason: str,
+) -> None:  # fmt: skip
+    """Case 6: the worker drops every frame of the stream (too large; no room for another
+    stream); the capture learns it from the worker, says why and exits 5, not 0."""
+    worker = start_worker(env=env)
+    with Sender(worker.input, stream="first", wait_s=30) as holder:
+        holder.send(np.zeros((8, 8), np.uint8))  # holds the only stream slot (no eos yet)
+        done = subprocess.run(
+            [sys.executable, "-m", "streamconv", "capture", "synthetic", "--limit", "40",
+             "--resize", "64x48", "--stream", "second", "--mode", "lossless", "--connect",
+             worker.input, "--output", worker.output],
+            cwd=REPO, env=python_env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 5, done.stderr
+    assert "dropped frames of stream second" in done.stderr
+    assert reason in done.stderr

@@ -388,14 +388,32 @@ def test_a_session_ended_by_its_eos_is_said_ended_to_its_sender() -> None:
         take(eng, frame(seq, frames[seq]), 0.0)
     [answer] = take(eng, probe("a", "s1"), 0.0)
     assert isinstance(answer, EndResult)
-    assert answer.resume == {"next_seq": 3, "checkpointed": None, "ended": False, "credit": None}
+    assert answer.resume == {
+        "next_seq": 3,
+        "checkpointed": None,
+        "ended": False,
+        "credit": None,
+        "dropped": {},
+    }
     take(eng, eos(3), 0.0)
     [answer] = take(eng, probe("a", "s1"), 0.0)
     assert isinstance(answer, EndResult)
-    assert answer.resume == {"next_seq": 3, "checkpointed": None, "ended": True, "credit": None}
+    assert answer.resume == {
+        "next_seq": 3,
+        "checkpointed": None,
+        "ended": True,
+        "credit": None,
+        "dropped": {},
+    }
     [answer] = take(eng, probe("a", "another session"), 0.0)
     assert isinstance(answer, EndResult)
-    assert answer.resume == {"next_seq": 0, "checkpointed": None, "ended": False, "credit": None}
+    assert answer.resume == {
+        "next_seq": 0,
+        "checkpointed": None,
+        "ended": False,
+        "credit": None,
+        "dropped": {},
+    }
 
 
 def test_a_lossless_eos_ahead_of_a_restored_stream_waits_for_the_resend() -> None:
