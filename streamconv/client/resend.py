@@ -33,6 +33,7 @@ ASK_EVERY_S = 0.25  # how often a running sender asks for the last checkpoint an
 CREDIT_NEAR = 16  # frames before the credit runs out: ask for more at once
 CREDIT_ASK_S = 0.005  # ...at most this often
 RETRY_MS = 100  # how often it asks while waiting to resume
+IN_FLIGHT = 64  # frames kept beyond what the worker's checkpoints need: those on the way
 NEVER_ANSWERED_S = 2.0  # the wait to resume when the worker never answered a probe
 
 
@@ -50,6 +51,7 @@ class Resender:
     ) -> None:
         self.stream, self.session = stream, session
         self.max_frames, self.max_bytes = max_frames, max_bytes
+        self.limit_frames = max_frames  # the most it keeps, whatever the worker says
         self.output = output
         self.sub = transport.sub_socket(ctx, output, [protocol.stream_topic(PROBE_STREAM)],
                                         **keys)  # fmt: skip
@@ -67,6 +69,8 @@ class Resender:
         # The worker's verdict: frames of this session it dropped, by reason.
         self.verdict: dict[str, int] = {}
         self.answered = False  # the worker has answered a probe (it can resume)
+        # The worker's checkpoint interval in frames (0: it keeps none; None: not said yet).
+        self.checkpoint_every: int | None = None
 
     # -- the buffer -----------------------------------------------------------------------
     def keep(self, seq: int, parts: list[Any]) -> None:
@@ -75,10 +79,17 @@ class Resender:
         while self.kept and (len(self.kept) > self.max_frames or self.nbytes > self.max_bytes):
             self._pop()
             self.dropped += 1
-            if self.dropped == 1:
+            if self.dropped == 1 and self.checkpoint_every != 0:
                 log.warning("resend buffer full (%d frames, %d MB): frames before the worker's "
                             "next checkpoint can no longer be sent again after a restart",
                             self.max_frames, self.max_bytes // 2**20)  # fmt: skip
+
+    def _size_to(self, every: int) -> None:
+        """Keep what the worker may ask for again: the frames since its last checkpoint (up to
+        two intervals, as the checkpoint lags) and those in flight; only those in flight when
+        it keeps no checkpoints (a restarted worker then starts the stream afresh)."""
+        self.checkpoint_every = every
+        self.max_frames = min(self.limit_frames, IN_FLIGHT + 2 * every)
 
     def _pop(self) -> None:
         _, parts = self.kept.popleft()
@@ -120,6 +131,8 @@ class Resender:
                 out.append(header)
                 self.answered = True
                 self.credit = header.get("credit")
+                if "checkpoint_every" in header:
+                    self._size_to(header["checkpoint_every"] or 0)
                 self.verdict = header.get("dropped") or {}
             frames = transport.recv_nowait(self.sub)
         return out

@@ -518,8 +518,9 @@ def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
     if header.get("checkpointed") is not None:
         _int_field(header, "checkpointed")
     _flag(header, "ended")
-    if header.get("credit") is not None:
-        _int_field(header, "credit")
+    for name in ("credit", "checkpoint_every"):
+        if header.get(name) is not None:
+            _int_field(header, name)
     dropped = header.get("dropped")
     if dropped is not None and not (
         isinstance(dropped, dict) and all(_is_int(n) and n >= 0 for n in dropped.values())

@@ -65,6 +65,7 @@ class Continuity:
     checkpointed: dict[str, tuple[str, int]]  # stream -> (session, next seq) last written
     ended: OrderedDict[str, tuple[str, int]]  # stream -> (session, eos seq) ended here
     credits: Credits
+    checkpoint_every: int  # frames per stream between checkpoints; 0: none kept
     fresh_until: float  # until then, a restarted worker awaits resends (checkpoints on)
     load: Callable[[str], Snapshot | None] | None
     _awaiting: Counter[str]
@@ -134,11 +135,13 @@ class Continuity:
         """The answer to a sender asking where `session` of `stream` goes on: next_seq (0 when
         this worker holds nothing of it: start over), checkpointed (its last checkpoint's next
         seq, or None), ended (it ended here by its eos), credit (Credits), dropped (frames of
-        the session dropped here, by reason: the worker's verdict on it)."""
+        the session dropped here, by reason: the worker's verdict on it), checkpoint_every
+        (frames between its checkpoints, 0: none: what the sender keeps to resend)."""
         name = stream or ""
         answer = self._answer(name, session, now)
         return {**answer, "credit": self.credits.credit(name, session, now),
-                "dropped": self.stats.verdict(name, session)}  # fmt: skip
+                "dropped": self.stats.verdict(name, session),
+                "checkpoint_every": self.checkpoint_every}  # fmt: skip
 
     def _answer(self, name: str, session: str, now: float) -> dict[str, Any]:
         stream = name or None

@@ -68,6 +68,7 @@ class Engine(Continuity):
         self.checkpointed: dict[str, tuple[str, int]] = {}  # stream -> (session, next seq)
         self.ended: OrderedDict[str, tuple[str, int]] = OrderedDict()  # by eos: (session, seq)
         self.credits = Credits()  # how far lossless senders may run ahead of their subscribers
+        self.checkpoint_every = 0  # set by whoever checkpoints (worker/keeper.py); 0: nobody
         self.fresh_until = 0.0  # until then, a restarted worker awaits resends (checkpoints on)
         self._awaiting: Counter[str] = Counter()
         self.batcher = Batcher(model, device=device, dtype=dtype, publish=self.publish,

@@ -29,6 +29,7 @@ class Keeper:
     ) -> None:
         self.engine, self.writer, self.stats = engine, writer, stats
         self.every, self.interval_s = every, interval_s
+        engine.checkpoint_every = every  # senders keep what a restart may ask for again
         self._since: Counter[str] = Counter()  # frames run since the last checkpoint
         self._when: dict[str, float] = {}  # when a stream was last checkpointed
 

@@ -3,6 +3,7 @@ for the probe round it answers and the worker (boot id) that gives it."""
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import pytest
@@ -27,12 +28,16 @@ class FakeWorker:
         assert self.xpub.poll(10_000), "the resender never subscribed"
         self.xpub.recv_multipart()
 
-    def answer_next(self, next_seq: int, checkpointed: int | None, boot: str) -> str:
+    def answer_next(
+        self, next_seq: int, checkpointed: int | None, boot: str, every: int | None = None
+    ) -> str:
         """Read one probe and answer it; returns the probe's session."""
         assert self.pull.poll(10_000), "no probe arrived"
         head = protocol.decode_input(self.pull.recv_multipart())
         assert head.stream == PROBE_STREAM
         resume = {"next_seq": next_seq, "checkpointed": checkpointed, "ended": False}
+        if every is not None:
+            resume["checkpoint_every"] = every
         parts = protocol.encode_output_eos(PROBE_STREAM, "conv", head.session, 0,
                                            resume=resume, boot=boot)  # fmt: skip
         self.xpub.send_multipart(parts)
@@ -92,3 +97,23 @@ def test_only_the_worker_that_answered_the_round_trims_the_buffer(
     assert resender.sub.poll(10_000)
     resender.tick(push, 40)
     assert resender.kept[0][0] == 30
+
+
+@pytest.mark.parametrize(("every", "kept"), [(0, 64), (10, 84), (5000, 2048)])
+def test_the_buffer_keeps_what_the_worker_may_ask_for(
+    rig: tuple[FakeWorker, Resender, transport.Socket], every: int, kept: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A worker without checkpoints can ask only for the frames in flight (64); one that
+    checkpoints every N frames, for up to 2 N more; never more than the 2048-frame limit.
+    Frames pushed out are no warning when the worker keeps no checkpoints."""
+    worker, resender, push = rig
+    resender.ask(push)
+    worker.answer_next(0, None, boot="w", every=every)
+    assert resender.sub.poll(10_000)
+    resender.tick(push, 0)
+    assert resender.max_frames == kept
+    with caplog.at_level(logging.WARNING):
+        keep(resender, 3000)
+    assert len(resender.kept) == kept
+    assert ("resend buffer full" in caplog.text) == (every != 0)
