@@ -1,7 +1,8 @@
 """Seeded kill schedules over real processes: issue 16's defining property of crash safety.
 
 A schedule (drawn from its seed) picks a chunk size (1, 5, 8), a checkpoint interval (1, 10,
-64 frames), one to three lossless file captures (paced in real time or at full speed) and
+64 frames), one to three lossless file captures (paced in real time or at full speed), a
+lossless subscriber that takes 0, 0.5 or 2 ms per output (the captures wait for it), and
 one to three kills of the worker (SIGKILL) of these kinds: at a random moment, right after a
 checkpoint was written, during a resend (soon after a restart), twice in quick succession,
 and while the captures are blocked by back-pressure (the worker stopped with SIGSTOP first).
@@ -58,6 +59,7 @@ class Schedule:
     realtime: bool
     kills: list[str]
     waits: list[float]  # per kill: seconds before it (its kind decides what they mean)
+    slow_s: float = 0.0  # the lossless subscriber's time per output
 
     @classmethod
     def draw(cls, seed: int) -> Schedule:
@@ -65,7 +67,8 @@ class Schedule:
         kills = rng.choices(KINDS, k=rng.randint(1, 3))
         return cls(seed, rng.choice((1, 5, 8)), rng.choice((1, 10, 64)), rng.randint(1, 3),
                    rng.randint(90, 180), rng.random() < 0.5, kills,
-                   [rng.uniform(0.0, 1.0) for _ in kills])  # fmt: skip
+                   [rng.uniform(0.0, 1.0) for _ in kills],
+                   rng.choice((0.0, 0.0005, 0.002)))  # fmt: skip
 
 
 @dataclass
@@ -164,10 +167,12 @@ class Worker:
 
 
 class Collector:
-    """One subscriber to every stream, on its own thread, with a deep queue."""
+    """One lossless subscriber to every stream, on its own thread, taking `slow_s` per output
+    (the captures wait for it)."""
 
-    def __init__(self, output: str, streams: list[str]) -> None:
-        self.sub = Subscriber(output, hwm=1_000_000, timeout_s=5)
+    def __init__(self, output: str, input: str, streams: list[str], slow_s: float) -> None:
+        self.sub = Subscriber(output, timeout_s=5, lossless=True, inputs=[input])
+        self.slow_s = slow_s
         self.want = {(s, layer) for s in streams for layer in LAYERS}
         self.got: dict[tuple[str, str], dict[int, tuple[dict[str, Any], np.ndarray]]]
         self.got = defaultdict(dict)
@@ -190,6 +195,7 @@ class Collector:
                     self.errors.append(f"{key} seq {head['seq']} arrived twice, not a replay")
                 else:
                     self.got[key].setdefault(head["seq"], (head, array))
+                    time.sleep(self.slow_s)
         except Exception as e:  # reported by the caller
             self.errors.append(repr(e))
 
@@ -213,7 +219,8 @@ def run_schedule(schedule: Schedule, work: Path, env: dict[str, str]) -> Outcome
            str(work / "ckpt"), "--checkpoint-every", str(schedule.every)]  # fmt: skip
     worker = Worker(cmd, env, work / "worker.log")
     worker.start()
-    collector = Collector(f"tcp://127.0.0.1:{outp}", names)
+    collector = Collector(f"tcp://127.0.0.1:{outp}", f"tcp://127.0.0.1:{inp}", names,
+                          schedule.slow_s)  # fmt: skip
     collector.sub.wait_ready(f"tcp://127.0.0.1:{inp}")
     collector.thread.start()
     captures = {n: _capture(videos[n], n, inp, schedule.realtime, env, work) for n in names}

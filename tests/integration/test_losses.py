@@ -181,3 +181,32 @@ def test_a_capture_whose_stream_the_worker_drops_says_so_and_exits_5(
     assert done.returncode == 5, done.stderr
     assert "dropped frames of stream second" in done.stderr
     assert reason in done.stderr
+
+
+def test_wait_subscriber_on_a_wrong_output_says_so_while_it_waits(
+    start_worker: Callable[..., WorkerProc], python_env: dict[str, str]
+) -> None:
+    """Case 2: `--wait-subscriber` listening where no worker answers waited forever without a
+    word; now it says, while it waits, that the endpoint may not be the worker's output."""
+    worker = start_worker()
+    capture = subprocess.Popen(
+        [sys.executable, "-m", "streamconv", "capture", "synthetic", "--limit", "5",
+         "--connect", worker.input, "--output", "tcp://127.0.0.1:9", "--wait-subscriber",
+         "--wait", "0"],
+        cwd=REPO, env=python_env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert capture.stderr is not None
+    try:
+        deadline = time.monotonic() + 30
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            line = capture.stderr.readline()
+            lines.append(line)
+            if "is it the output endpoint of the worker" in line:
+                break
+        else:
+            pytest.fail("no hint while waiting:\n" + "".join(lines))
+        assert "--output" in lines[-1]
+    finally:
+        capture.kill()
+        capture.communicate(timeout=10)
