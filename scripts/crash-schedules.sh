@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 N="${1:-50}"
 FIRST="${2:-1}"
-REPORT="$(mktemp)"
-trap 'rm -f "$REPORT"' EXIT
+REPORT="${CRASH_REPORT:-$(mktemp)}"  # JSON lines, one per schedule (problems in full)
+[ -n "${CRASH_REPORT:-}" ] || trap 'rm -f "$REPORT"' EXIT
 status=0
 CRASH_SCHEDULES="$N" CRASH_SEED="$FIRST" CRASH_REPORT="$REPORT" \
     .venv/bin/python -m pytest -q -p no:cacheprovider tests/integration/test_crash_schedules.py \
