@@ -27,7 +27,7 @@ import torch
 from streamconv.capture.role import derive_stream
 from streamconv.capture.sources import open_source, sample_clip
 from streamconv.client import Subscriber
-from streamconv.client.monitor import Monitor, PreviewWriter
+from streamconv.client.sinks import Monitor, PreviewWriter, Sinks
 from streamconv.config import CaptureSettings, Settings, parse_http
 from streamconv.errors import ConfigError, StartupError, StreamconvError
 from streamconv.layers import Output
@@ -136,7 +136,8 @@ def _run(
     layers = [spec.name for spec in settings.layers if spec.publish]
     children = Supervisor()
     children.start("worker", worker_main, settings)
-    monitor, preview = Monitor(), PreviewWriter(out)
+    monitor = Monitor()
+    sinks = Sinks({"monitor": monitor, "preview": PreviewWriter(out)})
     received: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     gaps = kept = 0
     try:
@@ -163,8 +164,7 @@ def _run(
                 if frame is None:
                     ended.add(header["layer"])
                     continue
-                monitor.add(header)
-                preview.add(header, frame)
+                sinks.add(header, frame)
                 done += header["layer"] == layers[-1]
                 _progress(done)
                 kept += frame.nbytes
@@ -178,8 +178,8 @@ def _run(
     print(file=sys.stderr)
     print(monitor.table())
     print(f"subscriber gaps (outputs lost between worker and subscriber): {gaps}")
-    for path in preview.close():
-        print(f"preview: {path}")
+    for line in sinks.close():
+        print(line)
     if stop.is_set():
         print("stopped by a signal: the offline comparison is skipped")
         return 0

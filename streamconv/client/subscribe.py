@@ -18,8 +18,8 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
-from streamconv.client.monitor import Monitor, NpyWriter, PreviewWriter
 from streamconv.client.sender import DEFAULT_OUTPUT
+from streamconv.client.sinks import Monitor, Sinks, open_sinks
 from streamconv.client.subscriber import Subscriber
 from streamconv.signals import on_stop
 from streamconv.wire.shards import parse_shards
@@ -44,8 +44,7 @@ def subscribe(
 
 def _run(args: argparse.Namespace, stop: threading.Event, expect: set[str]) -> int:
     monitor = Monitor()
-    preview = PreviewWriter(args.save) if args.save else None
-    npy = NpyWriter(args.npy) if args.npy else None
+    sinks = Sinks({"monitor": monitor, **open_sinks({"preview": args.save, "npy": args.npy})})
     idle_s = args.timeout if args.timeout and args.timeout > 0 else math.inf  # 0: no limit
     counts: Counter[tuple[str, str]] = Counter()  # outputs taken, per (stream, layer)
     endpoints = parse_shards(args.connect or [DEFAULT_OUTPUT])
@@ -80,11 +79,7 @@ def _run(args: argparse.Namespace, stop: threading.Event, expect: set[str]) -> i
                 if args.count is not None and counts[key] >= args.count:
                     continue  # this layer has its frames; others are still coming
                 counts[key] += 1
-                monitor.add(header)
-                if preview:
-                    preview.add(header, frame)
-                if npy:
-                    npy.add(header, frame)
+                sinks.add(header, frame)
                 first_at = first_at or now
                 if _table_due(counts, expect, first_at, last_report, now):
                     print(monitor.table(), flush=True)
@@ -100,10 +95,9 @@ def _run(args: argparse.Namespace, stop: threading.Event, expect: set[str]) -> i
             print(f"outputs recomputed after a worker restart, already received: {sub.duplicates}")
         return _verdict(sub, args, timed_out=not stop.is_set() and not sub.ended and
                         not _enough(counts, args.count, args.layer))  # fmt: skip
-    finally:
-        if preview:  # an mp4 that is not released does not play
-            for path in preview.close():
-                print(f"preview: {path}")
+    finally:  # an mp4 that is not released does not play
+        for line in sinks.close():
+            print(line)
 
 
 def _verdict(sub: Subscriber, args: argparse.Namespace, timed_out: bool) -> int:

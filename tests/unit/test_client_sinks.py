@@ -1,4 +1,5 @@
-"""The subscriber's sinks (.npy files, preview videos) and the client's import rule."""
+"""The subscriber's sinks (monitor, .npy files, preview videos), composing them, and the
+client's import rule."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import cv2
 import numpy as np
 import pytest
 
-from streamconv.client.monitor import NpyWriter, PreviewWriter, safe_name
+from streamconv.client.sinks import (
+    FILE_SINKS,
+    Monitor,
+    NpyWriter,
+    PreviewWriter,
+    Sink,
+    Sinks,
+    open_sinks,
+    safe_name,
+)
 from tests.conftest import REPO
 
 
@@ -113,10 +123,70 @@ def test_preview_of_colour_frames_with_a_new_size_and_non_finite_values(tmp_path
     assert read_video(path)[::2] == (2, (8, 6))
 
 
+class Recorder:
+    """An in-memory sink: what it was given, and whether it was closed."""
+
+    def __init__(self, paths: list[Path] | None = None, fail: bool = False) -> None:
+        self.seen: list[int] = []
+        self.paths, self.fail, self.closed = paths or [], fail, False
+
+    def add(self, header: dict[str, Any], frame: np.ndarray) -> None:
+        self.seen.append(header["seq"])
+
+    def close(self) -> list[Path]:
+        self.closed = True
+        if self.fail:
+            msg = "disk full"
+            raise OSError(msg)
+        return self.paths
+
+
+def test_every_sink_speaks_the_interface(tmp_path: Path) -> None:
+    sinks: list[Sink] = [Monitor(), *(make(tmp_path / name) for name, make in FILE_SINKS.items())]
+    for sink in sinks:
+        sink.add(head(t_ns=0), frame())
+        assert all(path.is_file() for path in sink.close())
+
+
+def test_sinks_feed_each_in_order_and_label_the_files() -> None:
+    a, b = Recorder(), Recorder([Path("x.mp4"), Path("y.mp4")])
+    both = Sinks({"a": a, "preview": b})
+    for seq in range(3):
+        both.add(head(seq=seq), frame())
+    assert a.seen == b.seen == [0, 1, 2]
+    assert both.close() == ["preview: x.mp4", "preview: y.mp4"]
+
+
+def test_sinks_close_every_sink_when_one_fails() -> None:
+    """A failing sink must not leave the others' files unfinalised (an mp4 then never plays)."""
+    first, after = Recorder(fail=True), Recorder()
+    with pytest.raises(OSError, match="disk full"):
+        Sinks({"first": first, "after": after}).close()
+    assert first.closed
+    assert after.closed
+
+
+def test_open_sinks_opens_those_given_a_folder(tmp_path: Path) -> None:
+    opened = open_sinks({"preview": None, "npy": tmp_path / "npy"})
+    assert list(opened) == ["npy"]
+    assert isinstance(opened["npy"], NpyWriter)
+    with pytest.raises(ValueError, match=r"unknown sinks \['mp3'\]"):
+        open_sinks({"mp3": tmp_path})
+
+
+def test_monitor_counts_outputs_only() -> None:
+    monitor = Monitor()
+    monitor.add(head(t_ns=0), frame(), now_ns=2_000_000)
+    monitor.add(head(kind="eos", t_ns=0), frame())
+    assert monitor.layers[("cam0", "c1")].frames == 1
+    assert monitor.layers[("cam0", "c1")].percentile(50) == pytest.approx(2.0)
+    assert monitor.close() == []
+
+
 def test_client_imports_neither_zmq_nor_torch() -> None:
     """Only wire/transport.py talks to ZeroMQ; the client goes through it."""
     banned = {"zmq", "torch"}
-    for path in sorted((REPO / "streamconv" / "client").glob("*.py")):
+    for path in sorted((REPO / "streamconv" / "client").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = {alias.name.split(".")[0] for alias in node.names}
