@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 
 import streamconv.capture.sources as sources_package
+import streamconv.capture.sources.sample as sample_module
 from streamconv.capture.role import Capture, derive_stream
 from streamconv.capture.sources import (
+    KINDS,
     ArraySource,
     ImageSource,
     Source,
+    SourceKind,
     SyntheticSource,
     VideoSource,
     open_source,
@@ -246,7 +249,7 @@ def test_sample_ignores_whatever_sits_at_the_old_shared_temp_path(
     # Before: 'sample' opened $TMP/streamconv-sample.mp4 if anything was there, so an empty
     # file failed with "convert it with ffmpeg" and another video was sent as the sample.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(sources_package, "_PRIVATE", [])
+    monkeypatch.setattr(sample_module, "_PRIVATE", [])
     (tmp_path / "streamconv-sample.mp4").write_bytes(planted)
     frames = frames_of("sample")
     assert len(frames) == 120
@@ -260,7 +263,36 @@ def test_another_video_at_the_old_path_is_not_sent_as_the_sample(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(sources_package, "_PRIVATE", [])
+    monkeypatch.setattr(sample_module, "_PRIVATE", [])
     write_sample_video(tmp_path / "streamconv-sample.mp4", frames=5, size=(64, 48), fps=30.0)
     frames = frames_of("sample")
     assert (len(frames), frames[0].shape) == (120, (120, 160, 3))
+
+
+def test_each_spec_is_claimed_by_its_kind(tmp_path: Path) -> None:
+    write_pngs(tmp_path / "frames", ["0.png", "1.png"])
+    write_sample_video(tmp_path / "clip.mp4", frames=2)
+    folder = tmp_path / "frames"
+    specs = {
+        "sample": "sample",
+        "synthetic:64x48": "synthetic",
+        "synthetic-ish": "synthetic",  # claimed, then told how to write it
+        "0": "webcam",
+        "rtsp://host/x": "url",
+        "ftp://host/x": "url",  # claimed, then told its scheme is unsupported
+        str(folder): "image folder",
+        str(folder / "0.png"): "image file",
+        str(tmp_path / "clip.mp4"): "video file",
+        str(folder / "*.png"): "image glob",
+    }
+    claimed = {spec: next(k.name for k in KINDS if k.recognises(spec)) for spec in specs}
+    assert claimed == specs
+    assert not any(k.recognises(str(tmp_path / "missing.mp4")) for k in KINDS)
+    assert len({k.name for k in KINDS}) == len(KINDS)
+
+
+def test_a_source_kind_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = [np.full((4, 6), i, np.uint8) for i in range(3)]
+    ones = SourceKind("ones", lambda spec: spec == "ones", lambda spec, o: ArraySource(frames, **o))
+    monkeypatch.setattr(sources_package, "KINDS", (ones, *KINDS))
+    assert len(frames_of("ones", limit=2)) == 2

@@ -1,11 +1,13 @@
-"""The source interface, and the options every source shares (resize, gray, limit, loop)."""
+"""The source interface, the options every source shares (resize, gray, limit, loop), and
+`SourceKind`: one way of naming a source in a spec, as `open_source` tries them."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -13,6 +15,7 @@ import numpy as np
 from streamconv.errors import SourceError
 
 Size = tuple[int, int]
+Options = dict[str, Any]  # resize, gray, limit and loop, as BaseSource takes them
 
 
 @runtime_checkable
@@ -131,3 +134,14 @@ class BaseSource(ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One way of naming a source: `recognises(spec)` claims a (stripped, non-empty) spec,
+    `open(spec, options)` opens it or raises SourceError saying what is wrong and the fix
+    (a spec a kind claims is never passed on to the next kind)."""
+
+    name: str
+    recognises: Callable[[str], bool]
+    open: Callable[[str, Options], BaseSource]

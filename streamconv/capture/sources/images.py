@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamconv.capture.sources.base import BaseSource, Size
+from streamconv.capture.sources.base import BaseSource, Options, Size, SourceKind
 from streamconv.errors import SourceError
 
 IMAGE_SUFFIXES = frozenset(
@@ -82,3 +83,32 @@ class ImageSource(BaseSource):
 
     def __repr__(self) -> str:
         return f"ImageSource({len(self.paths)} images from {self.paths[0].parent})"
+
+
+def open_folder(spec: str, options: Options) -> ImageSource:
+    paths = images_in(Path(spec).expanduser())
+    if not paths:
+        msg = f"folder {spec!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        raise SourceError(msg)
+    return ImageSource(paths, **options)
+
+
+def open_glob(spec: str, options: Options) -> ImageSource:
+    matches = [Path(p) for p in glob.glob(str(Path(spec).expanduser())) if Path(p).is_file()]
+    if not matches:
+        msg = f"glob {spec!r} matches no files: check the pattern and quote it in the shell"
+        raise SourceError(msg)
+    return ImageSource(sorted(matches, key=natural_key), **options)
+
+
+def is_image_file(spec: str) -> bool:
+    path = Path(spec).expanduser()
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+FOLDER = SourceKind("image folder", lambda spec: Path(spec).expanduser().is_dir(), open_folder)
+IMAGE_FILE = SourceKind(
+    "image file", is_image_file, lambda spec, o: ImageSource([Path(spec).expanduser()], **o)
+)
+# After the files: a file whose name holds a wildcard character is that file, not a pattern.
+GLOB = SourceKind("image glob", lambda spec: any(c in spec for c in "*?["), open_glob)

@@ -7,17 +7,19 @@ so video codecs keep it close, and moving, so temporal layers have something to 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from streamconv.capture.sources.base import BaseSource, Size
+from streamconv.capture.sources.base import BaseSource, Options, Size, SourceKind
 from streamconv.errors import SourceError
 
 DEFAULT_SIZE = (320, 240)
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG"}
+SYNTHETIC_RE = re.compile(r"synthetic(?::(\d+)x(\d+)(?::(\d+))?)?")
 
 
 def synthetic_frame(index: int, width: int, height: int, channels: int = 3) -> np.ndarray:
@@ -105,3 +107,20 @@ def write_sample_video(
     finally:
         writer.release()
     return path
+
+
+def open_synthetic(spec: str, options: Options) -> SyntheticSource:
+    """'synthetic', 'synthetic:WxH' or 'synthetic:WxH:FRAMES' (300 frames by default)."""
+    match = SYNTHETIC_RE.fullmatch(spec)
+    if match is None:
+        msg = (
+            f"bad synthetic spec {spec!r}: write 'synthetic', 'synthetic:640x480' or "
+            "'synthetic:640x480:100' (width x height : frames)"
+        )
+        raise SourceError(msg)
+    width, height, frames = match.groups()
+    size = (int(width), int(height)) if width else DEFAULT_SIZE
+    return SyntheticSource(*size, frames=int(frames) if frames else 300, **options)
+
+
+SYNTHETIC = SourceKind("synthetic", lambda spec: spec.startswith("synthetic"), open_synthetic)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from streamconv.capture.sources.base import BaseSource, Size
+from streamconv.capture.sources.base import BaseSource, Options, Size, SourceKind
+from streamconv.capture.sources.images import IMAGE_SUFFIXES
 from streamconv.errors import SourceError
 
 log = logging.getLogger(__name__)
 
 URL_TIMEOUT_MS = 10_000
+URL_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt"})
+SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 class VideoSource(BaseSource):
@@ -100,3 +104,26 @@ class VideoSource(BaseSource):
 
     def __repr__(self) -> str:
         return f"VideoSource({self.kind} {self.target!r})"
+
+
+def open_url(spec: str, options: Options) -> VideoSource:
+    scheme = SCHEME_RE.match(spec)
+    if scheme is None or scheme.group(1).lower() not in URL_SCHEMES:
+        msg = f"URL {spec!r} has an unsupported scheme: use one of {sorted(URL_SCHEMES)}"
+        raise SourceError(msg)
+    return VideoSource(spec, "url", **options)
+
+
+def is_video_file(spec: str) -> bool:
+    path = Path(spec).expanduser()
+    return path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES
+
+
+WEBCAM = SourceKind("webcam", str.isdigit, lambda spec, o: VideoSource(int(spec), "webcam", **o))
+# Any scheme is claimed, so that 'ftp://...' is told its scheme, not that no file has that name.
+URL = SourceKind("url", lambda spec: SCHEME_RE.match(spec) is not None, open_url)
+VIDEO_FILE = SourceKind(
+    "video file",
+    is_video_file,
+    lambda spec, o: VideoSource(str(Path(spec).expanduser()), "file", **o),
+)
