@@ -32,7 +32,6 @@ waiting send return False promptly. A Sender is used by one thread; it never imp
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -42,12 +41,13 @@ from typing import Any
 
 import numpy as np
 
+from streamconv.client import probe
+from streamconv.client.lossless import Lossless
 from streamconv.client.resend import Resender
 from streamconv.errors import (
     AuthError,
     ConfigError,
     ProtocolError,
-    RefusedError,
     StartupError,
     StreamconvError,
 )
@@ -65,8 +65,6 @@ POLL_MS = 100  # the longest single wait: a stop request is seen within this
 ANNOUNCE_S = 1.0  # waiting this long for a worker is logged (once)
 STALL_WARN_S = 5.0  # a lossless send blocked this long (worker connected) is logged once
 REROUTE_S = 10.0  # sharded: how often to ask again where the stream goes while its worker is away
-CREDIT_POLL_MS = 10  # waiting for credit: how often to ask the worker
-PATH_CHECK_S = 3.0  # lossless: how long the first resume probe may take to be answered
 STOP_WAIT_S = 1.0  # once stopped, or with the worker gone: the most time for eos, then linger
 
 
@@ -132,7 +130,6 @@ class Sender:
         self.drained: bool | None = None  # after close: the queue emptied within the linger
         # After close, lossless with resume: the worker said it ran every frame and the eos.
         self.confirmed: bool | None = None
-        self._verdict: dict[str, int] = {}  # the worker's last word on dropped frames
         self._linger_ms = self.linger_ms  # the linger close() used
         self._stop = stop if stop is not None else threading.Event()
         self._ready = self._closed = False
@@ -150,14 +147,15 @@ class Sender:
             self._ctx.term()
             raise
         # Lossless with the worker's output known: keep what a restarted worker may ask for.
-        self._resender: Resender | None = None
+        self._lossless: Lossless | None = None
         if mode == "lossless" and resume_output is not None:
             try:
-                self._resender = Resender(self._ctx, resume_output, self.stream, self.session,
-                                          **self._keys)  # fmt: skip
+                resender = Resender(self._ctx, resume_output, self.stream, self.session,
+                                    **self._keys)  # fmt: skip
             except (ValueError, transport.ZMQError) as e:
                 self.close()
                 raise _endpoint_error(resume_output, e) from e
+            self._lossless = Lossless(resender, self.sock, self.stream, self._stop)
         self._resume_wait_subscriber = resume_wait_subscriber
         self._disconnects_seen = 0
         # Sharded: where the stream goes now ((input, output) of its owner, or None: stay),
@@ -195,8 +193,9 @@ class Sender:
                 self._ready = True
                 level = logging.INFO if announced else logging.DEBUG
                 log.log(level, "the worker at %s answered", self.endpoint)
-                if self._resender is not None:
-                    self._check_resume_path(self._resender)
+                if self._lossless is not None and not self._lossless.path_works(self.endpoint):
+                    self._lossless.close()
+                    self._lossless = None
                 return True
             if self._watch.refused:  # it answered, and the keys do not match: no use waiting
                 why = self._watch.refused
@@ -215,24 +214,6 @@ class Sender:
                 log.info("waiting for a worker at %s (%s)", self.endpoint, limit)
         return False
 
-    def _check_resume_path(self, resender: Resender) -> None:
-        """Lossless: a worker whose answers never reach this sender cannot tell it where to go
-        on after a crash. Found out now, not at the crash: said in one line, and the frames go
-        without resume (a restarted worker then goes on past a gap, counted)."""
-        deadline = time.monotonic() + PATH_CHECK_S
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            resender.ask(self.sock)
-            if resender.answers(POLL_MS):
-                return
-        if self._stop.is_set():
-            return
-        log.warning("no answer on %s from the worker at %s within %g s: resume after a worker "
-                    "crash is OFF for stream %s; give the worker's output endpoint (--output, "
-                    "or [capture] output) to turn it on", resender.output, self.endpoint,
-                    PATH_CHECK_S, self.stream)  # fmt: skip
-        resender.close()
-        self._resender = None
-
     def send(self, frame: np.ndarray, t_ns: int | None = None) -> bool:
         """Queue one frame (taken at `t_ns`, default now): True if queued.
 
@@ -244,14 +225,12 @@ class Sender:
         parts = self._encode(frame, t_ns)
         if self._stop.is_set() or not self.wait_worker():
             return False
-        if self._resender is not None and not self._await_credit(self._resender):
+        if self._lossless is not None and not self._lossless.await_credit(self.sent, self._peers):
             return False
         queued = self._send_live(parts) if self.mode == "live" else self._send_lossless(parts)
-        if queued and self._resender is not None:
-            self._resender.keep(self.sent, parts)
-            self._resender.tick(self.sock, self.sent + 1)
-            self._check_verdict(self._resender)
         self.sent += queued
+        if queued and self._lossless is not None:
+            self._lossless.sent_one(self.sent - 1, parts, self.endpoint)
         return queued
 
     def _encode(self, frame: np.ndarray, t_ns: int | None) -> list[Any]:
@@ -266,42 +245,14 @@ class Sender:
             msg = "float32 frame holds NaN or infinite values"
             raise ProtocolError(msg)
         return protocol.encode_frame(self.stream, self.session, self.sent, frame, t_ns, self.fps,
-                                     lossless=self._resender is not None,
+                                     lossless=self._lossless is not None,
                                      live=self.mode == "live")  # fmt: skip
 
     @property
     def dropped_by_worker(self) -> dict[str, int]:
         """Frames of this session the worker dropped, by reason (lossless with resume only:
         the worker says so in its probe answers)."""
-        return dict(self._resender.verdict) if self._resender is not None else dict(self._verdict)
-
-    def _check_verdict(self, resender: Resender) -> None:
-        """RefusedError once the worker says it dropped frames of this lossless session: every
-        later frame would be dropped too (another key's stream id, a quota, too large), and a
-        lossless stream that lost frames is not what its user asked for."""
-        if not resender.verdict:
-            return
-        self._verdict = dict(resender.verdict)
-        raise RefusedError(self.endpoint, self.stream, dict(resender.verdict))
-
-    def _await_credit(self, resender: Resender) -> bool:
-        """Lossless subscribers: wait while the worker's credit does not cover the next frame
-        (a subscriber fell behind); False if stopped first. A worker that goes away ends the
-        wait: the send then waits for it as usual."""
-        since, warned = time.monotonic(), False
-        while resender.credit is not None and self.sent >= resender.credit:
-            if self._stop.is_set():
-                return False
-            if self._peers() == 0:
-                return True
-            resender.ask(self.sock)
-            resender.answers(CREDIT_POLL_MS)
-            if not warned and time.monotonic() - since > STALL_WARN_S:
-                warned = True
-                log.warning("stream %s waits for a lossless subscriber that is behind (the "
-                            "worker lets it send up to seq %d)", self.stream,
-                            resender.credit)  # fmt: skip
-        return True
+        return dict(self._lossless.verdict) if self._lossless is not None else {}
 
     def _send_live(self, parts: list[Any]) -> bool:
         if self._peers() == 0:
@@ -321,8 +272,7 @@ class Sender:
                     return False
                 since = time.monotonic()
                 continue
-            if self._watch.disconnects != self._disconnects_seen:
-                self._disconnects_seen = self._watch.disconnects
+            if self._reconnected():
                 self._resume()
             if transport.wait_writable(self.sock, POLL_MS) and transport.send(
                 self.sock, parts, block=False
@@ -338,34 +288,17 @@ class Sender:
                 )
         return False
 
+    def _reconnected(self) -> bool:
+        """A reconnect not yet answered by a resume (maybe to a restarted worker)."""
+        if self._watch.disconnects == self._disconnects_seen:
+            return False
+        self._disconnects_seen = self._watch.disconnects
+        return True
+
     def _resume(self) -> None:
-        """The worker came back (maybe restarted): send again what it has not run."""
-        if self._resender is None:
-            return
-        limit = self.wait_s or 30.0
-        point = self._resender.resume_point(self.sock, self._stop, limit,
-                                            self._resume_wait_subscriber)  # fmt: skip
-        if point is None:
-            log.warning("the worker at %s did not say where stream %s goes on; going on "
-                        "(it may see a gap)", self.endpoint, self.stream)  # fmt: skip
-            return
-        if point >= self.sent:
-            log.info("the worker is back and has every frame of stream %s", self.stream)
-            return
-        again = self._resender.since(point)
-        if again is None:
-            log.warning("the worker asks for stream %s from seq %d, which is no longer kept: "
-                        "it will see a gap", self.stream, point)  # fmt: skip
-            return
-        for parts in again:
-            while not self._stop.is_set() and not (
-                transport.wait_writable(self.sock, POLL_MS)
-                and transport.send(self.sock, parts, block=False)
-            ):
-                pass
-        self._resender.resent += len(again)
-        log.info("the worker went on from seq %d of stream %s: sent %d frames again",
-                 point, self.stream, len(again))  # fmt: skip
+        if self._lossless is not None:
+            self._lossless.resume(self.sent, self.wait_s, self._resume_wait_subscriber,
+                                  self.endpoint)  # fmt: skip
 
     def _peers(self, timeout_ms: int = 0) -> int:
         """The peer count, logging each time the worker goes away or comes back."""
@@ -420,8 +353,8 @@ class Sender:
         again what it lacks (from the checkpoint it took over, in a shared folder)."""
         log.info("stream %s moves from %s to %s", self.stream, self.endpoint, endpoint)
         transport.retarget(self.sock, self.endpoint, endpoint)
-        if self._resender is not None:
-            self._resender.retarget(output)
+        if self._lossless is not None:
+            self._lossless.resender.retarget(output)
         self.endpoint = endpoint
 
     # -- readiness of a subscriber -------------------------------------------------------------
@@ -441,63 +374,11 @@ class Sender:
             sub = transport.sub_socket(self._ctx, output, topics, **self._keys)
         except (ValueError, transport.ZMQError) as e:
             raise _endpoint_error(output, e) from e
-        log.info("waiting for a subscriber of stream %s on %s", self.stream, output)
-        prefix, start, answered, n = protocol.new_session()[:16] + ".", time.monotonic(), False, 0
-        hinted = False
         try:
-            while not self._stop.is_set():
-                n += 1
-                probe = protocol.encode_eos(PROBE_STREAM, f"{prefix}{n}", 0, watch=self.stream)
-                transport.send(self.sock, probe, block=False)
-                end = time.monotonic() + POLL_MS / 1000
-                while (left_ms := int((end - time.monotonic()) * 1000)) > 0:
-                    subscribed = self._probe_answer(sub, prefix, left_ms)
-                    if subscribed is None:
-                        continue
-                    if subscribed:
-                        log.info("subscriber present for stream %s", self.stream)
-                        return True
-                    answered = True
-                waited = time.monotonic() - start
-                if not answered and not hinted and waited >= PATH_CHECK_S:
-                    hinted = True
-                    log.warning("no answer on %s yet: is it the output endpoint of the worker "
-                                "at %s? (--output)", output, self.endpoint)  # fmt: skip
-                if limit and waited >= limit:
-                    raise StartupError(self._no_subscriber(output, limit, answered))
-            return False
+            return probe.wait_subscriber(self.sock, sub, self.stream, (self.endpoint, output),
+                                         limit, self._stop)  # fmt: skip
         finally:
             transport.close(sub, 0)
-
-    def _probe_answer(self, sub: transport.Socket, prefix: str, timeout_ms: int) -> bool | None:
-        """`subscribed` of one answer to this sender's probes, or None (no answer, or another's)."""
-        frames = transport.recv(sub, timeout_ms)
-        if frames is None:
-            return None
-        try:
-            header, _ = protocol.decode_output([f.buffer for f in frames])
-        except ProtocolError:
-            return None
-        if header["stream"] != PROBE_STREAM or not header["session"].startswith(prefix):
-            return None  # another client's probe: its answer is about another stream
-        if "subscribed" not in header:
-            msg = (
-                "the worker answers probes without 'subscribed': it is too old to tell whether "
-                f"stream {self.stream} has a subscriber (run without --wait-subscriber)"
-            )
-            raise StartupError(msg)
-        return bool(header["subscribed"])
-
-    def _no_subscriber(self, output: str, limit: float, answered: bool) -> str:
-        if answered:
-            return (
-                f"no subscriber of stream {self.stream} on {output} within {limit:g} s; "
-                "start one, or --wait to wait longer"
-            )
-        return (
-            f"no answer on {output} within {limit:g} s: is it the output endpoint of the worker "
-            f"at {self.endpoint}? (--output)"
-        )
 
     # -- closing -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -512,8 +393,8 @@ class Sender:
             hurry = self._stop.is_set() or not self._ready or self._watch.update(0) == 0
             linger_ms = min(self.linger_ms, int(STOP_WAIT_S * 1000)) if hurry else self.linger_ms
             self._watch.close()
-            if self._resender is not None:
-                self._resender.close()
+            if self._lossless is not None:
+                self._lossless.close()
             transport.close(self.sock, linger_ms)
             start = time.monotonic()
             self._ctx.term()  # returns once the queue drained, or the linger ran out
@@ -524,44 +405,23 @@ class Sender:
 
     def _send_eos(self) -> bool:
         self._watch.update(0)
-        if self._resender is not None and self._watch.disconnects != self._disconnects_seen:
-            self._disconnects_seen = self._watch.disconnects
+        if self._reconnected():
             self._resume()  # a restarted worker gets the frames it lacks before the eos
         if not self._queue_eos():
             return False
-        if self._resender is not None and not self._stop.is_set():
-            self.confirmed = self._await_end(self._resender)
+        if self._lossless is not None and not self._stop.is_set():
+            self.confirmed = self._lossless.await_end(
+                self.sent, self.wait_s, lambda: self._peers() > 0 and self._reconnected(),
+                self._resend_and_end, self.endpoint,
+            )  # fmt: skip
         return True
 
-    def _await_end(self, resender: Resender) -> bool | None:
-        """Lossless with resume: wait (up to `wait_s`) until the worker says it ran the whole
-        session, its eos included. Until then the frames it may lack are in this process only:
-        a worker that dies with them in its queue, once this sender has gone, loses them. A
-        worker that restarts meanwhile gets them again, then the eos. None: the worker's
-        answers cannot say (an older worker)."""
-        deadline = time.monotonic() + (self.wait_s or math.inf)
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            if self._peers() > 0 and self._watch.disconnects != self._disconnects_seen:
-                self._disconnects_seen = self._watch.disconnects
-                self._resume()
-                self._queue_eos()
-            resender.ask(self.sock)
-            for answer in resender.answers(POLL_MS):
-                if "ended" not in answer:
-                    return None
-                if answer.get("dropped"):
-                    self._verdict = dict(answer["dropped"])
-                    return False
-                if answer["ended"] and answer["next_seq"] >= self.sent:
-                    return True
-        if not self._stop.is_set():
-            log.warning("the worker at %s did not confirm the end of stream %s within %g s: "
-                        "frames it had not run may be lost", self.endpoint, self.stream,
-                        self.wait_s)  # fmt: skip
-        return False
+    def _resend_and_end(self) -> None:
+        self._resume()
+        self._queue_eos()
 
     def _queue_eos(self) -> bool:
-        lossless = self._resender is not None
+        lossless = self._lossless is not None
         parts = protocol.encode_eos(self.stream, self.session, seq=self.sent, lossless=lossless)
         wait_s = self.close_timeout_s
         if self._stop.is_set() or self._watch.update(0) == 0:
@@ -595,8 +455,8 @@ class Sender:
             text += "; the worker's connection held throughout"
         if self._closed and not self.eos_sent:
             text += "; the eos was not queued"
-        if self._verdict:
-            text += f"; the worker DROPPED frames of this stream: {self._verdict}"
+        if self.dropped_by_worker:
+            text += f"; the worker DROPPED frames of this stream: {self.dropped_by_worker}"
         if self.confirmed:
             text += "; the worker confirmed it ran every frame"
         elif self.confirmed is False:
