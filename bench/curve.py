@@ -28,7 +28,7 @@ from streamconv.client import Sender, Subscriber
 from streamconv.config import load_settings
 from streamconv.wire.curve import generate
 
-CONFIG = Path(__file__).resolve().parent / "configs" / "passthrough.toml"
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "bench" / "passthrough.toml"
 SHAPES = {"640x480 gray": (640, 480, 1), "1280x720 BGR": (1280, 720, 3)}
 
 

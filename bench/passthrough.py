@@ -36,7 +36,7 @@ from pipeline_runs import interleave, wait_worker_ready
 from streamconv.client.subscriber import Subscriber
 from streamconv.config import load_settings
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "config" / "bench"
 FORMATS = {"640x480 gray": (640, 480, 1), "1280x720 BGR": (1280, 720, 3)}  # (W, H, C)
 TARGETS = {"640x480 gray": 1.0, "1280x720 BGR": 0.9}  # streamconv / floor, from the issue
 COLOR: dict[int, dict[str, Any]] = {1: {"color": "gray"}, 3: {"color": "as-is", "in_channels": 3}}
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"lossless, uint8 frames from memory: {args.frames} per 640x480 gray run, "
             f"{args.bgr_frames} per 1280x720 BGR run; {args.warmup} warm-up + {args.repeats} "
-            f"repeats (medians); streamconv: bench/configs/passthrough.toml, float32 out"
+            f"repeats (medians); streamconv: config/bench/passthrough.toml, float32 out"
         )
         for v in started.values():
             v.wait_ready()

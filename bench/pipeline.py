@@ -23,7 +23,7 @@ from pipeline_runs import PipelineVariant, Run, imagezmq_run, interleave, relay_
 
 from streamconv.config import load_settings
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "config" / "bench"
 # name -> (config, worker overrides, what it is)
 PIPELINES: dict[str, tuple[str, dict[str, Any], str]] = {
     "pass f32": ("passthrough", {"output_dtype": "float32"}, "identity, float32 out (4x input)"),
