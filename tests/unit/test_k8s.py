@@ -257,7 +257,7 @@ def test_the_configmap_holds_base_worker_toml(
     rendered: dict[str, list[Doc]], tmp_path: Path
 ) -> None:
     path, _ = _worker_toml(rendered["base"], tmp_path)
-    shipped = (K8S / "base" / "worker.toml").read_text(encoding="utf-8")
+    shipped = (ROOT / "config" / "k8s" / "worker.toml").read_text(encoding="utf-8")
     assert path.read_text(encoding="utf-8") == shipped
 
 
