@@ -4,36 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from streamconv.config import (
-    ConvLayer,
-    DogKernel,
-    FileKernel,
-    FilterLayer,
-    GaussianKernel,
-    LayerSpec,
-    NonlinearityLayer,
-    Settings,
-    WorkerSettings,
-)
+from streamconv.config import LayerSpec, Settings, WorkerSettings
 from streamconv.errors import ConfigError
-from streamconv.layers import (
-    Layer,
-    MemoryConv3d,
-    Nonlinearity,
-    Sequential,
-    TemporalHighPass,
-    TemporalLowPass,
-    dog_kernel,
-    exponential_kernel,
-    gaussian_kernel,
-    random_kernel,
-)
+from streamconv.layers import Layer, Sequential
 
 log = logging.getLogger(__name__)
 
@@ -82,83 +59,10 @@ def input_channels(worker: WorkerSettings) -> int:
     return {"gray": 1, "rgb": 3}.get(worker.color, worker.in_channels)
 
 
-def load_weights(path: Path) -> Tensor:
-    try:
-        if path.suffix == ".npy":
-            return torch.from_numpy(np.load(path, allow_pickle=False))
-        if path.suffix == ".pt":
-            try:
-                loaded = torch.load(path, map_location="cpu", weights_only=True)
-            except OSError:
-                raise
-            except Exception as e:  # a corrupt file raises EOFError, IndexError, pickle errors
-                msg = f"cannot load weights file {path}: {e!r}"
-                raise ConfigError(msg) from e
-            if isinstance(loaded, Tensor):
-                return loaded
-            msg = f"weights file {path} holds a {type(loaded).__name__}, not a tensor"
-            raise ConfigError(msg)
-    except (OSError, ValueError, RuntimeError) as e:
-        msg = f"cannot load weights file {path}: {e}"
-        raise ConfigError(msg) from e
-    msg = f"weights file {path} must end in .npy or .pt"
-    raise ConfigError(msg)
-
-
-def conv_kernel(spec: ConvLayer) -> Tensor:
-    """The kernel a conv layer spec describes, as given to `MemoryConv3d.set_weight`."""
-    if spec.kernel is not None:
-        if isinstance(spec.kernel, FileKernel):
-            return load_weights(spec.kernel.path)
-        return random_kernel(spec.kernel.size, spec.kernel.seed, scale=spec.kernel.scale)
-    spatial = torch.ones(1, 1, dtype=torch.float64)
-    if isinstance(spec.spatial, GaussianKernel):
-        spatial = gaussian_kernel(spec.spatial.sigma, spec.spatial.size)
-    elif isinstance(spec.spatial, DogKernel):
-        spatial = dog_kernel(
-            spec.spatial.sigma_center,
-            spec.spatial.sigma_surround,
-            surround_weight=spec.spatial.surround_weight,
-            size=spec.spatial.size,
-        )
-    temporal = torch.ones(1, dtype=torch.float64)
-    if spec.temporal is not None:
-        temporal = exponential_kernel(spec.temporal.tau, spec.temporal.n, spec.temporal.length)
-    return temporal[:, None, None] * spatial[None]
-
-
 def build_layer(spec: LayerSpec, channels: int) -> tuple[Layer, int]:
-    """One streaming layer and the channel count it outputs."""
-    if isinstance(spec, ConvLayer):
-        try:
-            conv = MemoryConv3d(
-                channels,
-                spec.out_channels,
-                1,
-                stride=spec.stride,
-                bias=spec.bias_values() is not None,
-                padding_mode=spec.padding_mode,
-                temporal_fill=spec.temporal_fill,
-                dilation=spec.dilation,
-                groups=spec.groups,
-                dtype=torch.float64,  # kernels rounded once, by build_model's .to(dtype)
-            )
-            conv.set_weight(conv_kernel(spec), normalize=spec.normalize, flip=spec.flip)
-        except ValueError as e:
-            msg = f"layer {spec.name!r}: {e}"
-            raise ConfigError(msg) from e
-        values = spec.bias_values()
-        if conv.bias is not None and values is not None:
-            with torch.no_grad():
-                conv.bias.copy_(torch.tensor(values, dtype=conv.bias.dtype))
-        return conv, spec.out_channels
-    if isinstance(spec, FilterLayer):
-        cls = TemporalLowPass if spec.type == "lowpass" else TemporalHighPass
-        return cls(spec.tau, spec.n, temporal_fill=spec.temporal_fill), channels
-    if isinstance(spec, NonlinearityLayer):
-        return Nonlinearity(spec.kind, threshold=spec.threshold, gain=spec.gain), channels
-    msg = f"unknown layer spec {spec!r}"
-    raise ConfigError(msg)
+    """One streaming layer and the channel count it outputs: each layer type builds its own
+    (config/layers/, one file per type)."""
+    return spec.build(channels)
 
 
 def build_model(settings: Settings, device: torch.device | None = None) -> Sequential:

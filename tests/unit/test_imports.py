@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,44 @@ def test_capture_does_not_import_torch_at_runtime() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """Modules imported when the module loads: not inside functions or `if TYPE_CHECKING`."""
+    names: set[str] = set()
+    for node in tree(path).body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def offenders(files: list[Path], bad: Callable[[str], bool]) -> dict[str, list[str]]:
+    """Each file's module-level imports that `bad` flags, for the files with any."""
+    found = {rel(p): sorted(filter(bad, top_level_imports(p))) for p in files}
+    return {k: v for k, v in found.items() if v}
+
+
+def test_config_loads_without_torch() -> None:
+    """A layer type's file holds its spec and its build(); torch and the layers are imported
+    inside build() only, so that capture and the view load settings without torch."""
+    torch_side = ("torch", "streamconv.layers")
+    assert offenders(modules("config/"), lambda n: n.startswith(torch_side)) == {}
+    code = "import sys, streamconv.config\nprint('torch' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_sinks_are_edges() -> None:
+    """A sink sees (header, frame) only: it imports no other part of streamconv."""
+    other = re.compile(r"streamconv(?!\.client\.sinks\b)")
+    assert offenders(modules("client/sinks/"), lambda n: bool(other.match(n))) == {}
+
+
+def test_layers_know_no_config() -> None:
+    """Streaming modules take torch.nn-style arguments; the config side builds them."""
+    assert offenders(modules("layers/"), lambda n: n.startswith("streamconv.config")) == {}

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from streamconv.config import Settings, WorkerSettings, load_settings
+from streamconv.config.layers import LAYER_TYPES
 from streamconv.errors import ConfigError
 from streamconv.layers import (
+    Layer,
     MemoryConv3d,
     Nonlinearity,
     Output,
@@ -198,3 +202,24 @@ def test_retina_responds_to_a_moving_bar() -> None:
     # The response follows the bar: its peak column is near the bar's position.
     peak = int(ganglion[55].amax(dim=0).argmax())
     assert abs(peak - (55 % 28 + 1)) <= 4
+
+
+def test_the_allowed_layer_types_are_the_registered_ones() -> None:
+    """The `type` values are spelled once, in each layer type's file; the union and the
+    error naming them come from LAYER_TYPES."""
+    values = [v for cls in LAYER_TYPES for v in get_args(cls.model_fields["type"].annotation)]
+    assert values == ["conv", "lowpass", "highpass", "nonlinearity"]
+    with pytest.raises(ValidationError) as info:
+        settings({"type": "pool", "name": "p"})
+    [error] = info.value.errors()
+    assert error["type"] == "union_tag_invalid"
+    assert error["ctx"]["expected_tags"] == ", ".join(repr(v) for v in values)
+
+
+@pytest.mark.parametrize("layer", PIPELINE, ids=[str(p["name"]) for p in PIPELINE])
+def test_every_layer_type_builds_itself(layer: dict) -> None:
+    spec = settings(layer).layers[0]
+    built, channels = spec.build(3)
+    assert isinstance(built, Layer)
+    assert channels == layer.get("out_channels", 3)
+    assert all(p.dtype == torch.float64 for p in built.parameters())
