@@ -80,23 +80,36 @@ def to_5d(x: Tensor | np.ndarray) -> Tensor:
 
 
 def detach_state(state: State | None) -> State | None:
-    if state is None:
-        return None
-    return {k: _map_state(v, lambda t: t.detach()) for k, v in state.items()}
+    return None if state is None else map_state(state, lambda t: t.detach())
 
 
 def clone_state(state: State | None) -> State | None:
-    if state is None:
-        return None
-    return {k: _map_state(v, lambda t: t.detach().clone()) for k, v in state.items()}
+    return None if state is None else map_state(state, lambda t: t.detach().clone())
 
 
-def _map_state(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+def map_state(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """The state walker: `value` (a state, or any part of one) with `fn` applied to every
+    tensor in its nested dicts, lists and tuples; anything else (None, numbers) as is.
+    Checkpoints move states with it; the module's own copies and detaches use it too."""
     if isinstance(value, Tensor):
         return fn(value)
     if isinstance(value, dict):
-        return {k: _map_state(v, fn) for k, v in value.items()}
+        return {k: map_state(v, fn) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(map_state(v, fn) for v in value)
     return value
+
+
+def state_tensors(state: Any) -> list[Tensor]:
+    """Every tensor in a state, found by the walker (e.g. to measure what a stream holds)."""
+    found: list[Tensor] = []
+
+    def keep(t: Tensor) -> Tensor:
+        found.append(t)
+        return t
+
+    map_state(state, keep)
+    return found
 
 
 class Layer(nn.Module):

@@ -17,12 +17,11 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from streamconv.errors import Drop, ProtocolError
+from streamconv.wire.quant import F32_MAX, FULL_SCALE, dequantise, quantise
 
 VERSION = 1
 INT64_MAX = 2**63 - 1  # every integer field fits a signed 64-bit integer (any language can hold it)
 MAX_SESSION_CHARS = 128
-F32_MAX = float(np.finfo(np.float32).max) / 2  # margin for float32 rounding when dequantising
-MIN_QUANT_RANGE = 255.0 / F32_MAX  # below this, 255/range would not fit a float32
 MAX_PEEK_BYTES = 4096  # a header read only to name who sent a message too large
 PROBE_STREAM = "_probe"  # eos on this stream asks the worker for an eos back (readiness)
 PREVIEW_PREFIX = "_preview/"  # "_preview/{stream}/{layer}/": small, rate-limited outputs
@@ -334,12 +333,11 @@ def peek_stream(raw: Any) -> tuple[str | None, str | None]:
 
 
 def to_float(frame: np.ndarray) -> np.ndarray:
-    """Input pixels as float32: uint8 / 255, uint16 / 65535, float32 as is."""
-    if frame.dtype == np.uint8:
-        return frame.astype(np.float32) / np.float32(255.0)
-    if frame.dtype == np.uint16:
-        return frame.astype(np.float32) / np.float32(65535.0)
-    return frame.astype(np.float32, copy=False)
+    """Input pixels as float32: integers divided by their full scale, float32 as is."""
+    full = FULL_SCALE.get(frame.dtype)
+    if full is None:
+        return frame.astype(np.float32, copy=False)
+    return frame.astype(np.float32) / full
 
 
 def encode_output(
@@ -387,7 +385,7 @@ def encode_output(
         header["fps"] = float(fps)
     if dtype == "uint8":
         if array.dtype != np.uint8 or scale is None or offset is None:
-            array, scale, offset = quantize(array)
+            array, scale, offset = quantise(array)
         header["scale"], header["offset"] = scale, offset
         payload = np.ascontiguousarray(array)
     elif dtype in OUTPUT_DTYPES:
@@ -419,23 +417,6 @@ def encode_preview(
     header = json.loads(parts[1])
     header |= {"preview": True, "full_shape": list(full_shape), "lost": lost}
     return [preview_topic(stream, layer), json.dumps(header).encode(), parts[2]]
-
-
-def quantize(array: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
-    """uint8 bytes, scale and offset spanning the frame's range (value = byte*scale+offset);
-    the bytes go into `out` when given."""
-    lo, hi = float(array.min()), float(array.max())
-    # A range so small that 1/scale would overflow float32 (subnormal differences) is flat:
-    # every byte 0, each value within that range of `lo`.
-    scale = (hi - lo) / 255.0 if hi - lo > MIN_QUANT_RANGE else 1.0
-    # Values are >= 0 after subtracting the minimum, so +0.5 then truncation rounds.
-    q = np.subtract(array, np.float32(lo), dtype=np.float32)
-    q *= np.float32(1.0 / scale)
-    q += np.float32(0.5)
-    if out is None:
-        return q.astype(np.uint8), scale, lo
-    out[...] = q  # the float -> uint8 cast truncates, which rounds here
-    return out, scale, lo
 
 
 def encode_output_eos(
@@ -553,6 +534,5 @@ def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
                 f"255*|scale| + |offset| within float32, got {_short(scale)}, {_short(offset)}"
             )
             raise ProtocolError(msg)
-        array = np.multiply(array, np.float32(scale), dtype=np.float32)
-        array += np.float32(offset)
+        array = dequantise(array, float(scale), float(offset))  # type: ignore[arg-type]
     return header, array

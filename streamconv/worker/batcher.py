@@ -24,9 +24,8 @@ import torch
 
 from streamconv.errors import StreamconvError
 from streamconv.layers import Sequential, State
+from streamconv.wire.quant import FULL_SCALE
 from streamconv.worker.outputs import gather
-
-_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
 @dataclass(slots=True)
@@ -184,7 +183,7 @@ class Batcher:
 
 
 def _to_float(x: torch.Tensor, raw: np.dtype, dtype: torch.dtype) -> torch.Tensor:
-    scale = _SCALE.get(raw)
+    scale = FULL_SCALE.get(raw)
     if scale is None:
         return x.to(dtype)
     # float32 division as numpy's colour step does it (then the model's dtype), so the

@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from streamconv.config import Settings
 from streamconv.layers import Sequential, State
+from streamconv.layers.base import map_state
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +60,6 @@ def fingerprint(model: Sequential, settings: Settings) -> str:
         h.update(name.encode())
         h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _to_cpu(state: Any) -> Any:
-    if isinstance(state, torch.Tensor):
-        return state.detach().to("cpu").clone()
-    if isinstance(state, dict):
-        return {k: _to_cpu(v) for k, v in state.items()}
-    return state
-
-
-def _to_device(state: Any, device: torch.device) -> Any:
-    if isinstance(state, torch.Tensor):
-        return state.to(device)
-    if isinstance(state, dict):
-        return {k: _to_device(v, device) for k, v in state.items()}
-    return state
 
 
 class Checkpoints:
@@ -145,7 +129,7 @@ class Checkpoints:
         if path.name != expected:
             raise CheckpointError(f"names stream {raw.get('stream')!r}, not {path.stem!r}")
         return Snapshot(raw["stream"], raw["session"], int(raw["next_seq"]),
-                        tuple(raw["shape"]), _to_device(raw["state"], device),
+                        tuple(raw["shape"]), map_state(raw["state"], lambda t: t.to(device)),
                         raw.get("owner"))  # fmt: skip
 
     def load_all(self, device: torch.device, max_age_s: float, keep: int) -> list[Snapshot]:
@@ -203,7 +187,7 @@ class TakeOver:
 
 def snapshot_state(state: State | None) -> State:
     """A copy of a stream's state on the CPU, safe to write from another thread."""
-    return _to_cpu(state) if state is not None else {}
+    return map_state(state, lambda t: t.detach().to("cpu").clone()) if state is not None else {}
 
 
 @dataclass

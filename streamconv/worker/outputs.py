@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from streamconv.layers import Output
+from streamconv.wire.quant import MIN_QUANT_RANGE, quant_step
 
 Quant = tuple[list[float], list[float]]
 PerStream = tuple[dict[str, np.ndarray], dict[str, Quant]]
@@ -88,28 +89,32 @@ def _copy_back(
 
 def quantize_torch(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, T, ...) -> uint8 of the same shape over each frame's own range, and (N, T, 2)
-    float64 (scale, offset) with value = byte * scale + offset; on the tensor's device."""
+    float64 (scale, offset) with value = byte * scale + offset; on the tensor's device.
+    The rule of wire/quant.py, in the same arithmetic: the same scale and offset, and the
+    same bytes as `quantise` (tests/unit/test_output_dtypes.py)."""
     flat = frames.reshape(*frames.shape[:2], -1).float()
     # amin + amax: torch.aminmax(dim=...) is ~20x slower on the CPU (torch 2.13)
     lo, hi = torch.amin(flat, dim=2), torch.amax(flat, dim=2)
-    span = hi - lo
-    step = torch.where(span > 0, span / 255.0, torch.ones_like(span))
+    # quant_step per frame, in float64 as there; a few numbers, and no sync with the host
+    span = hi.double() - lo.double()
+    step = torch.where(span > MIN_QUANT_RANGE, span / 255.0, torch.ones_like(span))
+    inv = (1.0 / step).float()  # fits: MIN_QUANT_RANGE keeps it within float32
     # >= 0 after subtracting the minimum, so +0.5 then truncation rounds to nearest.
-    # Divide, not multiply by 1/step: 1/step overflows float32 for a tiny (subnormal) range.
-    q = (flat - lo[..., None]).div_(step[..., None]).add_(0.5).clamp_(max=255).to(torch.uint8)
-    return q.reshape(frames.shape), torch.stack([step, lo], dim=2).double()
+    q = (flat - lo[..., None]).mul_(inv[..., None]).add_(0.5).clamp_(max=255).to(torch.uint8)
+    return q.reshape(frames.shape), torch.stack([step, lo.double()], dim=2)
 
 
 def _quantize_cpu(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The same quantisation with OpenCV, whose min/max and scale-round-saturate passes beat
-    numpy's on the CPU; both round to nearest. frames: (N, T, C, H, W) float32."""
+    """`quantise` with OpenCV, whose min/max and scale-round-saturate passes beat numpy's on
+    the CPU: the same scale and offset; bytes within one (OpenCV rounds ties to even).
+    frames: (N, T, C, H, W) float32."""
     data = np.empty(frames.shape, dtype=np.uint8)
     step_lo = np.empty((*frames.shape[:2], 2), dtype=np.float64)
     for i, stream in enumerate(frames):
         for j, frame in enumerate(stream):
             plane = frame.reshape(-1, frame.shape[-1])  # (C*H, W): OpenCV takes 2-D
             lo, hi, _, _ = cv2.minMaxLoc(plane)
-            scale = (hi - lo) / 255.0 if hi > lo else 1.0
+            scale = quant_step(lo, hi)
             # Subtract first: a large offset folded into convertScaleAbs' beta costs precision.
             shifted = np.subtract(plane, np.float32(lo), dtype=np.float32)
             cv2.convertScaleAbs(shifted, data[i, j].reshape(plane.shape), 1.0 / scale, 0.0)

@@ -1,6 +1,7 @@
 """The colour step: decoded frames (H,W) or (H,W,C) become the model's float32 (C,H,W).
 
-uint8 / 255, uint16 / 65535, float32 as is; then gray (from BGR), rgb (from BGR) or as-is.
+Integers divided by their full scale (wire/quant.py), float32 as is; then gray (from BGR),
+rgb (from BGR) or as-is.
 Gray is OpenCV's: cv2.cvtColor(frame, COLOR_BGR2GRAY), i.e. 0.299 R + 0.587 G + 0.114 B
 (ITU-R BT.601) in OpenCV's fixed point, rounded to the frame's own integer type, then scaled;
 so a colour frame gives exactly what `capture --gray` (which calls cvtColor) would have sent.
@@ -18,10 +19,12 @@ import numpy as np
 
 from streamconv.errors import ShapeError
 from streamconv.wire.protocol import to_float
+from streamconv.wire.quant import FULL_SCALE
 
-_SCALE = {np.dtype(np.uint8): np.float32(255.0), np.dtype(np.uint16): np.float32(65535.0)}
 # Exactly what np.divide(uint8, float32(255), dtype=float32) gives, for every byte.
-_U8_TABLE = np.divide(np.arange(256, dtype=np.uint8), np.float32(255.0), dtype=np.float32)
+_U8_TABLE = np.divide(
+    np.arange(256, dtype=np.uint8), FULL_SCALE[np.dtype(np.uint8)], dtype=np.float32
+)
 
 
 def chw_shape(frame: np.ndarray, color: str, in_channels: int = 1) -> tuple[int, int, int]:
@@ -54,7 +57,7 @@ def frame_to_chw(
     plain = frame.ndim == 2 or frame.shape[2] == 1
     if plain and color != "rgb":
         src = frame.reshape(frame.shape[:2])
-        scale = _SCALE.get(src.dtype)
+        scale = FULL_SCALE.get(src.dtype)
         if scale is None:
             out[0] = src
         else:  # one pass: the same float32 division as to_float, without its temporary
@@ -82,7 +85,7 @@ def _gray(frame: np.ndarray, out: np.ndarray) -> None:
     code = cv2.COLOR_BGRA2GRAY if frame.shape[2] == 4 else cv2.COLOR_BGR2GRAY
     src = frame if frame.dtype in (np.uint8, np.uint16, np.float32) else to_float(frame)
     plane = cv2.cvtColor(np.ascontiguousarray(src), code)
-    scale = _SCALE.get(plane.dtype)
+    scale = FULL_SCALE.get(plane.dtype)
     if scale is None:
         out[...] = plane
     else:
@@ -94,13 +97,13 @@ def _lookup(plane: np.ndarray, out: np.ndarray) -> None:
     if out.flags.c_contiguous and plane.flags.c_contiguous:
         cv2.LUT(plane, _U8_TABLE, dst=out)
     else:
-        np.divide(plane, _SCALE[np.dtype(np.uint8)], out=out, dtype=np.float32)
+        np.divide(plane, FULL_SCALE[np.dtype(np.uint8)], out=out, dtype=np.float32)
 
 
 def raw_dtype(frame: np.ndarray, color: str) -> np.dtype | None:
     """The integer dtype the frame can travel in to the device (its colour step then only
     reorders channels, and the division happens there), or None: float32 from the host."""
-    if frame.dtype not in _SCALE:
+    if frame.dtype not in FULL_SCALE:
         return None
     plain = frame.ndim == 2 or frame.shape[2] == 1
     if plain and color != "rgb":

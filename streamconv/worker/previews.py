@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from streamconv.wire import protocol
+from streamconv.wire.quant import FULL_SCALE, dequantise
 from streamconv.worker.results import ChunkResult
 
 PREFIX = protocol.PREVIEW_PREFIX.encode()
 # A layer name cannot contain a dot (config), a protocol name can: no layer is ever called this.
 INPUT = ".input"
-_FULL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
 class Previews:
@@ -103,11 +103,10 @@ class Previews:
         """(C, H, W) in the wire dtype -> float32 (C, h, w), every s-th pixel (cheap: no pass
         over the full frame), with uint8 frames scaled back by `scale` and `offset`."""
         step = max(1, math.ceil(max(frame.shape[-2:]) / self.side))
-        small = frame[:, ::step, ::step].astype(np.float32)
+        small = frame[:, ::step, ::step]
         if frame.dtype == np.uint8 and scale is not None and offset is not None:
-            small *= np.float32(scale)
-            small += np.float32(offset)
-        return small
+            return dequantise(small, scale, offset)
+        return small.astype(np.float32)
 
     def input_message(self, r: ChunkResult, lost: Callable[[str], int]) -> list[Any]:
         """The preview of the chunk's newest input frame (r.input_frame, not None), as values
@@ -119,9 +118,9 @@ class Previews:
             raise ValueError(msg)
         step = max(1, math.ceil(max(frame.shape[-2:]) / self.side))
         small = frame[:, ::step, ::step].astype(np.float32)
-        full = _FULL_SCALE.get(frame.dtype)
+        full = FULL_SCALE.get(frame.dtype)
         if full is not None:
-            small /= np.float32(full)
+            small /= full
         last = len(r.seqs) - 1
         return protocol.encode_preview(
             r.stream, INPUT, r.session, r.seqs[last], r.t_ns[last], small,

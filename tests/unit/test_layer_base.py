@@ -22,6 +22,7 @@ from streamconv.layers import (
     exponential_kernel,
     gaussian_kernel,
 )
+from streamconv.layers.base import map_state, state_tensors
 
 
 def retina(dtype: torch.dtype = torch.float64) -> Sequential:
@@ -232,3 +233,14 @@ def test_a_layer_built_under_inference_mode_can_be_trained() -> None:
     losses = learner.fit(x, target, dt=5, epochs=20)
     assert learner.weight.grad is not None
     assert losses[-1] < losses[0]
+
+
+def test_the_state_walker_maps_every_tensor_in_nested_dicts_lists_and_tuples() -> None:
+    a, b, c = torch.zeros(1), torch.ones(2), torch.full((3,), 2.0)
+    state = {"x": a, "child": {"y": (b, None), "z": [c, 4]}, "none": None}
+    doubled = map_state(state, lambda t: t * 2)
+    assert doubled["child"]["y"][1] is None
+    assert isinstance(doubled["child"]["y"], tuple)
+    assert doubled["child"]["z"][1] == 4
+    assert torch.equal(doubled["child"]["z"][0], c * 2)
+    assert [t.tolist() for t in state_tensors(state)] == [[0.0], [1.0, 1.0], [2.0, 2.0, 2.0]]

@@ -10,8 +10,9 @@ from streamconv.config import load_settings
 from streamconv.model import build_model
 from streamconv.wire import protocol
 from streamconv.wire.protocol import InputMessage
+from streamconv.wire.quant import quantise
 from streamconv.worker.engine import ChunkResult, Engine
-from streamconv.worker.outputs import quantize_torch
+from streamconv.worker.outputs import _quantize_cpu, quantize_torch
 from streamconv.worker.publisher import Publisher
 from streamconv.worker.stats import Stats
 from tests.conftest import REPO
@@ -21,7 +22,7 @@ FRAMES = np.random.default_rng(1).integers(0, 255, (10, 24, 32, 3), dtype=np.uin
 
 def run(output_dtype: str) -> list[ChunkResult]:
     model = build_model(load_settings(REPO / "streamconv/presets/retina.toml"), torch.device("cpu"))
-    eng = Engine(
+    eng = Engine.build(
         model, device=torch.device("cpu"), dtype=torch.float32, chunk=4, output_dtype=output_dtype
     )
     out = []
@@ -84,30 +85,50 @@ def test_published_messages_decode_to_the_engine_output(output_dtype: str) -> No
         assert np.abs(array - expected).max() <= bound
 
 
+def frames_to_quantise() -> torch.Tensor:
+    """(T, C, H, W) frames for the quantisers: random ranges, a flat frame, a tiny range."""
+    frames = torch.rand(6, 2, 16, 20) * 3 - 1
+    frames[3] = 0.25  # flat: scale 1, every byte 0
+    frames[4] = 0.0
+    frames[4, 0, 0, 0] = 1e-40  # a subnormal range: flat too (wire/quant.py)
+    frames[5] = torch.linspace(-5e3, 7e3, 640).reshape(2, 16, 20)
+    return frames
+
+
 def test_the_gpu_quantiser_agrees_with_the_cpu_one() -> None:
-    # The torch path runs on CUDA in production; here it runs on the CPU against numpy's.
-    frames = torch.rand(5, 2, 16, 20) * 3 - 1
-    frames[3] = 0.25  # a flat frame: scale 1, every byte 0
+    # The torch path runs on CUDA in production; here it runs on the CPU against quantise:
+    # the same arithmetic, so the same scale, offset and bytes.
+    frames = frames_to_quantise()
     q, step_lo = quantize_torch(frames[None])
     q_t, scales_t, offsets_t = q[0].numpy(), step_lo[0, :, 0].tolist(), step_lo[0, :, 1].tolist()
     for i, frame in enumerate(frames.numpy()):
-        q_n, scale_n, offset_n = protocol.quantize(frame)
-        assert scales_t[i] == pytest.approx(scale_n, rel=1e-6)
-        assert offsets_t[i] == pytest.approx(offset_n, rel=1e-6)
-        assert np.abs(q_t[i].astype(int) - q_n.astype(int)).max() <= 1
+        q_n, scale_n, offset_n = quantise(frame)
+        assert (scales_t[i], offsets_t[i]) == (scale_n, offset_n)
+        assert np.array_equal(q_t[i], q_n), i
     assert np.all(q_t[3] == 0)
 
 
+def test_the_opencv_quantiser_agrees_with_quantise() -> None:
+    # OpenCV rounds ties to even: a byte may differ by one, the scale and offset may not.
+    frames = frames_to_quantise().numpy()
+    data, step_lo = _quantize_cpu(frames[None])
+    for i, frame in enumerate(frames):
+        q_n, scale_n, offset_n = quantise(frame)
+        assert tuple(step_lo[0, i]) == (scale_n, offset_n)
+        assert np.abs(data[0, i].astype(int) - q_n.astype(int)).max() <= 1, i
+    assert np.all(data[0, 3] == 0)
+
+
 def test_the_torch_quantiser_survives_a_tiny_range() -> None:
-    # A range of 1e-40 (subnormal): 1/step would overflow float32 to inf and give garbage.
+    # A range of 1e-40 (subnormal): 1/step would overflow float32 to inf and give garbage;
+    # the rule calls such a frame flat (scale 1, bytes 0: each value within 1e-40 of offset).
     frames = torch.zeros(2, 1, 4, 4)
     frames[0, 0, 0, 0] = 1e-40
     frames[1] = torch.linspace(0, 1, 16).reshape(1, 4, 4)
     q4, step_lo = quantize_torch(frames[None])
     q, scales, offsets = q4[0], step_lo[0, :, 0].tolist(), step_lo[0, :, 1].tolist()
-    assert q[0, 0, 0, 0] == 255
-    assert int(q[0].sum()) == 255  # every other pixel is the minimum
+    assert int(q[0].sum()) == 0
+    assert scales[0] == 1.0
     assert q[1].min() == 0
     assert q[1].max() == 255
-    assert scales[0] > 0
     assert offsets == [0.0, 0.0]
