@@ -23,7 +23,7 @@ SCRIPT = REPO / "scripts/container-smoke.sh"
 SKIPPED = "container smoke skipped:"
 COULD_NOT_RUN = 77
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.deploy]
 
 
 def _engine() -> str | None:

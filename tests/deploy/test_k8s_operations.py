@@ -21,7 +21,7 @@ import yaml
 from streamconv.cli import overrides
 from streamconv.cli import parser as cli_parser
 from streamconv.config import load_settings, parse_http
-from tests.unit.test_k8s import (
+from tests.deploy.test_k8s import (
     COMPONENTS,
     K8S,
     KUBERNETES_VERSION,
@@ -34,6 +34,7 @@ from tests.unit.test_k8s import (
     kustomize,  # noqa: F401 - the fixture, shared
 )
 
+pytestmark = pytest.mark.deploy
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 COMBOS = [c for n in range(len(COMPONENTS) + 1) for c in itertools.combinations(COMPONENTS, n)]
 LABELS = {"app.kubernetes.io/name": "streamconv", "app.kubernetes.io/part-of": "streamconv"}

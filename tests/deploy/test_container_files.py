@@ -28,6 +28,7 @@ import pytest
 
 from streamconv.cli import parser as cli_parser
 
+pytestmark = pytest.mark.deploy
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"

@@ -39,6 +39,7 @@ from streamconv.proxy import Proxy
 from streamconv.wire import shards as wire_shards
 from streamconv.wire.shards import identity, owner, resolve
 
+pytestmark = pytest.mark.deploy
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 LAYOUTS = {
