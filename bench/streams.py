@@ -61,7 +61,7 @@ def run_once(args: argparse.Namespace, model: Any, n: int, max_batch: int,
     settings = args.settings
     w = settings.worker
     device = torch.device(args.device)
-    engine = Engine(model, device=device, dtype=DTYPES[args.dtype], chunk=w.chunk,
+    engine = Engine.build(model, device=device, dtype=DTYPES[args.dtype], chunk=w.chunk,
                     max_wait_s=w.max_wait_ms / 1000, color=w.color,
                     in_channels=input_channels(w), max_streams=max(64, n),
                     output_dtype=args.output_dtype, max_batch=max_batch)  # fmt: skip

@@ -57,20 +57,39 @@ class StreamState:
 
 
 class Continuity:
-    """The engine's resume, restore and take-over bookkeeping (a base class of Engine)."""
+    """Resume, restore and take-over bookkeeping for the engine's `streams` (the engine holds
+    one). It is the one owner of: the checkpoint last written per stream (`written`, told by
+    the keeper), the sessions ended here by their eos, the window after a start in which
+    lossless senders resend, where streams moved from another shard are taken over from, the
+    checkpoint interval senders are told, and the lossless subscribers' credit."""
 
-    streams: dict[str, StreamState]
-    stats: Stats
-    max_streams: int
-    checkpointed: dict[str, tuple[str, int]]  # stream -> (session, next seq) last written
-    ended: OrderedDict[str, tuple[str, int]]  # stream -> (session, eos seq) ended here
-    credits: Credits
-    checkpoint_every: int  # frames per stream between checkpoints; 0: none kept
-    fresh_until: float  # until then, a restarted worker awaits resends (checkpoints on)
-    load: Callable[[str], Snapshot | None] | None
-    _awaiting: Counter[str]
+    def __init__(self, streams: dict[str, StreamState], stats: Stats, max_streams: int) -> None:
+        self.streams, self.stats, self.max_streams = streams, stats, max_streams
+        self.checkpointed: dict[str, tuple[str, int]] = {}  # stream -> (session, next seq)
+        self.ended: OrderedDict[str, tuple[str, int]] = OrderedDict()  # by eos: (session, seq)
+        self.credits = Credits()  # how far lossless senders may run ahead of their subscribers
+        self.checkpoint_every = 0  # frames per stream between checkpoints; 0: none kept
+        self.fresh_until = 0.0  # until then, a restarted worker awaits resends
+        self.load: Callable[[str], Snapshot | None] | None = None  # shared-folder take-over
+        self._awaiting: Counter[str] = Counter()
 
-    def _await_from_start(self, msg: InputMessage, now: float) -> bool:
+    def keep_checkpoints(
+        self, every: int, resume_until: float,
+        load: Callable[[str], Snapshot | None] | None = None,
+    ) -> None:  # fmt: skip
+        """Checkpoints are on: senders are told `every`; until `resume_until` lossless senders
+        resend what a restart lost; `load` gives a moved stream's checkpoint (shards)."""
+        self.checkpoint_every, self.fresh_until, self.load = every, resume_until, load
+
+    def written(self, stream: str, session: str, next_seq: int) -> None:
+        """The keeper wrote a checkpoint: frames before `next_seq` are never asked for again."""
+        self.checkpointed[stream] = (session, next_seq)
+
+    def forget(self, stream: str) -> None:
+        """The stream ended and its checkpoint is removed."""
+        self.checkpointed.pop(stream, None)
+
+    def await_from_start(self, msg: InputMessage, now: float) -> bool:
         """Just restarted without this stream's state: a lossless sender resends from seq 0,
         so frames queued before the restart are dropped until it does (up to RESEND_WAIT)."""
         late = msg.lossless and msg.seq > 0 and not msg.replay and now < self.fresh_until
@@ -80,7 +99,7 @@ class Continuity:
         self.stats.count("awaiting_resend")
         return True
 
-    def _out_of_order(self, st: StreamState, msg: InputMessage) -> bool:
+    def out_of_order(self, st: StreamState, msg: InputMessage) -> bool:
         """A frame of the stream's own session that is not the next: True to drop it.
 
         A resend of a frame already taken is a duplicate. After a restore from a checkpoint,
@@ -109,21 +128,21 @@ class Continuity:
         st.next_seq = msg.seq
         return False
 
-    def _eos_early(self, st: StreamState | None, msg: InputMessage, now: float) -> bool:
+    def eos_early(self, st: StreamState | None, msg: InputMessage, now: float) -> bool:
         """A lossless sender's eos ahead of the frames this worker ran (they were lost with a
         worker that died, or wait in the sender's resend): True to drop it, as the frames
         ahead are, since the sender resends them and the eos again."""
         if not msg.lossless:
             return False
         if st is None:
-            return self._await_from_start(msg, now)
+            return self.await_from_start(msg, now)
         if not st.resuming or msg.seq <= st.next_seq or st.awaited >= RESEND_WAIT:
             return False
         st.awaited += 1
         self.stats.count("awaiting_resend")
         return True
 
-    def _remember_end(self, msg: InputMessage) -> None:
+    def remember_end(self, msg: InputMessage) -> None:
         """The session ended here by its eos: a sender asking where it goes on is told so."""
         self.ended[msg.stream] = (msg.session, msg.seq)
         self.ended.move_to_end(msg.stream)
@@ -131,7 +150,7 @@ class Continuity:
             self.ended.popitem(last=False)
 
     # -- checkpoints ------------------------------------------------------------------------
-    def _resume_point(self, stream: str | None, session: str, now: float) -> dict[str, Any]:
+    def resume_point(self, stream: str | None, session: str, now: float) -> dict[str, Any]:
         """The answer to a sender asking where `session` of `stream` goes on: next_seq (0 when
         this worker holds nothing of it: start over), checkpointed (its last checkpoint's next
         seq, or None), ended (it ended here by its eos), credit (Credits), dropped (frames of
@@ -147,7 +166,7 @@ class Continuity:
         stream = name or None
         st = self.streams.get(name)
         if stream and (st is None or st.restored):
-            st = self._take_over(stream, session, now)
+            st = self.take_over(stream, session, now)
         if st is None or st.session != session:
             ended = self.ended.get(name, ("", 0))
             if ended[0] == session:
@@ -157,7 +176,7 @@ class Continuity:
         checkpointed = done[1] if done is not None and done[0] == session else None
         return {"next_seq": st.next_seq, "checkpointed": checkpointed, "ended": False}
 
-    def _take_over(self, name: str, session: str, now: float) -> StreamState | None:
+    def take_over(self, name: str, session: str, now: float) -> StreamState | None:
         """The stream as this worker should continue it: a stream it does not hold, or holds
         only as restored (no frame since), goes on from the newest checkpoint of `session`
         in a shared folder, written by the shard that held it before (its capture moved it

@@ -9,9 +9,9 @@ marks the next output as a discontinuity; eos flushes the stream and frees its s
 from __future__ import annotations
 
 import logging
-from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,9 +21,7 @@ from streamconv.layers import Sequential
 from streamconv.wire.protocol import PROBE_STREAM, InputMessage
 from streamconv.worker.admission import Admission
 from streamconv.worker.batcher import Batcher, Broken, Job
-from streamconv.worker.checkpoints import Snapshot
 from streamconv.worker.continuity import Continuity, StreamState
-from streamconv.worker.credits import Credits
 from streamconv.worker.pixels import chw_shape, frame_to_chw, frame_to_raw_chw, raw_dtype
 from streamconv.worker.results import ChunkResult, EndResult, Failed, Result
 from streamconv.worker.stats import Reset, Stats
@@ -34,49 +32,69 @@ RESET_LOG_LINES = 10  # state resets logged at INFO per stream; later ones at DE
 __all__ = ["ChunkResult", "EndResult", "Engine", "Failed", "Result"]
 
 
-class Engine(Continuity):
-    """Runs `model` (a Sequential returning every stage) over many streams at once."""
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine gathers frames: `chunk` frames per pass (or what arrived within
+    `max_wait_s`), pixels as `color` with `in_channels`, at most `max_streams` states."""
+
+    chunk: int = 8
+    max_wait_s: float = 0.02
+    color: str = "gray"
+    in_channels: int = 1
+    max_streams: int = 64
+
+
+class Engine:
+    """Runs a model (through `batcher`) over many streams at once, each with its own state.
+
+    Built by the worker's composition root (worker/parts.py); `Engine.build` makes one with
+    its Batcher from keywords, for library users and tests."""
 
     def __init__(
         self,
+        batcher: Batcher,
+        settings: EngineSettings,
+        *,
+        stats: Stats | None = None,
+        admission: Admission | None = None,
+    ) -> None:
+        self.batcher, self.settings = batcher, settings
+        self.chunk, self.max_wait_s = settings.chunk, settings.max_wait_s
+        self.color, self.in_channels = settings.color, settings.in_channels
+        self.max_streams = settings.max_streams
+        self.streams: dict[str, StreamState] = {}
+        self.stats = stats if stats is not None else Stats()
+        self.admission = admission
+        # Resume, restore and take-over: one component, the owner of that bookkeeping.
+        self.continuity = Continuity(self.streams, self.stats, settings.max_streams)
+        self._ready: dict[str, StreamState] = {}  # full chunks, run together after the read
+
+    @classmethod
+    def build(
+        cls,
         model: Sequential,
         *,
         device: torch.device,
         dtype: torch.dtype,
-        chunk: int = 8,
-        max_wait_s: float = 0.02,
-        color: str = "gray",
-        in_channels: int = 1,
-        max_streams: int = 64,
         publish: list[str] | None = None,
         output_dtype: str = "float32",
-        stats: Stats | None = None,
-        admission: Admission | None = None,
         max_batch: int = 0,
         wanted: Callable[[str], set[str] | None] | None = None,
         device_pixels: bool | None = None,
-        load: Callable[[str], Snapshot | None] | None = None,
-    ) -> None:
-        self.model, self.device, self.dtype = model, device, dtype
-        self.chunk, self.max_wait_s = chunk, max_wait_s
-        self.color, self.in_channels, self.max_streams = color, in_channels, max_streams
-        self.publish = publish if publish is not None else model.stage_names()
-        self.output_dtype = output_dtype
-        self.streams: dict[str, StreamState] = {}
-        self.stats = stats if stats is not None else Stats()
-        self.admission = admission
-        self.checkpointed: dict[str, tuple[str, int]] = {}  # stream -> (session, next seq)
-        self.ended: OrderedDict[str, tuple[str, int]] = OrderedDict()  # by eos: (session, seq)
-        self.credits = Credits()  # how far lossless senders may run ahead of their subscribers
-        self.checkpoint_every = 0  # set by whoever checkpoints (worker/keeper.py); 0: nobody
-        self.fresh_until = 0.0  # until then, a restarted worker awaits resends (checkpoints on)
-        self._awaiting: Counter[str] = Counter()
-        self.batcher = Batcher(model, device=device, dtype=dtype, publish=self.publish,
-                               output_dtype=output_dtype, max_batch=max_batch, wanted=wanted,
-                               device_pixels=device_pixels)  # fmt: skip
-        self._ready: dict[str, StreamState] = {}  # full chunks, run together after the read
-        # A stream that moved here from another shard: its last checkpoint in a shared folder.
-        self.load = load
+        stats: Stats | None = None,
+        admission: Admission | None = None,
+        **settings: Any,
+    ) -> Engine:
+        """An engine with its Batcher; `settings` are EngineSettings' fields."""
+        batcher = Batcher(model, device=device, dtype=dtype,
+                          publish=publish if publish is not None else model.stage_names(),
+                          output_dtype=output_dtype, max_batch=max_batch, wanted=wanted,
+                          device_pixels=device_pixels)  # fmt: skip
+        return cls(batcher, EngineSettings(**settings), stats=stats, admission=admission)
+
+    @property
+    def device(self) -> torch.device:
+        return self.batcher.device
 
     # -- input ----------------------------------------------------------------------------
     def submit(self, msg: InputMessage, now: float, sender: str | None = None) -> list[Result]:
@@ -107,11 +125,16 @@ class Engine(Continuity):
             return [refused]
         st = self.streams.get(msg.stream)
         if (st is None or st.restored) and msg.lossless and msg.seq > 0:
-            st = self._take_over(msg.stream, msg.session, now)
-        if st is None and self._await_from_start(msg, now):
+            st = self.continuity.take_over(msg.stream, msg.session, now)
+        if st is None and self.continuity.await_from_start(msg, now):
             return []
         same = st is not None and st.session == msg.session
-        if st is not None and same and msg.seq != st.next_seq and self._out_of_order(st, msg):
+        if (
+            st is not None
+            and same
+            and msg.seq != st.next_seq
+            and self.continuity.out_of_order(st, msg)
+        ):
             return []
         results: list[Result] = []
         if st is None:
@@ -207,11 +230,13 @@ class Engine(Continuity):
     def _end(self, msg: InputMessage, now: float) -> list[Result]:
         if msg.stream == PROBE_STREAM:
             if msg.ack is not None and msg.watch is not None:  # a lossless subscriber: no answer
-                self.credits.ack(msg.watch, msg.session, msg.ack_session, msg.ack, now)
+                self.continuity.credits.ack(msg.watch, msg.session, msg.ack_session, msg.ack, now)
                 self.stats.count("acks")
                 return []
             self.stats.count("probes")
-            resume = self._resume_point(msg.watch, msg.resume, now) if msg.resume else None
+            resume = (
+                self.continuity.resume_point(msg.watch, msg.resume, now) if msg.resume else None
+            )
             return [EndResult(msg.stream, msg.session, msg.seq, watch=msg.watch, resume=resume)]
         st = self.streams.get(msg.stream)
         results: list[Result] = []
@@ -220,9 +245,9 @@ class Engine(Continuity):
             self.stats.count("stale_eos")
             log.info("stream %s: eos of an earlier session ignored", msg.stream)
             return [EndResult(msg.stream, msg.session, msg.seq)]
-        if self._eos_early(st, msg, now):
+        if self.continuity.eos_early(st, msg, now):
             return []
-        self._remember_end(msg)
+        self.continuity.remember_end(msg)
         if st is not None:
             del self.streams[msg.stream]
             results += self._flush(st)

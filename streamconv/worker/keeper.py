@@ -29,7 +29,6 @@ class Keeper:
     ) -> None:
         self.engine, self.writer, self.stats = engine, writer, stats
         self.every, self.interval_s = every, interval_s
-        engine.checkpoint_every = every  # senders keep what a restart may ask for again
         self._since: Counter[str] = Counter()  # frames run since the last checkpoint
         self._when: dict[str, float] = {}  # when a stream was last checkpointed
 
@@ -42,7 +41,7 @@ class Keeper:
             elif isinstance(r, EndResult) and self._ended(r.stream):
                 self._since.pop(r.stream, None)  # ended (eos or idle): its file goes too
                 self._when.pop(r.stream, None)
-                self.engine.checkpointed.pop(r.stream, None)
+                self.engine.continuity.forget(r.stream)
                 self.writer.remove(r.stream)
 
     def _ended(self, stream: str) -> bool:
@@ -56,7 +55,7 @@ class Keeper:
                     self._take(name)
         for w in self.writer.done():
             if w.error is None:
-                self.engine.checkpointed[w.stream] = (w.session, w.next_seq)
+                self.engine.continuity.written(w.stream, w.session, w.next_seq)
                 self.stats.count("checkpoints")
                 self.stats.count("checkpoint_bytes", w.nbytes)
                 continue
@@ -67,7 +66,7 @@ class Keeper:
                             "on without it): %s", w.stream, w.error)  # fmt: skip
 
     def _take(self, name: str) -> None:
-        snap = self.engine.snapshot(name)
+        snap = self.engine.continuity.snapshot(name)
         if snap is not None:
             self.writer.put(snap)
             self._since[name] = 0

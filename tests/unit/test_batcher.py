@@ -38,7 +38,7 @@ NAMES = MODEL.stage_names()
 
 
 def engine(max_batch: int, **kw: object) -> Engine:
-    return Engine(MODEL, device=CPU, dtype=torch.float32, chunk=4, max_wait_s=0.0625,
+    return Engine.build(MODEL, device=CPU, dtype=torch.float32, chunk=4, max_wait_s=0.0625,
                   max_batch=max_batch, **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
@@ -145,7 +145,7 @@ def test_the_gpu_data_path_on_the_cpu_gives_the_same_outputs(
     clip = np.random.default_rng(5).integers(0, 256, (9, *shape), dtype=np.uint8)
     outs = {}
     for device_side in (False, True):
-        eng = Engine(model, device=CPU, dtype=torch.float32, chunk=4, color=color,
+        eng = Engine.build(model, device=CPU, dtype=torch.float32, chunk=4, color=color,
                      in_channels=3 if color == "rgb" else 1, output_dtype=output_dtype,
                      device_pixels=device_side)  # fmt: skip
         results: list[Result] = []

@@ -37,7 +37,7 @@ MODEL = make_model()
 
 
 def engine(chunk: int = 4, model: Sequential = MODEL, **kw: object) -> Engine:
-    return Engine(model, device=CPU, dtype=torch.float32, chunk=chunk, max_wait_s=WAIT, **kw)  # type: ignore[arg-type]
+    return Engine.build(model, device=CPU, dtype=torch.float32, chunk=chunk, max_wait_s=WAIT, **kw)  # type: ignore[arg-type]
 
 
 def take(eng: Engine, msg: InputMessage, now: float, sender: str | None = None) -> list[Result]:
@@ -274,7 +274,9 @@ def test_bad_frame_is_a_failed_result_and_changes_nothing(
     results += eng.flush_all()
     out = chunks(results)
     assert [s for r in out for s in r.seqs] == list(range(8))
-    ref = Engine(model, device=CPU, dtype=torch.float32, chunk=8, color=color, in_channels=channels)
+    ref = Engine.build(
+        model, device=CPU, dtype=torch.float32, chunk=8, color=color, in_channels=channels
+    )
     whole = [r for i, f in enumerate(frames) for r in take(ref, frame(i, f), 0.0)]
     for name in NAMES:
         assert rel_err(joined(out)[name], joined(chunks(whole))[name]) < 1e-5
@@ -409,11 +411,11 @@ def test_a_lossless_eos_ahead_of_a_restored_stream_waits_for_the_resend() -> Non
     first = engine(chunk=2)
     for seq in range(4):
         take(first, frame(seq, frames[seq]), 0.0)
-    snap = first.snapshot("a")
+    snap = first.continuity.snapshot("a")
     assert snap is not None
     assert snap.next_seq == 4
     eng = engine(chunk=2)
-    eng.restore(snap, 0.0)
+    eng.continuity.restore(snap, 0.0)
     early = InputMessage("eos", "a", "s1", 10, 0, lossless=True)
     assert take(eng, early, 0.0) == []
     assert eng.stats.counts["awaiting_resend"] == 1

@@ -45,7 +45,7 @@ def test_engine_on_cuda_equals_cpu_through_pinned_staging() -> None:
     configure_torch(settings.worker)
     for device in ("cpu", "cuda"):
         model = build_model(settings, torch.device(device))
-        engine = Engine(model, device=torch.device(device), dtype=torch.float32, chunk=3)
+        engine = Engine.build(model, device=torch.device(device), dtype=torch.float32, chunk=3)
         out = []
         for i, f in enumerate(frames):
             out += engine.submit(InputMessage("frame", "s", "x", i, 0, f), 0.0)
@@ -95,7 +95,7 @@ def test_batched_cuda_streams_match_the_float64_reference(
     settings = load_settings("retina", {"worker": worker}, environ={})
     configure_torch(settings.worker)
     model = build_model(settings, torch.device("cuda"))
-    engine = Engine(model, device=torch.device("cuda"), dtype=model.opl.weight.dtype, chunk=4,
+    engine = Engine.build(model, device=torch.device("cuda"), dtype=model.opl.weight.dtype, chunk=4,
                     output_dtype=output_dtype, max_batch=32)  # fmt: skip
     assert engine.batcher.device_pixels  # uint8 up, divided on the device
     got = _streams_through(engine, clips)

@@ -1,0 +1,197 @@
+"""The worker's composition root: every part of a worker built from its settings, here only.
+
+`build(settings, stats)` makes the model on its device, the admission rules, the Batcher and
+the Engine, the checkpoint keeper (restoring what the folder holds), the sockets, the
+previews and the Publisher, and the periodic duties; `Worker` (role.py) only runs them. A
+failure part-way closes what was already opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from streamconv.config import Settings
+from streamconv.errors import StartupError
+from streamconv.model import (
+    DTYPES,
+    build_model,
+    configure_torch,
+    input_channels,
+    resolve_device,
+    state_bytes_per_pixel,
+)
+from streamconv.wire import transport
+from streamconv.wire.protocol import PREVIEW_PREFIX
+from streamconv.wire.shards import owner
+from streamconv.worker.admission import Admission
+from streamconv.worker.batcher import Batcher
+from streamconv.worker.checkpoints import Checkpoints, TakeOver, Writer, fingerprint
+from streamconv.worker.duties import Duty, Every, RefusalCount
+from streamconv.worker.engine import Engine, EngineSettings
+from streamconv.worker.keeper import Keeper
+from streamconv.worker.previews import Previews
+from streamconv.worker.publisher import Publisher
+from streamconv.worker.stats import Stats
+
+if TYPE_CHECKING:
+    import torch
+
+    from streamconv.layers import Sequential
+
+log = logging.getLogger(__name__)
+
+RESUME_WINDOW_S = 30.0  # after a start with checkpoints: lossless senders resend what it lacks
+
+
+@dataclass
+class Parts:
+    engine: Engine
+    publisher: Publisher
+    pull: transport.Socket
+    ctx: transport.Context
+    admission: Admission
+    device: torch.device
+    guard: transport.Guard | None = None
+    keeper: Keeper | None = None
+    refusals: transport.RefusalWatch | None = None
+    duties: list[Duty] = field(default_factory=list)  # ticked every turn of the serve loop
+
+    @property
+    def endpoints(self) -> tuple[str, str]:
+        return transport.endpoint(self.pull), transport.endpoint(self.publisher.sock)
+
+    def live(self) -> dict[str, object]:
+        """The state budget in use and the refused handshakes, for /status (HTTP thread)."""
+        a = self.admission
+        used = a.used(list(self.engine.streams.values()))
+        stats = self.engine.stats
+        with stats.lock:
+            refused = stats.counts["curve_refused"]
+        return {"state_budget": {"used_mb": round(used / 2**20, 3),
+                                 "budget_mb": round(a.budget_bytes / 2**20, 3),
+                                 "bytes_per_pixel": a.bytes_per_pixel},
+                "curve_refused": refused}  # fmt: skip
+
+    def close(self, linger_ms: int) -> None:
+        """Close every socket; queued outputs get `linger_ms` to leave."""
+        if self.refusals is not None:  # before the sockets it watches
+            self.refusals.close()
+        transport.close(self.publisher.sock, linger_ms)
+        if self.guard is not None:  # before the context: its thread holds a socket
+            self.guard.stop()
+        self.ctx.destroy(linger=0)
+
+
+class _Wanted:
+    """The layers of a stream worth copying back and encoding: those a subscriber (or a viewer
+    of previews) asks for; subscriptions waiting on the socket are read first. The publisher
+    is built after the engine that asks."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats, self.publisher = stats, None  # type: Stats, Publisher | None
+
+    def __call__(self, stream: str) -> set[str] | None:
+        if self.publisher is None:
+            return None
+        self.publisher.take_subscriptions()
+        prefixes = [PREVIEW_PREFIX] if self.publisher.previews is not None else []
+        return self.stats.subscribed_layers(stream, self.publisher.layers, prefixes)
+
+
+def build(settings: Settings, stats: Stats) -> Parts:
+    w = settings.worker
+    configure_torch(w)
+    device = resolve_device(w.device)
+    model = build_model(settings, device)
+    publish = [spec.name for spec in settings.layers if spec.publish]
+    admission = Admission(
+        max_streams_per_key=w.max_streams_per_key,
+        max_frame_pixels=w.max_frame_pixels,
+        budget_bytes=int(w.state_budget_mb * 2**20),
+        bytes_per_pixel=state_bytes_per_pixel(model, w, device, DTYPES[w.dtype]),
+    )
+    wanted = _Wanted(stats)
+    batcher = Batcher(model, device=device, dtype=DTYPES[w.dtype], publish=publish,
+                      output_dtype=w.output_dtype, max_batch=w.max_batch,
+                      wanted=wanted)  # fmt: skip
+    engine = Engine(batcher, EngineSettings(w.chunk, w.max_wait_ms / 1000, w.color,
+                                            input_channels(w), w.max_streams),
+                    stats=stats, admission=admission)  # fmt: skip
+    keeper = _keeper(settings, stats, engine, model, device) if w.checkpoint_dir else None
+    ctx = transport.context()
+    guard = transport.Guard(ctx) if w.input.curve or w.output.curve else None
+    try:
+        pull, pub = _sockets(settings, ctx, guard)
+    except BaseException:
+        if guard is not None:
+            guard.stop()
+        ctx.destroy(linger=0)
+        raise
+    previews = Previews(w.preview_fps, w.preview_side) if w.preview_fps > 0 else None
+    publisher = wanted.publisher = Publisher(pub, publish, w.output_dtype, stats, previews)
+    refusals = transport.RefusalWatch({"input": pull, "output": pub})
+    parts = Parts(engine, publisher, pull, ctx, admission, device, guard, keeper, refusals)
+    parts.duties = [Every(0, lambda now: publisher.flush_previews()),
+                    RefusalCount(refusals, stats)]  # fmt: skip
+    if keeper is not None:
+        parts.duties.append(keeper)
+    for name, sock in (("input", w.input), ("output", w.output)):
+        if sock.curve:
+            log.info("%s: CURVE, clients allowed from %s", name, sock.curve_clients)
+        elif not sock.local():
+            log.warning("%s %s: plaintext, allowed by allow_insecure", name, sock.endpoint)
+    return parts
+
+
+def _sockets(
+    settings: Settings, ctx: transport.Context, guard: transport.Guard | None
+) -> tuple[transport.Socket, transport.Socket]:
+    w = settings.worker
+    # The socket limit is a backstop (a larger part disconnects its sender); the configured
+    # limit itself is checked per message, so it is counted.
+    inp = w.input
+    if inp.max_message_bytes < 0:
+        inp = inp.model_copy(update={"max_message_bytes": 2 * w.max_message_bytes})
+    try:
+        pull = transport.open_socket(ctx, "pull", inp, guard=guard)
+        pub = transport.open_socket(ctx, "xpub", w.output, guard=guard)
+    except transport.ZMQError as e:
+        msg = f"cannot bind worker sockets ({w.input.endpoint}, {w.output.endpoint}): {e}"
+        raise StartupError(msg) from e
+    return pull, pub
+
+
+def _keeper(settings: Settings, stats: Stats, engine: Engine, model: Sequential,
+            device: torch.device) -> Keeper:  # fmt: skip
+    """Restore the streams checkpointed in the folder, and keep checkpointing."""
+    w = settings.worker
+    shard, shards = w.shard, w.shards
+
+    def mine(stream: str) -> bool:  # a folder shared by the shards: only its own streams
+        return shard is None or owner(stream, shards) == shard
+
+    if shard is not None:
+        log.info("shard %s of %d: checkpoints of the streams it owns", shard, len(shards))
+    assert w.checkpoint_dir is not None
+    try:
+        folder = Checkpoints(w.checkpoint_dir, fingerprint(model, settings), mine)
+    except OSError as e:
+        msg = f"cannot use checkpoint_dir {w.checkpoint_dir}: {e}"
+        raise StartupError(msg) from e
+    for snap in folder.load_all(device, w.checkpoint_retention_s, w.max_streams):
+        engine.continuity.restore(snap, time.monotonic())
+    load = TakeOver(folder, device, mine) if shard is not None else None
+    engine.continuity.keep_checkpoints(w.checkpoint_every,
+                                       time.monotonic() + RESUME_WINDOW_S, load)  # fmt: skip
+    log.info("checkpoints in %s every %d frames per stream (%d streams restored)",
+             w.checkpoint_dir, w.checkpoint_every, len(engine.streams))  # fmt: skip
+    return Keeper(engine, Writer(folder), stats, w.checkpoint_every, w.checkpoint_interval_s)
+
+
+def health_info(parts: Parts, settings: Settings) -> dict[str, Any]:
+    w = settings.worker
+    return {"device": str(parts.device), "layers": parts.publisher.layers,
+            "curve": {"input": w.input.curve, "output": w.output.curve}}  # fmt: skip
