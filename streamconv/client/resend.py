@@ -33,7 +33,6 @@ ASK_EVERY_S = 0.25  # how often a running sender asks for the last checkpoint an
 CREDIT_NEAR = 16  # frames before the credit runs out: ask for more at once
 CREDIT_ASK_S = 0.005  # ...at most this often
 RETRY_MS = 100  # how often it asks while waiting to resume
-IN_FLIGHT = 64  # frames kept beyond what the worker's checkpoints need: those on the way
 NEVER_ANSWERED_S = 2.0  # the wait to resume when the worker never answered a probe
 
 
@@ -51,7 +50,6 @@ class Resender:
     ) -> None:
         self.stream, self.session = stream, session
         self.max_frames, self.max_bytes = max_frames, max_bytes
-        self.limit_frames = max_frames  # the most it keeps, whatever the worker says
         self.output = output
         self.sub = transport.sub_socket(ctx, output, [protocol.stream_topic(PROBE_STREAM)],
                                         **keys)  # fmt: skip
@@ -79,17 +77,10 @@ class Resender:
         while self.kept and (len(self.kept) > self.max_frames or self.nbytes > self.max_bytes):
             self._pop()
             self.dropped += 1
-            if self.dropped == 1 and self.checkpoint_every != 0:
+            if self.dropped == 1:
                 log.warning("resend buffer full (%d frames, %d MB): frames before the worker's "
                             "next checkpoint can no longer be sent again after a restart",
                             self.max_frames, self.max_bytes // 2**20)  # fmt: skip
-
-    def _size_to(self, every: int) -> None:
-        """Keep what the worker may ask for again: the frames since its last checkpoint (up to
-        two intervals, as the checkpoint lags) and those in flight; only those in flight when
-        it keeps no checkpoints (a restarted worker then starts the stream afresh)."""
-        self.checkpoint_every = every
-        self.max_frames = min(self.limit_frames, IN_FLIGHT + 2 * every)
 
     def _pop(self) -> None:
         _, parts = self.kept.popleft()
@@ -99,6 +90,16 @@ class Resender:
         """Forget frames before `upto`: the worker's checkpoint has them."""
         while self.kept and self.kept[0][0] < upto:
             self._pop()
+
+    def _trim_to(self, answer: dict[str, Any]) -> None:
+        """Forget what the worker can no longer ask for: frames before its last checkpoint,
+        or, when it keeps no checkpoints, every frame it has taken (a restart starts the
+        stream afresh; after a lost connection it goes on from its `next_seq`). So the buffer
+        holds only what is in flight, or since the last checkpoint, however fast it sends."""
+        if answer.get("checkpointed") is not None:
+            self.trim(answer["checkpointed"])
+        elif answer.get("checkpoint_every") == 0 and not answer.get("ended"):
+            self.trim(answer["next_seq"])
 
     def since(self, seq: int) -> list[list[Any]] | None:
         """The kept frames from `seq` on, marked as replays; None if `seq` was not kept."""
@@ -132,7 +133,7 @@ class Resender:
                 self.answered = True
                 self.credit = header.get("credit")
                 if "checkpoint_every" in header:
-                    self._size_to(header["checkpoint_every"] or 0)
+                    self.checkpoint_every = header["checkpoint_every"] or 0
                 self.verdict = header.get("dropped") or {}
             frames = transport.recv_nowait(self.sub)
         return out
@@ -153,8 +154,7 @@ class Resender:
         """While sending (`sent` frames so far): now and then ask for the last checkpoint (and
         trim to it) and for the credit; often when the credit is near."""
         for answer in self.answers():
-            if answer.get("checkpointed") is not None:
-                self.trim(answer["checkpointed"])
+            self._trim_to(answer)
         near = self.credit is not None and self.credit - sent <= CREDIT_NEAR
         if time.monotonic() - self._last_ask >= (CREDIT_ASK_S if near else ASK_EVERY_S):
             self.ask(push)
@@ -176,8 +176,7 @@ class Resender:
                 if want_subscriber and not answer.get("subscribed"):
                     self.boot = None  # ask again; any worker's next answer may do
                     continue
-                if answer.get("checkpointed") is not None:
-                    self.trim(answer["checkpointed"])
+                self._trim_to(answer)
                 return int(answer["next_seq"])
         return None
 
