@@ -31,7 +31,7 @@ import pipeline_procs as procs
 import zmq
 from floor import RECV_TIMEOUT_S, FloorVariant, Run
 from machine import cpu_line
-from pipeline_runs import interleave, wait_worker_ready
+from pipeline_runs import interleave
 
 from streamconv.client.subscriber import Subscriber
 from streamconv.config import load_settings
@@ -80,7 +80,7 @@ class StreamconvVariant:
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Probes through the worker until one comes back (torch import takes seconds)."""
-        wait_worker_ready(self.worker, self.sub, self.input, timeout_s)
+        procs.wait_worker_ready(self.worker, self.sub, self.input, timeout_s)
 
     def run(self, n: int) -> Run:
         out = Run()

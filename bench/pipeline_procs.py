@@ -1,4 +1,5 @@
-"""Child processes for bench/pipeline.py: their entry points and how they are started and ended.
+"""Child processes for the benchmarks: entry points, how they start and end, free endpoints and
+the wait for a worker to be ready.
 
 Every entry point is a module-level function so the spawn context can import it, and none of
 this module's top-level imports pulls in torch: the senders must start light, like a real
@@ -30,6 +31,33 @@ def free_endpoint() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def wait_worker_ready(worker: Any, sub: Any, inp: str, timeout_s: float = 120.0) -> None:
+    """`streamconv run`'s readiness wait, for a worker process started here: probes through
+    the worker (`Subscriber.wait_ready`) until one reaches `sub`, failing fast if the process
+    exits first (torch import and model build take seconds)."""
+    import threading
+    from types import SimpleNamespace
+
+    from streamconv.run import _wait_ready  # imported here: it pulls in torch
+
+    # It reads the worker from a supervisor's `children`; this one holds just that process.
+    children = SimpleNamespace(children={"worker": worker})
+    _wait_ready(sub, inp, children, threading.Event(), timeout_s)  # type: ignore[arg-type]
+
+
+def free_port_pair(after: int) -> int:
+    """A free port above `after` whose next port is free too (a worker's input and output)."""
+    for candidate in range(after + 2, 32000, 3):
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", candidate))
+                b.bind(("127.0.0.1", candidate + 1))
+            except OSError:
+                continue
+            return candidate
+    raise SystemExit("no free pair of ports")
 
 
 def bench_frames(n: int) -> list[np.ndarray]:

@@ -39,22 +39,6 @@ def interleave(
     return runs
 
 
-def wait_worker_ready(worker: Any, sub: Subscriber, inp: str, timeout_s: float = 120.0) -> None:
-    """Probe through the worker process until an answer reaches `sub` (torch import and model
-    build take seconds); RuntimeError if the process exits first."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if not worker.is_alive():
-            msg = f"worker {worker.name} exited (code {worker.exitcode})"
-            raise RuntimeError(msg)
-        try:
-            sub.wait_ready(inp, timeout_s=1.0)
-            return
-        except TimeoutError:
-            if time.monotonic() > deadline:
-                raise
-
-
 @dataclass
 class Run:
     received: int = 0
@@ -96,7 +80,7 @@ class PipelineVariant:
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Beat the PUB/SUB slow joiner (torch import and model build take seconds)."""
-        wait_worker_ready(self.worker, self.sub, self.input, timeout_s)
+        procs.wait_worker_ready(self.worker, self.sub, self.input, timeout_s)
 
     def run(self, n: int, *, live: bool = False, fps: float = 30.0) -> Run:
         mode = "live" if live else "lossless"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 from machine import cpu_line
+from pipeline_procs import free_port_pair
 
 from streamconv.wire import protocol, transport
 from streamconv.wire.shards import owner
@@ -37,7 +37,7 @@ def run(n_shards: int, streams: int, frames: int) -> tuple[float, list[int]]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for _ in range(n_shards):
-            port = free_port_pair_after(ports[-1] if ports else 20998)
+            port = free_port_pair(ports[-1] if ports else 20998)
             ports.append(port)
             procs.append(subprocess.Popen(
                 [*py, "worker", "--config", "retina", "--device", "cpu", "--http", "off",
@@ -82,18 +82,6 @@ def run(n_shards: int, streams: int, frames: int) -> tuple[float, list[int]]:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
-
-
-def free_port_pair_after(port: int) -> int:
-    for candidate in range(port + 2, 32000, 3):
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", candidate))
-                b.bind(("127.0.0.1", candidate + 1))
-            except OSError:
-                continue
-            return candidate
-    raise SystemExit("no free pair of ports")
 
 
 def main() -> None:

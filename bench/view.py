@@ -529,16 +529,7 @@ class Bench:
             procs.child(procs.worker_entry, self.settings, name="worker")
         )
         self.sub = stack.enter_context(Subscriber(self.output, timeout_s=TIMEOUT_S))
-        deadline = time.monotonic() + 120
-        while True:
-            if not self.worker.is_alive():
-                raise RuntimeError(f"worker exited (code {self.worker.exitcode})")
-            try:
-                self.sub.wait_ready(self.input, timeout_s=1.0)
-                break
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
+        procs.wait_worker_ready(self.worker, self.sub, self.input, 120)
         self.replies = procs.SPAWN.Queue()
         self.commands = []
         for stream in STREAMS:
