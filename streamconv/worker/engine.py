@@ -128,35 +128,38 @@ class Engine:
             st = self.continuity.take_over(msg.stream, msg.session, now)
         if st is None and self.continuity.await_from_start(msg, now):
             return []
-        same = st is not None and st.session == msg.session
-        if (
-            st is not None
-            and same
-            and msg.seq != st.next_seq
-            and self.continuity.out_of_order(st, msg)
-        ):
+        if (st is not None and st.session == msg.session and msg.seq != st.next_seq
+                and self.continuity.out_of_order(st, msg)):  # fmt: skip
             return []
         results: list[Result] = []
         if st is None:
             if len(self.streams) >= self.max_streams:
                 why = f"too many streams ({self.max_streams}); end one with eos first"
                 return [Failed(Drop.TOO_MANY_STREAMS, why, msg.stream)]
-            st = self.streams[msg.stream] = StreamState(msg.stream, msg.session, owner=sender)
-            self._started(st, shape)
-            if msg.live and msg.seq > 0:  # its first frames were dropped on the way
-                self.stats.missing(st.name, msg.seq)
-            elif msg.seq > 0 and not msg.replay:
-                self._lost_state(st, msg.seq)
-        elif (
-            st.session != msg.session
-            or msg.seq != st.next_seq
-            or (st.shape is not None and shape != st.shape)
-        ):
+            st = self._new_stream(msg, shape, sender)
+        elif (st.session != msg.session or msg.seq != st.next_seq
+              or (st.shape is not None and shape != st.shape)):  # fmt: skip
             results += self._flush(st)
             self._reset(st, msg, shape)
+        return results + self._append(st, msg, msg.frame, shape, now)
+
+    def _new_stream(self, msg: InputMessage, shape: tuple[int, ...],
+                    sender: str | None) -> StreamState:  # fmt: skip
+        st = self.streams[msg.stream] = StreamState(msg.stream, msg.session, owner=sender)
+        self._started(st, shape)
+        if msg.live and msg.seq > 0:  # its first frames were dropped on the way
+            self.stats.missing(st.name, msg.seq)
+        elif msg.seq > 0 and not msg.replay:
+            self._lost_state(st, msg.seq)
+        return st
+
+    def _append(self, st: StreamState, msg: InputMessage, frame: np.ndarray,
+                shape: tuple[int, ...], now: float) -> list[Result]:  # fmt: skip
+        """The frame into the stream's chunk (run first what cannot share a chunk with it)."""
+        results: list[Result] = []
         st.restored = False
         st.resuming = st.resuming and not msg.replay
-        raw = raw_dtype(msg.frame, self.color) if self.batcher.device_pixels else None
+        raw = raw_dtype(frame, self.color) if self.batcher.device_pixels else None
         if st.buffer is not None and st.buffer.dtype != (raw or np.float32):
             results += self._flush(st)  # the pixel type changed: run what came before
         if st.name in self._ready:  # a full chunk still waits for its pass
@@ -164,13 +167,12 @@ class Engine:
         if st.buffer is None:
             st.since = now
             # Fresh, never reused: outputs may alias it and are sent zero-copy.
-            dtype = raw or np.float32
-            st.buffer = np.empty((self.chunk, *shape), dtype=dtype)
+            st.buffer = np.empty((self.chunk, *shape), dtype=raw or np.float32)
         st.shape = shape
         if raw is not None:
-            frame_to_raw_chw(msg.frame, self.color, out=st.buffer[st.count])
+            frame_to_raw_chw(frame, self.color, out=st.buffer[st.count])
         else:
-            frame_to_chw(msg.frame, self.color, self.in_channels, out=st.buffer[st.count])
+            frame_to_chw(frame, self.color, self.in_channels, out=st.buffer[st.count])
         st.count += 1
         st.seqs.append(msg.seq)
         st.t_ns.append(msg.t_ns)
