@@ -196,3 +196,22 @@ def test_sinks_are_edges() -> None:
 def test_layers_know_no_config() -> None:
     """Streaming modules take torch.nn-style arguments; the config side builds them."""
     assert offenders(modules("layers/"), lambda n: n.startswith("streamconv.config")) == {}
+
+
+PARTS = ("Engine", "Batcher", "Publisher", "Keeper", "Admission", "Previews", "Intake")
+
+
+def test_only_the_composition_root_builds_a_workers_parts() -> None:
+    """worker/parts.py builds a worker's parts from its settings; the role only runs them
+    (Intake, which reads the socket the parts made, is the role's own). Engine.build is the
+    library users' door and builds through the constructor in engine.py."""
+    builders: dict[str, set[str]] = {}
+    for path in modules("worker/", "cli", "run"):
+        for node in ast.walk(tree(path)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                if node.func.id in PARTS:
+                    builders.setdefault(node.func.id, set()).add(path.name)
+    builders.pop("Intake", None)
+    builders["Batcher"].discard("engine.py")  # Engine.build, for library users and tests
+    assert all(where <= {"parts.py"} for where in builders.values()), builders
+    assert builders.get("Engine") == {"parts.py"}
