@@ -46,6 +46,8 @@ RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))
         > /requirements.txt
 COPY README.md ./
 COPY streamconv ./streamconv
+# The presets: pyproject.toml maps config/presets into the package (streamconv.presets).
+COPY config/presets ./config/presets
 RUN python -m pip wheel --no-cache-dir --disable-pip-version-check --no-deps --wheel-dir /dist .
 
 FROM ${BASE_IMAGE} AS runtime

@@ -19,6 +19,8 @@ import zmq
 from streamconv.wire import transport
 
 REPO = Path(__file__).resolve().parents[1]
+# The shipped presets, their one copy (the wheel maps it to the package streamconv.presets).
+PRESETS = REPO / "config" / "presets"
 RECV_TIMEOUT_S = 10.0
 
 

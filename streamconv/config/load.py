@@ -13,6 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,18 @@ def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _presets() -> Traversable:
+    """The shipped presets: the package streamconv.presets, which an install (wheel or editable)
+    maps from config/presets; that folder itself for a checkout run without installing it."""
+    try:
+        return resources.files("streamconv.presets")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "config" / "presets"
+
+
 def preset_names() -> list[str]:
-    """The presets shipped inside the package (streamconv/presets/*.toml)."""
-    root = resources.files("streamconv.presets")
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+    """The shipped presets (config/presets/*.toml in the repository)."""
+    return sorted(p.name[:-5] for p in _presets().iterdir() if p.name.endswith(".toml"))
 
 
 def preset_text(name: str) -> str:
@@ -110,7 +119,7 @@ def preset_text(name: str) -> str:
     if name not in preset_names():
         msg = f"no preset {name!r} (presets: {', '.join(preset_names())})"
         raise ConfigError(msg)
-    return resources.files("streamconv.presets").joinpath(f"{name}.toml").read_text("utf-8")
+    return _presets().joinpath(f"{name}.toml").read_text("utf-8")
 
 
 def load_settings(

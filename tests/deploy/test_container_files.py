@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from streamconv.cli import parser as cli_parser
+from tests.conftest import PRESETS
 
 pytestmark = pytest.mark.deploy
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,7 +124,7 @@ def test_cmd_runs_the_worker_on_a_shipped_preset(dockerfile: list[tuple[str, str
     _parses(cmd)
     if "--config" in cmd:  # a preset shipped inside the package, not a file the image copies
         name = cmd[cmd.index("--config") + 1]
-        assert (ROOT / "streamconv/presets" / f"{name}.toml").is_file(), name
+        assert (PRESETS / f"{name}.toml").is_file(), name
 
 
 def test_no_shell_wraps_the_process(dockerfile: list[tuple[str, str]]) -> None:
@@ -305,11 +306,12 @@ def _dockerignore_excludes(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_sends_only_what_the_build_needs() -> None:
     lines = DOCKERIGNORE.read_text().splitlines()
     patterns = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
-    for path in ["pyproject.toml", "README.md", "streamconv/cli.py", "streamconv/presets/x.toml",
+    for path in ["pyproject.toml", "README.md", "streamconv/cli.py", "config/presets/x.toml",
                  "wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"]:  # fmt: skip
         assert not _dockerignore_excludes(path, patterns), f"{path} is left out of the context"
     for path in [".venv/bin/python", ".git/config", "tests/unit/x.py", "out/a.mp4", ".env",
-                 "streamconv/__pycache__/cli.cpython-311.pyc", "wheels/notes.txt"]:  # fmt: skip
+                 "streamconv/__pycache__/cli.cpython-311.pyc", "wheels/notes.txt",
+                 "config/example.toml", "config/k8s/worker.toml"]:  # fmt: skip
         assert _dockerignore_excludes(path, patterns), f"{path} is sent with the context"
 
 
@@ -481,7 +483,7 @@ def test_compose_worker_publishes_on_host_loopback_and_uses_a_shipped_preset(
     # Presets ship inside the package: no config folder to mount.
     assert "volumes" not in worker
     name = _option(worker["command"], "--config")
-    assert (ROOT / "streamconv/presets" / f"{name}.toml").is_file(), name
+    assert (PRESETS / f"{name}.toml").is_file(), name
 
 
 def test_compose_allows_plaintext_only_where_it_publishes_on_loopback(

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import PRESETS, REPO
 
 READY_TIMEOUT_S = 60.0
 
@@ -100,7 +100,7 @@ def start_worker(
     workers: list[WorkerProc] = []
 
     def start(
-        config: str | Path = REPO / "streamconv/presets/default.toml",
+        config: str | Path = PRESETS / "default.toml",
         *flags: str,
         env: dict[str, str] | None = None,
         wait: bool = True,

@@ -22,13 +22,13 @@ from streamconv.config import load_settings
 from streamconv.layers import Output
 from streamconv.model import build_model
 from streamconv.wire import protocol, transport
-from tests.conftest import REPO
+from tests.conftest import PRESETS
 from tests.integration.conftest import WorkerProc, launch
 
 pytestmark = pytest.mark.integration
 
 Start = Callable[..., WorkerProc]
-RETINA = REPO / "streamconv/presets/retina.toml"
+RETINA = PRESETS / "retina.toml"
 LAYERS = ("opl", "bipolar", "amacrine", "ganglion")
 W, H = 48, 36
 
@@ -124,7 +124,7 @@ def test_bad_checkpoints_are_refused_and_the_stream_starts_fresh(
     raw[-10] ^= 0xFF  # eight flipped bits near the end
     (folder / "b.ckpt").write_bytes(bytes(raw))
     # c.ckpt is fine, but the next worker runs another config: refused too.
-    worker = start_worker(REPO / "streamconv/presets/default.toml", *flags)
+    worker = start_worker(PRESETS / "default.toml", *flags)
     worker.wait_for_line(r"checkpoint a\.ckpt refused: corrupt or truncated")
     worker.wait_for_line(r"checkpoint b\.ckpt refused: corrupt or truncated")
     worker.wait_for_line(r"checkpoint c\.ckpt refused: from a different model or config")

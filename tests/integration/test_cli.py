@@ -20,13 +20,13 @@ import pytest
 
 from streamconv.capture.sources import write_sample_video
 from streamconv.client.subscriber import Subscriber
-from tests.conftest import REPO
+from tests.conftest import PRESETS, REPO
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
 
 LAYERS = ("smooth", "change", "motion")  # config/default.toml
-DEFAULT_CONFIG = REPO / "streamconv/presets/default.toml"
+DEFAULT_CONFIG = PRESETS / "default.toml"
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 

@@ -28,12 +28,12 @@ from streamconv.config import load_settings
 from streamconv.layers import Output
 from streamconv.model import build_model
 from streamconv.worker.pixels import frame_to_chw
-from tests.conftest import REPO
+from tests.conftest import PRESETS, REPO
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
 
-RETINA = REPO / "streamconv/presets/retina.toml"
+RETINA = PRESETS / "retina.toml"
 LAYERS = ("opl", "bipolar", "amacrine", "ganglion")
 FRAMES, FPS = 360, 30.0
 

@@ -19,12 +19,12 @@ from streamconv.config import load_settings
 from streamconv.layers import Output
 from streamconv.model import build_model
 from streamconv.wire import protocol, transport
-from tests.conftest import REPO
+from tests.conftest import PRESETS
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
 
-RETINA = REPO / "streamconv/presets/retina.toml"
+RETINA = PRESETS / "retina.toml"
 LAYERS = ("opl", "bipolar", "amacrine", "ganglion")
 N, W, H = 60, 320, 240
 

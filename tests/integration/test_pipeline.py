@@ -24,11 +24,11 @@ from streamconv.layers import Output
 from streamconv.model import build_model
 from streamconv.wire import protocol, transport
 from streamconv.worker.engine import frame_to_chw
-from tests.conftest import REPO
+from tests.conftest import PRESETS, REPO
 from tests.unit.reference import rel_err
 
 pytestmark = pytest.mark.integration
-RETINA = REPO / "streamconv/presets/retina.toml"
+RETINA = PRESETS / "retina.toml"
 LAYERS = ["opl", "bipolar", "amacrine", "ganglion"]
 
 

@@ -26,12 +26,12 @@ import cv2
 import pytest
 
 from streamconv.capture.sources import synthetic_frame
-from tests.conftest import REPO
+from tests.conftest import PRESETS, REPO
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
 
-DEFAULT = REPO / "streamconv/presets/default.toml"
+DEFAULT = PRESETS / "default.toml"
 LAYERS = ("smooth", "change", "motion")
 FRAMES, FPS = 300, 30.0
 LOST = re.compile(r"lost: clip/(\w+) session \w+: received (\d+) of (\d+), missed (\d+) .*")

@@ -22,14 +22,14 @@ from streamconv.client import Sender, Subscriber
 from streamconv.errors import AuthError, ConfigError
 from streamconv.wire import protocol, transport
 from streamconv.wire.curve import generate, load_public, load_secret
-from tests.conftest import REPO
+from tests.conftest import PRESETS, REPO
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
 
 Start = Callable[..., WorkerProc]
 LAYERS = ("smooth", "change", "motion")  # the default preset
-DEFAULT = REPO / "streamconv/presets/default.toml"
+DEFAULT = PRESETS / "default.toml"
 
 
 class Keys:

@@ -21,7 +21,7 @@ from streamconv.capture.sources import synthetic_frame
 from streamconv.wire import protocol, transport
 from streamconv.wire.curve import generate
 from streamconv.worker.previews import INPUT
-from tests.conftest import REPO
+from tests.conftest import PRESETS, REPO
 from tests.integration.conftest import WorkerProc
 from tests.integration.pages import PageClient, rss_mb, stalled_page
 
@@ -140,7 +140,7 @@ def test_view_before_its_worker_and_after_it_goes_away(
     view = start_view(output)  # no worker yet
     page = PageClient(view.http)
     page.until(lambda: page.state.get("worker") == "disconnected", what="disconnected")
-    worker = start_worker(REPO / "streamconv/presets/default.toml", "--output", output)
+    worker = start_worker(PRESETS / "default.toml", "--output", output)
     page.until(lambda: page.state.get("worker") == "connected", what="connected", timeout_s=30)
     push = transport.push_socket(zmq_ctx, worker.input, linger_ms=0)
     send(push, "cam", protocol.new_session(), range(10), 32, 24)
@@ -148,7 +148,7 @@ def test_view_before_its_worker_and_after_it_goes_away(
     assert worker.stop() == 0
     page.until(lambda: page.state.get("worker") == "disconnected", what="the worker gone")
     page.until(lambda: (page.stream("cam") or {}).get("status") == "stale", what="stale")
-    worker = start_worker(REPO / "streamconv/presets/default.toml", "--output", output)
+    worker = start_worker(PRESETS / "default.toml", "--output", output)
     page.until(lambda: page.state.get("worker") == "connected", what="back", timeout_s=30)
     push = transport.push_socket(zmq_ctx, worker.input, linger_ms=0)
     again = protocol.new_session()
@@ -271,7 +271,7 @@ def test_run_view_starts_the_capture_once_a_page_is_open(
 def test_uint8_outputs_are_shown_too(
     start_worker: Start, start_view: Start, zmq_ctx: transport.Context
 ) -> None:
-    worker = start_worker(REPO / "streamconv/presets/default.toml",
+    worker = start_worker(PRESETS / "default.toml",
                           env={"STREAMCONV_WORKER__OUTPUT_DTYPE": "uint8"})  # fmt: skip
     view = start_view(worker.output)
     page = PageClient(view.http)

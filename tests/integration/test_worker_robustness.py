@@ -30,7 +30,7 @@ from streamconv.model import build_model, input_channels
 from streamconv.wire import protocol, transport
 from streamconv.wire.curve import generate
 from streamconv.worker.stats import BURST
-from tests.conftest import REPO
+from tests.conftest import PRESETS
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
@@ -384,9 +384,7 @@ def _send_and_stop_mid_chunk(
 def test_sigterm_mid_chunk_publishes_the_chunk_in_hand(
     start_worker: StartWorker, zmq_ctx: transport.Context
 ) -> None:
-    worker = start_worker(
-        REPO / "streamconv/presets/default.toml", "--chunk", "64", "--max-wait-ms", "60000"
-    )
+    worker = start_worker(PRESETS / "default.toml", "--chunk", "64", "--max-wait-ms", "60000")
     # About 11 MB of outputs: more than the loopback socket buffers take at once.
     frames = [synthetic_frame(i, 320, 240) for i in range(12)]
     sessions, heads = _send_and_stop_mid_chunk(worker, zmq_ctx, {"mid": frames}, 3 * len(frames))

@@ -11,9 +11,9 @@ import torch
 from streamconv.config import ConvLayer, FileKernel, Settings, load_settings
 from streamconv.errors import ConfigError
 from streamconv.model import build_model
+from tests.conftest import PRESETS
 
-REPO = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((REPO / "streamconv/presets").glob("*.toml"))
+SHIPPED = sorted(PRESETS.glob("*.toml"))
 LAYER = '[[layers]]\nname = "low"\ntype = "lowpass"\ntau = 2.0\n'
 
 
@@ -285,7 +285,7 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
 
 
 def test_errors_name_the_environment_variable_or_the_command_line(tmp_path: Path) -> None:
-    path = REPO / "streamconv/presets/default.toml"
+    path = PRESETS / "default.toml"
     with pytest.raises(ConfigError) as info:
         load_settings(path, {"worker": {"chunk": 0}}, environ={"STREAMCONV_WORKER__CHUNKS": "3"})
     message = str(info.value)

@@ -11,7 +11,7 @@ from streamconv.layers import MemoryConv3d
 from streamconv.model import build_model, configure_torch
 from streamconv.wire.protocol import InputMessage
 from streamconv.worker.engine import ChunkResult, Engine
-from tests.conftest import REPO
+from tests.conftest import PRESETS
 from tests.unit.reference import rel_err
 
 torch.backends.cudnn.allow_tf32 = False  # TF32 rounds to ~1e-3: compare true float32
@@ -39,7 +39,7 @@ def test_memory_conv_on_cuda_equals_cpu(dtype: torch.dtype) -> None:
 
 
 def test_engine_on_cuda_equals_cpu_through_pinned_staging() -> None:
-    settings = load_settings(REPO / "streamconv/presets/retina.toml")
+    settings = load_settings(PRESETS / "retina.toml")
     frames = np.random.default_rng(0).integers(0, 255, (20, 48, 64), dtype=np.uint8)
     results = {}
     configure_torch(settings.worker)

@@ -15,13 +15,13 @@ from streamconv.worker.engine import ChunkResult, Engine
 from streamconv.worker.outputs import _quantize_cpu, quantize_torch
 from streamconv.worker.publisher import Publisher
 from streamconv.worker.stats import Stats
-from tests.conftest import REPO
+from tests.conftest import PRESETS
 
 FRAMES = np.random.default_rng(1).integers(0, 255, (10, 24, 32, 3), dtype=np.uint8)
 
 
 def run(output_dtype: str) -> list[ChunkResult]:
-    model = build_model(load_settings(REPO / "streamconv/presets/retina.toml"), torch.device("cpu"))
+    model = build_model(load_settings(PRESETS / "retina.toml"), torch.device("cpu"))
     eng = Engine.build(
         model, device=torch.device("cpu"), dtype=torch.float32, chunk=4, output_dtype=output_dtype
     )

@@ -1,1 +1,0 @@
-"""The shipped config presets (TOML), read with importlib.resources: `--config NAME`."""
