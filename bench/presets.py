@@ -69,6 +69,9 @@ def make_clip(frames: int, height: int, width: int) -> torch.Tensor:
 
 def child(job: dict[str, Any]) -> dict[str, Any]:
     """Times every preset on this process's `streamconv`; saves the last chunk's outputs."""
+    # Only this tree's code and presets: an editable install of the checkout would supply what
+    # the tree lacks (the presets, config/presets beside the package since issue 18).
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in f.__module__]
     import streamconv  # here, not at the top: PYTHONPATH picks which tree this is
     from streamconv.config.load import load_settings
     from streamconv.layers.base import Output
@@ -120,10 +123,15 @@ def git(*cmd: str) -> str:
 
 
 def export(rev: str, dest: Path) -> None:
-    """The commit's streamconv/ into `dest`, with no worktree metadata left in the repo."""
-    archive = subprocess.Popen(
-        ["git", "archive", rev, "streamconv"], cwd=ROOT, stdout=subprocess.PIPE
+    """The commit's streamconv/ (and config/presets/, where the presets live since issue 18)
+    into `dest`, with no worktree metadata left in the repo."""
+    paths = ["streamconv"]
+    has_presets = subprocess.run(
+        ["git", "cat-file", "-e", f"{rev}:config/presets"], cwd=ROOT, capture_output=True
     )
+    if has_presets.returncode == 0:
+        paths.append("config/presets")
+    archive = subprocess.Popen(["git", "archive", rev, *paths], cwd=ROOT, stdout=subprocess.PIPE)
     subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=True)
     if archive.wait() != 0:
         raise SystemExit(f"git archive {rev} failed")
