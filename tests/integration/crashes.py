@@ -40,9 +40,9 @@ from streamconv.config import load_settings
 from streamconv.layers import Output
 from streamconv.model import build_model
 from streamconv.worker.pixels import frame_to_chw
-from tests.conftest import REPO
+from tests.conftest import PRESETS, REPO
 
-RETINA = REPO / "streamconv/presets/retina.toml"
+RETINA = PRESETS / "retina.toml"
 LAYERS = ("opl", "bipolar", "amacrine", "ganglion")
 KINDS = ("random", "after_checkpoint", "during_resend", "double", "blocked")
 FPS, SIZE = 30.0, (64, 48)

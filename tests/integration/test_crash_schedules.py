@@ -30,3 +30,18 @@ def test_a_kill_schedule_loses_nothing_and_stays_exact(
     assert not outcome.problems, f"seed {seed} ({outcome.schedule}):\n" + "\n".join(
         outcome.problems
     )
+
+
+@pytest.mark.timeout(600)
+def test_issue_16_case_1_a_kill_at_an_ordinary_moment(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    """The reported crash: checkpoints every 10 frames, a real-time lossless capture, the
+    worker killed a few seconds in (mid-chunk, well after a checkpoint) and restarted. It
+    restored an older checkpoint than the capture had queued; the capture took a stale
+    answer for the restarted worker's, resent nothing, and 131-168 of 240 outputs were lost."""
+    schedule = Schedule(seed=0, chunk=8, every=10, streams=1, frames=120, realtime=True,
+                        kills=["random", "random"], waits=[0.35, 0.3], slow_s=0.0)  # fmt: skip
+    outcome = run_schedule(schedule, tmp_path, python_env)
+    assert not outcome.problems, "\n".join(outcome.problems)
+    assert outcome.kills == 2
