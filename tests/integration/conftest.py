@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PRESETS, REPO
+from tests.conftest import REPO
+from tests.helpers import DEFAULT
 
 READY_TIMEOUT_S = 60.0
 
@@ -100,7 +101,7 @@ def start_worker(
     workers: list[WorkerProc] = []
 
     def start(
-        config: str | Path = PRESETS / "default.toml",
+        config: str | Path = DEFAULT,
         *flags: str,
         env: dict[str, str] | None = None,
         wait: bool = True,

@@ -3,52 +3,32 @@ exactly; bad checkpoints are refused with a clear line; a full disk is logged an
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from streamconv.capture.sources import synthetic_frame
 from streamconv.client import Subscriber
-from streamconv.config import load_settings
-from streamconv.layers import Output
-from streamconv.model import build_model
 from streamconv.wire import protocol, transport
 from tests.conftest import PRESETS
+from tests.helpers import RETINA, offline, preset_layers, status
 from tests.integration.conftest import WorkerProc, launch
 
 pytestmark = pytest.mark.integration
 
 Start = Callable[..., WorkerProc]
-RETINA = PRESETS / "retina.toml"
-LAYERS = ("opl", "bipolar", "amacrine", "ganglion")
+LAYERS = preset_layers(RETINA)
 W, H = 48, 36
-
-
-def status(worker: WorkerProc) -> dict[str, Any]:
-    with urllib.request.urlopen(worker.http + "/status", timeout=5) as reply:
-        return json.load(reply)
 
 
 def clip(n: int) -> list[np.ndarray]:
     return [synthetic_frame(i, W, H, channels=1) for i in range(n)]
-
-
-def offline(frames: list[np.ndarray], config: Path = RETINA) -> dict[str, np.ndarray]:
-    model = build_model(load_settings(config, environ={}), torch.device("cpu"))
-    chw = [f.astype(np.float32)[None] / 255 for f in frames]
-    with torch.inference_mode():
-        out = model.run(np.stack(chw, axis=1)[None])
-    assert isinstance(out, Output)
-    return {name: out[name][0].transpose(0, 1).numpy() for name in LAYERS}
 
 
 def take(sub: Subscriber, n: int) -> dict[str, list[tuple[dict[str, Any], np.ndarray]]]:

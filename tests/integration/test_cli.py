@@ -20,13 +20,14 @@ import pytest
 
 from streamconv.capture.sources import write_sample_video
 from streamconv.client.subscriber import Subscriber
-from tests.conftest import PRESETS, REPO
+from tests.conftest import REPO
+from tests.helpers import DEFAULT, preset_layers
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
 
-LAYERS = ("smooth", "change", "motion")  # config/default.toml
-DEFAULT_CONFIG = PRESETS / "default.toml"
+LAYERS = preset_layers(DEFAULT)
+
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
@@ -109,7 +110,7 @@ def test_worker_with_a_missing_config_exits_2_naming_it(cli: Cli, tmp_path: Path
 
 def test_worker_with_an_unknown_config_key_exits_2_naming_it(cli: Cli, tmp_path: Path) -> None:
     config = tmp_path / "typo.toml"
-    text = DEFAULT_CONFIG.read_text()
+    text = DEFAULT.read_text()
     config.write_text(text.replace("[worker]\n", "[worker]\nchunk_size = 16\n", 1))
     assert_clean_error(
         cli("worker", "--config", config),
@@ -127,7 +128,7 @@ def test_worker_on_a_port_in_use_exits_3(
         taken.listen()
         port = taken.getsockname()[1]
         result = cli(
-            "worker", "--config", DEFAULT_CONFIG, "--device", "cpu",
+            "worker", "--config", DEFAULT, "--device", "cpu",
             "--input", f"tcp://127.0.0.1:{port}", "--output", free_endpoint(),
         )  # fmt: skip
     assert_clean_error(result, 3, "cannot bind", str(port))
@@ -166,7 +167,7 @@ def test_capture_into_a_worker_and_subscribe_with_previews(
 ) -> None:
     frames = 30
     clip = write_sample_video(tmp_path / "clip.mp4", frames=frames, size=(64, 48), fps=25.0)
-    worker = start_worker(DEFAULT_CONFIG)
+    worker = start_worker(DEFAULT)
     with Subscriber(worker.output) as probe:
         probe.wait_ready(worker.input)  # the worker answers through PUB/SUB
 

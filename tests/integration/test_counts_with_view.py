@@ -6,31 +6,20 @@ blank: /status showed it `active` with session "" and zero counts, a per-stream 
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from streamconv.capture.sources import synthetic_frame
 from streamconv.client import Sender
+from tests.helpers import get, status, until
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
 
 Start = Callable[..., WorkerProc]
 FRAMES = 50
-
-
-def get(worker: WorkerProc, path: str) -> str:
-    with urllib.request.urlopen(worker.http + path, timeout=5) as reply:
-        return reply.read().decode()
-
-
-def status(worker: WorkerProc) -> dict[str, Any]:
-    return json.loads(get(worker, "/status"))
 
 
 def metrics(worker: WorkerProc) -> dict[str, float]:
@@ -41,13 +30,6 @@ def metrics(worker: WorkerProc) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
     return out
-
-
-def until(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_an_ended_stream_keeps_its_counts_while_a_view_is_open(

@@ -4,80 +4,28 @@ dropping the replays a subscriber already has) and equal to the offline pipeline
 
 from __future__ import annotations
 
-import json
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
-import torch
 
-from streamconv.capture.sources import open_source, synthetic_frame
 from streamconv.client import Subscriber
-from streamconv.config import load_settings
-from streamconv.layers import Output
-from streamconv.model import build_model
-from streamconv.worker.pixels import frame_to_chw
-from tests.conftest import PRESETS, REPO
+from tests.conftest import REPO
+from tests.helpers import RETINA, offline, preset_layers, read_video, status, two_ports, write_video
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
 
-RETINA = PRESETS / "retina.toml"
-LAYERS = ("opl", "bipolar", "amacrine", "ganglion")
+LAYERS = preset_layers(RETINA)
 FRAMES, FPS = 360, 30.0
-
-
-def write_video(path: Path) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (64, 48))
-    for i in range(FRAMES):
-        writer.write(synthetic_frame(i, 64, 48))
-    writer.release()
-    return path
-
-
-def offline(video: Path) -> dict[str, np.ndarray]:
-    """The decoded file through the pipeline in one pass, as the capture and worker see it."""
-    source = open_source(str(video))
-    frames = [frame_to_chw(f, "gray", 1) for f in source]
-    source.close()
-    model = build_model(load_settings(RETINA, environ={}), torch.device("cpu"))
-    with torch.inference_mode():
-        out = model.run(np.stack(frames, axis=1)[None])
-    assert isinstance(out, Output)
-    return {name: out[name][0].transpose(0, 1).numpy() for name in LAYERS}
-
-
-def two_ports() -> tuple[int, int]:
-    """Free consecutive ports (the capture finds the output at its input port + 1), below the
-    ephemeral range: a client reconnecting to a dead port from an ephemeral port can connect
-    to itself on loopback, and that port is then taken."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port, port + 1
-    pytest.skip("no two consecutive free ports")
-
-
-def status(worker: WorkerProc) -> dict[str, Any]:
-    with urllib.request.urlopen(worker.http + "/status", timeout=5) as reply:
-        return json.load(reply)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -85,8 +33,8 @@ def test_sigkill_at_random_points_loses_nothing_and_stays_exact(
     start_worker: Callable[..., WorkerProc], python_env: dict[str, str], tmp_path: Path,
     seed: int,
 ) -> None:  # fmt: skip
-    video = write_video(tmp_path / "clip.mp4")
-    expected = offline(video)
+    video = write_video(tmp_path / "clip.mp4", FRAMES, fps=FPS)
+    expected = offline(read_video(video))
     inp, out = two_ports()
     flags = ("--input", f"tcp://127.0.0.1:{inp}", "--output", f"tcp://127.0.0.1:{out}",
              "--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-every", "16")  # fmt: skip

@@ -3,44 +3,23 @@ the stream's state goes on across the gaps (no reset); a lossless burst loses no
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from streamconv.capture.sources import synthetic_frame
 from streamconv.client import Subscriber
-from streamconv.config import load_settings
-from streamconv.layers import Output
-from streamconv.model import build_model
 from streamconv.wire import protocol, transport
-from tests.conftest import PRESETS
+from tests.helpers import RETINA, offline, preset_layers, status
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
 
-RETINA = PRESETS / "retina.toml"
-LAYERS = ("opl", "bipolar", "amacrine", "ganglion")
+LAYERS = preset_layers(RETINA)
 N, W, H = 60, 320, 240
-
-
-def status(worker: WorkerProc) -> dict[str, Any]:
-    with urllib.request.urlopen(worker.http + "/status", timeout=5) as reply:
-        return json.load(reply)
-
-
-def offline(frames: list[np.ndarray]) -> dict[str, np.ndarray]:
-    model = build_model(load_settings(RETINA, environ={}), torch.device("cpu"))
-    chw = [f.astype(np.float32)[None] / 255 for f in frames]
-    with torch.inference_mode():
-        out = model.run(np.stack(chw, axis=1)[None])
-    assert isinstance(out, Output)
-    return {name: out[name][0].transpose(0, 1).numpy() for name in LAYERS}
 
 
 @pytest.mark.parametrize("live", [True, False], ids=["live", "lossless"])

@@ -15,21 +15,17 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from streamconv.capture.sources import write_sample_video
 from streamconv.client.subscriber import Subscriber, collect
-from streamconv.config import load_settings
-from streamconv.layers import Output
-from streamconv.model import build_model
 from streamconv.wire import protocol, transport
-from streamconv.worker.engine import frame_to_chw
-from tests.conftest import PRESETS, REPO
+from tests.conftest import REPO
+from tests.helpers import RETINA, offline, preset_layers
 from tests.unit.reference import rel_err
 
 pytestmark = pytest.mark.integration
-RETINA = PRESETS / "retina.toml"
-LAYERS = ["opl", "bipolar", "amacrine", "ganglion"]
+
+LAYERS = preset_layers(RETINA)
 
 
 def decode(path: Path) -> list[np.ndarray]:
@@ -42,16 +38,6 @@ def decode(path: Path) -> list[np.ndarray]:
         frames.append(frame)
     cap.release()
     return frames
-
-
-def offline(frames: list[np.ndarray], config: Path = RETINA) -> dict[str, np.ndarray]:
-    """Every layer's output over the whole clip in one pass: (T, C, H, W) per layer."""
-    model = build_model(load_settings(config), torch.device("cpu"))
-    x = np.stack([frame_to_chw(f, "gray") for f in frames], axis=1)[None]
-    with torch.inference_mode():
-        out = model.run(x)
-    assert isinstance(out, Output)
-    return {name: out[name][0].transpose(0, 1).numpy() for name in out.keys()}
 
 
 def capture(env: dict[str, str], source: Path | str, endpoint: str, stream: str, *extra: str):

@@ -18,13 +18,13 @@ from streamconv.capture.role import Capture
 from streamconv.client import Subscriber
 from streamconv.config import ProxySettings
 from streamconv.proxy import Proxy
+from tests.helpers import DEFAULT, preset_layers, two_ports
 from tests.integration.conftest import WorkerProc, launch
-from tests.integration.test_crash import two_ports
 
 pytestmark = pytest.mark.integration
 
 FRAMES = 6
-LAYERS = 3  # the default preset's published layers
+LAYERS = len(preset_layers(DEFAULT))  # every layer of the default preset is published
 
 
 def send(worker: WorkerProc, stream: str, wait_subscriber: bool = True) -> None:

@@ -18,8 +18,9 @@ import pytest
 from streamconv.client import Subscriber
 from streamconv.errors import AuthError
 from tests.conftest import REPO
+from tests.helpers import DEFAULT, status
 from tests.integration.conftest import WorkerProc
-from tests.integration.test_security import DEFAULT, Keys, status
+from tests.integration.test_security import Keys
 
 pytestmark = pytest.mark.integration
 

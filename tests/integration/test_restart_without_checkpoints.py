@@ -9,56 +9,32 @@ session again from seq 0 and nothing is lost."""
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytest
 
-from streamconv.capture.sources import synthetic_frame
-from tests.conftest import PRESETS, REPO
+from tests.conftest import REPO
+from tests.helpers import DEFAULT, get, preset_layers, status, until, write_video
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
 
-DEFAULT = PRESETS / "default.toml"
-LAYERS = ("smooth", "change", "motion")
+LAYERS = preset_layers(DEFAULT)
 FRAMES, FPS = 300, 30.0
+WAIT_S = 60  # a restart on a busy machine
 LOST = re.compile(r"lost: clip/(\w+) session \w+: received (\d+) of (\d+), missed (\d+) .*")
 
 
-def write_video(path: Path) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (64, 48))
-    for i in range(FRAMES):
-        writer.write(synthetic_frame(i, 64, 48))
-    writer.release()
-    return path
-
-
-def get(worker: WorkerProc, path: str) -> str:
-    with urllib.request.urlopen(worker.http + path, timeout=5) as reply:
-        return reply.read().decode()
-
-
 def clip(worker: WorkerProc) -> dict[str, Any]:
-    return json.loads(get(worker, "/status"))["streams"].get("clip", {})
-
-
-def until(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    return status(worker)["streams"].get("clip", {})
 
 
 def endpoints(resume: bool) -> tuple[str, str]:
@@ -86,7 +62,7 @@ def test_a_restart_without_checkpoints_is_marked_or_resumed(
     tmp_path: Path,
     resume: bool,
 ) -> None:
-    video = write_video(tmp_path / "clip.mp4")
+    video = write_video(tmp_path / "clip.mp4", FRAMES, fps=FPS)
     inp, out = endpoints(resume)
     flags = ("--input", inp, "--output", out)
     worker = start_worker(DEFAULT, *flags)
@@ -97,15 +73,15 @@ def test_a_restart_without_checkpoints_is_marked_or_resumed(
     )  # fmt: skip
     capture: subprocess.Popen[str] | None = None
     try:
-        until(lambda: "clip/" in json.loads(get(worker, "/status"))["subscriptions"],
-              "the subscriber's subscription")  # fmt: skip
+        until(lambda: "clip/" in status(worker)["subscriptions"],
+              "the subscriber's subscription", WAIT_S)  # fmt: skip
         capture = subprocess.Popen(
             [sys.executable, "-m", "streamconv", "capture", str(video), "--stream", "clip",
              "--mode", "lossless", "--realtime", "--connect", inp],
             cwd=REPO, env=python_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
-        until(lambda: clip(worker).get("frames_processed", 0) >= 60, "60 frames processed")
+        until(lambda: clip(worker).get("frames_processed", 0) >= 60, "60 frames processed", WAIT_S)
         assert worker.stop(signal.SIGTERM) == 0
         worker = start_worker(DEFAULT, *flags)
         _, capture_log = capture.communicate(timeout=120)
@@ -116,7 +92,7 @@ def test_a_restart_without_checkpoints_is_marked_or_resumed(
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.communicate(timeout=10)
-    until(lambda: clip(worker).get("state") == "eos", "the stream's end at the new worker")
+    until(lambda: clip(worker).get("state") == "eos", "the stream's end at the new worker", WAIT_S)
     st = clip(worker)
     metrics = get(worker, "/metrics")
     lost = {m[1]: tuple(map(int, m.groups()[1:])) for m in LOST.finditer(stdout)}

@@ -16,8 +16,8 @@ import pytest
 
 from streamconv import health
 from streamconv.config import CaptureSettings, ProxySettings
+from tests.helpers import two_ports
 from tests.integration.conftest import WorkerProc, launch
-from tests.integration.test_crash import two_ports
 
 pytestmark = pytest.mark.integration
 

@@ -3,13 +3,11 @@ per-key quota, the memory limits, and the refusal to expose plaintext sockets.""
 
 from __future__ import annotations
 
-import json
 import logging
 import stat
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,14 +20,15 @@ from streamconv.client import Sender, Subscriber
 from streamconv.errors import AuthError, ConfigError
 from streamconv.wire import protocol, transport
 from streamconv.wire.curve import generate, load_public, load_secret
-from tests.conftest import PRESETS, REPO
+from tests.conftest import REPO
+from tests.helpers import DEFAULT, offline, preset_layers, status
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
 
+LAYERS = preset_layers(DEFAULT)
+
 Start = Callable[..., WorkerProc]
-LAYERS = ("smooth", "change", "motion")  # the default preset
-DEFAULT = PRESETS / "default.toml"
 
 
 class Keys:
@@ -73,11 +72,6 @@ def keys(tmp_path: Path) -> Keys:
     return Keys(tmp_path / "keys")
 
 
-def status(worker: WorkerProc) -> dict[str, Any]:
-    with urllib.request.urlopen(worker.http + "/status", timeout=5) as reply:
-        return json.load(reply)
-
-
 def wait_drops(worker: WorkerProc, reason: str, n: int, timeout_s: float = 15) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while (st := status(worker))["drops"].get(reason, 0) < n:
@@ -101,21 +95,6 @@ def collect(
     return out
 
 
-def offline(clip: list[np.ndarray]) -> dict[str, np.ndarray]:
-    import torch
-
-    from streamconv.config import load_settings
-    from streamconv.layers import Output
-    from streamconv.model import build_model
-
-    model = build_model(load_settings(DEFAULT, environ={}), torch.device("cpu"))
-    chw = [f.astype(np.float32)[None] / 255 for f in clip]
-    with torch.inference_mode():
-        out = model.run(np.stack(chw, axis=1)[None])
-    assert isinstance(out, Output)
-    return {name: out[name][0].transpose(0, 1).numpy() for name in LAYERS}
-
-
 def test_authorized_clients_are_exact_and_unknown_keys_get_nothing(
     start_worker: Start, keys: Keys
 ) -> None:
@@ -126,14 +105,14 @@ def test_authorized_clients_are_exact_and_unknown_keys_get_nothing(
         Subscriber(worker.output, stream="cam", timeout_s=20, **keys.client("reader")) as sub,
         Subscriber(worker.output, timeout_s=5, **keys.client("mallory")) as spy,
     ):
-        with Sender(worker.input, "cam", wait_s=10, **keys.client("alice")) as sender:
+        with Sender({"endpoint": worker.input, **keys.client("alice")}, "cam", wait_s=10) as sender:
             assert sender.wait_subscriber(worker.output)  # the reader's subscription is in
             for f in clip:
                 assert sender.send(f)
         got = collect(sub)
         with pytest.raises(AuthError, match="not in the worker's curve_clients"):
             spy.poll(5.0)  # refused: a clear error, not a silent timeout
-    expected = offline(clip)
+    expected = offline(clip, DEFAULT)
     for name in LAYERS:
         assert [h["seq"] for h, _ in got[name]] == list(range(len(clip)))
         np.testing.assert_allclose(np.stack([a for _, a in got[name]]), expected[name],
@@ -152,7 +131,9 @@ def test_unknown_sender_and_wrong_server_key_fail_fast_and_clearly(
     ]  # a reader cannot send
     for client, server, why in cases:
         with (
-            Sender(worker.input, "x", wait_s=10, **keys.client(client, server)) as sender,
+            Sender(
+                {"endpoint": worker.input, **keys.client(client, server)}, "x", wait_s=10
+            ) as sender,
             pytest.raises(AuthError, match=why),
         ):
             sender.wait_worker()
@@ -196,7 +177,7 @@ def test_another_key_cannot_reset_feed_or_end_an_owned_stream(
         for h, a in sub:
             if a is not None:
                 got[h["layer"]].append((h, a))
-    expected = offline(clip)
+    expected = offline(clip, DEFAULT)
     for name in LAYERS:
         heads = [h for h, _ in got[name]]
         assert [h["seq"] for h in heads] == list(range(20)), name
@@ -228,7 +209,9 @@ def test_the_quota_holds_against_a_squatter(
     wait_drops(worker, "quota", 6)
     clip = frames(8)
     with Subscriber(worker.output, stream="legit", timeout_s=20, **keys.client("reader")) as sub:
-        with Sender(worker.input, "legit", wait_s=10, **keys.client("alice")) as sender:
+        with Sender(
+            {"endpoint": worker.input, **keys.client("alice")}, "legit", wait_s=10
+        ) as sender:
             assert sender.wait_subscriber(worker.output)
             for f in clip:
                 assert sender.send(f)
@@ -348,7 +331,7 @@ def test_subscribe_and_view_take_client_keys(
     )  # fmt: skip
     try:
         page.until(lambda: page.state.get("worker") == "connected", what="the view let in")
-        with Sender(worker.input, "cam", wait_s=10, **keys.client("alice")) as sender:
+        with Sender({"endpoint": worker.input, **keys.client("alice")}, "cam", wait_s=10) as sender:
             deadline = time.monotonic() + 20
             while status(worker)["subscriptions"].get("cam/", 0) < 1:  # subscribe is in
                 assert time.monotonic() < deadline, status(worker)["subscriptions"]
@@ -391,14 +374,16 @@ def test_the_proxy_is_a_curve_client_of_the_workers_and_a_server_to_its_readers(
             Subscriber(listen, timeout_s=5, curve_secret=keys.root / "all/mallory.key_secret",
                        curve_server=keys.root / "all/carol.key") as spy,
         ):  # fmt: skip
-            with Sender(worker.input, "cam", wait_s=10, **keys.client("alice")) as sender:
+            with Sender(
+                {"endpoint": worker.input, **keys.client("alice")}, "cam", wait_s=10
+            ) as sender:
                 assert sender.wait_subscriber(worker.output)  # through the proxy
                 for f in clip:
                     assert sender.send(f)
             got = collect(sub)
             with pytest.raises(AuthError):
                 spy.poll(5.0)
-        expected = offline(clip)
+        expected = offline(clip, DEFAULT)
         for name in LAYERS:
             assert [h["seq"] for h, _ in got[name]] == list(range(len(clip)))
             np.testing.assert_allclose(np.stack([a for _, a in got[name]]), expected[name],

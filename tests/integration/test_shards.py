@@ -7,44 +7,28 @@ the other shards' streams never pause."""
 from __future__ import annotations
 
 import itertools
-import json
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 
-from streamconv.capture.sources import synthetic_frame
 from streamconv.client import Subscriber
 from streamconv.wire.shards import owner
 from tests.conftest import REPO
+from tests.helpers import RETINA, offline, preset_layers, read_video, status, two_ports, write_video
 from tests.integration.conftest import WorkerProc, launch
-from tests.integration.test_crash import LAYERS, RETINA, offline, two_ports
 
 pytestmark = pytest.mark.integration
 
+LAYERS = preset_layers(RETINA)
 STREAMS = [f"cam{i}" for i in range(6)]
-
-
-def write_video(path: Path, offset: int, frames: int) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (64, 48))
-    for i in range(frames):
-        writer.write(synthetic_frame(i + offset, 64, 48))
-    writer.release()
-    return path
-
-
-def status(worker: WorkerProc) -> dict[str, Any]:
-    with urllib.request.urlopen(worker.http + "/status", timeout=5) as reply:
-        return json.load(reply)
 
 
 class Collector:
@@ -81,7 +65,7 @@ class Collector:
         assert not self.thread.is_alive(), f"ended: {sorted(self.ended)}"
         assert not self.errors, self.errors
         for stream, video in videos.items():
-            expected = offline(video)
+            expected = offline(read_video(video))
             for layer in LAYERS:
                 seqs = sorted(self.got[(stream, layer)])
                 assert seqs == list(range(frames)), (stream, layer)
@@ -137,7 +121,9 @@ def test_streams_land_on_their_owner_and_come_back_exact_through_the_proxy(
     start_worker: Callable[..., WorkerProc], python_env: dict[str, str], tmp_path: Path
 ) -> None:
     frames = 40
-    videos = {s: write_video(tmp_path / f"{s}.mp4", 11 * i, frames) for i, s in enumerate(STREAMS)}
+    videos = {
+        s: write_video(tmp_path / f"{s}.mp4", frames, offset=11 * i) for i, s in enumerate(STREAMS)
+    }
     workers, ports = start_shards(start_worker, 3)
     inputs = [f"tcp://127.0.0.1:{p}" for p in ports]
     listen = f"tcp://127.0.0.1:{two_ports()[0]}"
@@ -166,7 +152,9 @@ def test_a_shard_killed_and_restarted_resumes_its_streams_while_the_others_go_on
     start_worker: Callable[..., WorkerProc], python_env: dict[str, str], tmp_path: Path
 ) -> None:
     frames = 150  # 5 s at 30 frames/s
-    videos = {s: write_video(tmp_path / f"{s}.mp4", 7 * i, frames) for i, s in enumerate(STREAMS)}
+    videos = {
+        s: write_video(tmp_path / f"{s}.mp4", frames, offset=7 * i) for i, s in enumerate(STREAMS)
+    }
     ports = [two_ports()[0] for _ in range(3)]
     inputs = [f"tcp://127.0.0.1:{p}" for p in ports]
     victim = owner(STREAMS[0], inputs)
@@ -212,8 +200,8 @@ def test_a_capture_on_dns_shards_reroutes_when_its_owner_never_answers(
 ) -> None:
     """A `dns://` shard list that changes while the first owner stays silent: the capture
     resolves again after REROUTE_S and sends the whole stream to the new owner."""
-    from streamconv.capture import role as capture_role
     from streamconv.capture.role import Capture
+    from streamconv.client import routing
 
     worker = start_worker()
     dead = f"tcp://127.0.0.1:{two_ports()[0]}"  # nobody listens there
@@ -228,8 +216,8 @@ def test_a_capture_on_dns_shards_reroutes_when_its_owner_never_answers(
         calls.append(next(answers, [dead, worker.input]))
         return calls[-1]
 
-    monkeypatch.setattr(capture_role, "resolve", fake_resolve)
-    monkeypatch.setattr(capture_role, "REROUTE_S", 0.5)
+    monkeypatch.setattr(routing, "resolve", fake_resolve)
+    monkeypatch.setattr(routing, "REROUTE_S", 0.5)
     capture = Capture("synthetic:32x24:10", stream=stream, shards=["dns://streamconv-worker:5555"],
                       wait_s=30, resume=False)  # fmt: skip
     assert capture.endpoint == dead
@@ -250,14 +238,14 @@ def test_a_running_stream_moves_to_a_new_shard_and_continues_exactly(
     shards) follows its stream to the new owner when the old one stops, the new owner takes
     the stream over from the checkpoint the old one wrote at shutdown, and the subscriber
     sees every frame once, exact, with no discontinuity after the first."""
-    from streamconv.capture import role as capture_role
     from streamconv.capture.role import Capture
+    from streamconv.client import routing
 
     frames = 150
     a, b = two_ports()[0], two_ports()[0]
     a_in, b_in = f"tcp://127.0.0.1:{a}", f"tcp://127.0.0.1:{b}"
     stream = next(f"cam{i}" for i in range(100) if owner(f"cam{i}", [a_in, b_in]) == b_in)
-    video = write_video(tmp_path / "clip.mp4", 3, frames)
+    video = write_video(tmp_path / "clip.mp4", frames, offset=3)
     folder = str(tmp_path / "shared")
     flags = ("--checkpoint-dir", folder, "--checkpoint-every", "8")
 
@@ -273,7 +261,7 @@ def test_a_running_stream_moves_to_a_new_shard_and_continues_exactly(
 
     old = shard(a, [a_in])
     dns = [[a_in]]  # what the service name resolves to, now
-    monkeypatch.setattr(capture_role, "resolve", lambda shards: list(dns[-1]))
+    monkeypatch.setattr(routing, "resolve", lambda shards: list(dns[-1]))
     sub = Subscriber([f"tcp://127.0.0.1:{a + 1}", f"tcp://127.0.0.1:{b + 1}"], hwm=100_000,
                      timeout_s=90)  # fmt: skip
     collector = Collector(sub, [stream])

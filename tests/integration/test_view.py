@@ -21,19 +21,16 @@ from streamconv.capture.sources import synthetic_frame
 from streamconv.wire import protocol, transport
 from streamconv.wire.curve import generate
 from streamconv.worker.previews import INPUT
-from tests.conftest import PRESETS, REPO
+from tests.conftest import REPO
+from tests.helpers import DEFAULT, preset_layers, status
 from tests.integration.conftest import WorkerProc
 from tests.integration.pages import PageClient, rss_mb, stalled_page
 
 pytestmark = pytest.mark.integration
 
+LAYERS = preset_layers(DEFAULT)
+
 Start = Callable[..., WorkerProc]
-LAYERS = ("smooth", "change", "motion")  # the default preset
-
-
-def status(view: WorkerProc) -> dict:
-    with urllib.request.urlopen(view.http + "/status", timeout=5) as reply:
-        return json.load(reply)
 
 
 def send(push: transport.Socket, stream: str, session: str, seqs: range, w: int, h: int) -> None:
@@ -140,7 +137,7 @@ def test_view_before_its_worker_and_after_it_goes_away(
     view = start_view(output)  # no worker yet
     page = PageClient(view.http)
     page.until(lambda: page.state.get("worker") == "disconnected", what="disconnected")
-    worker = start_worker(PRESETS / "default.toml", "--output", output)
+    worker = start_worker(DEFAULT, "--output", output)
     page.until(lambda: page.state.get("worker") == "connected", what="connected", timeout_s=30)
     push = transport.push_socket(zmq_ctx, worker.input, linger_ms=0)
     send(push, "cam", protocol.new_session(), range(10), 32, 24)
@@ -148,7 +145,7 @@ def test_view_before_its_worker_and_after_it_goes_away(
     assert worker.stop() == 0
     page.until(lambda: page.state.get("worker") == "disconnected", what="the worker gone")
     page.until(lambda: (page.stream("cam") or {}).get("status") == "stale", what="stale")
-    worker = start_worker(PRESETS / "default.toml", "--output", output)
+    worker = start_worker(DEFAULT, "--output", output)
     page.until(lambda: page.state.get("worker") == "connected", what="back", timeout_s=30)
     push = transport.push_socket(zmq_ctx, worker.input, linger_ms=0)
     again = protocol.new_session()
@@ -271,7 +268,7 @@ def test_run_view_starts_the_capture_once_a_page_is_open(
 def test_uint8_outputs_are_shown_too(
     start_worker: Start, start_view: Start, zmq_ctx: transport.Context
 ) -> None:
-    worker = start_worker(PRESETS / "default.toml",
+    worker = start_worker(DEFAULT,
                           env={"STREAMCONV_WORKER__OUTPUT_DTYPE": "uint8"})  # fmt: skip
     view = start_view(worker.output)
     page = PageClient(view.http)

@@ -21,11 +21,12 @@ from streamconv.capture.sources import synthetic_frame
 from streamconv.wire import protocol, transport
 from streamconv.wire.curve import generate
 from streamconv.worker.previews import INPUT
+from tests.helpers import DEFAULT, preset_layers
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
 
-LAYERS = ("smooth", "change", "motion")  # the default preset
+LAYERS = preset_layers(DEFAULT)
 
 
 def chromium() -> str:

@@ -11,7 +11,6 @@ import json
 import re
 import signal
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -19,18 +18,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from streamconv.capture.sources import synthetic_frame
 from streamconv.client.subscriber import Subscriber
-from streamconv.config import load_settings
 from streamconv.errors import Drop
-from streamconv.layers import Output
-from streamconv.model import build_model, input_channels
 from streamconv.wire import protocol, transport
 from streamconv.wire.curve import generate
 from streamconv.worker.stats import BURST
 from tests.conftest import PRESETS
+from tests.helpers import offline, status
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
@@ -142,13 +138,6 @@ BAD_INPUT: list[tuple[str, list[bytes], Drop, str]] = [
 ]
 
 
-def status(worker: WorkerProc) -> dict[str, Any]:
-    """The worker's /status, scraped from its real HTTP endpoint."""
-    with urllib.request.urlopen(worker.http + "/status", timeout=5) as reply:
-        result: dict[str, Any] = json.load(reply)
-    return result
-
-
 def wait_drops(worker: WorkerProc, n: int, timeout_s: float = 10.0) -> dict[str, Any]:
     """/status once it counts `n` drops in all; fails the test after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -215,18 +204,6 @@ def collect(
         else:
             out[key].append((head, array))
     return out
-
-
-def offline(config: Path, frames: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """The whole clip through the pipeline in one pass: layer -> (T, C, H, W)."""
-    settings = load_settings(config, environ={})
-    assert (settings.worker.color, input_channels(settings.worker)) == ("as-is", 1)
-    model = build_model(settings, torch.device("cpu"))
-    chw = [protocol.to_float(f).reshape(1, *f.shape[:2]) for f in frames]  # as-is, 1 channel
-    with torch.inference_mode():
-        out = model.run(np.stack(chw, axis=1)[None])
-    assert isinstance(out, Output)
-    return {name: out[name][0].transpose(0, 1).numpy() for name in LAYERS}
 
 
 def assert_matches_offline(
@@ -321,8 +298,8 @@ def test_bad_input_is_dropped_counted_and_valid_streams_still_match_offline(
         transport.send(push_other, protocol.encode_eos("other", s_other, len(other)))
         outputs = collect(sub, ["good", "other"])
 
-    assert_matches_offline(outputs, "good", s_good, offline(config, good))
-    assert_matches_offline(outputs, "other", s_other, offline(config, other))
+    assert_matches_offline(outputs, "good", s_good, offline(good, config, color="as-is"))
+    assert_matches_offline(outputs, "other", s_other, offline(other, config, color="as-is"))
     seen[Drop.BAD_SHAPE] += 1
     seen[Drop.BAD_PAYLOAD] += 1
     st = wait_drops(worker, sum(seen.values()))

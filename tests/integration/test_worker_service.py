@@ -23,12 +23,14 @@ from streamconv.capture.sources import synthetic_frame
 from streamconv.client.subscriber import Subscriber
 from streamconv.wire import protocol, transport
 from tests.conftest import REPO
+from tests.helpers import DEFAULT, preset_layers
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
 
+LAYERS = preset_layers(DEFAULT)
+
 StartWorker = Callable[..., WorkerProc]
-LAYERS = ("smooth", "change", "motion")  # the default preset
 
 
 def get(worker: WorkerProc, path: str) -> tuple[int, str]:

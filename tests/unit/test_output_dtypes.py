@@ -15,13 +15,13 @@ from streamconv.worker.engine import ChunkResult, Engine
 from streamconv.worker.outputs import _quantize_cpu, quantize_torch
 from streamconv.worker.publisher import Publisher
 from streamconv.worker.stats import Stats
-from tests.conftest import PRESETS
+from tests.helpers import RETINA, preset_layers
 
 FRAMES = np.random.default_rng(1).integers(0, 255, (10, 24, 32, 3), dtype=np.uint8)
 
 
 def run(output_dtype: str) -> list[ChunkResult]:
-    model = build_model(load_settings(PRESETS / "retina.toml"), torch.device("cpu"))
+    model = build_model(load_settings(RETINA), torch.device("cpu"))
     eng = Engine.build(
         model, device=torch.device("cpu"), dtype=torch.float32, chunk=4, output_dtype=output_dtype
     )
@@ -69,7 +69,7 @@ class _Capture:
 def test_published_messages_decode_to_the_engine_output(output_dtype: str) -> None:
     exact = run("float32")
     sock = _Capture()
-    layers = ["opl", "bipolar", "amacrine", "ganglion"]
+    layers = list(preset_layers(RETINA))
     stats = Stats()
     Publisher(sock, layers, output_dtype, stats).publish(run(output_dtype))  # type: ignore[arg-type]
     assert stats.counts["published"] == 4 * len(FRAMES)
