@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 import time
 import urllib.request
@@ -110,3 +111,11 @@ def offline(
         out = model.run(np.stack(chw, axis=1)[None])
     assert isinstance(out, Output)
     return {name: out[name][0].transpose(0, 1).numpy() for name in out.keys()}
+
+
+def table_counts(stdout: str) -> dict[str, int]:
+    """frames per 'stream/layer' row of the last table `subscribe` or `run` printed."""
+    last = stdout.rsplit("stream/layer", 1)
+    assert len(last) == 2, f"no table in:\n{stdout}"
+    rows = re.findall(r"^(\S+/\S+)\s+(\d+)\s", last[1], flags=re.MULTILINE)
+    return {name: int(frames) for name, frames in rows}

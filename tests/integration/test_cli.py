@@ -21,7 +21,7 @@ import pytest
 from streamconv.capture.sources import write_sample_video
 from streamconv.client.subscriber import Subscriber
 from tests.conftest import REPO
-from tests.helpers import DEFAULT, preset_layers
+from tests.helpers import DEFAULT, preset_layers, table_counts
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
@@ -50,14 +50,6 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *nam
     assert "Traceback" not in result.stderr, result.stderr
     for name in names:
         assert name in result.stderr, result.stderr
-
-
-def table_counts(stdout: str) -> dict[str, int]:
-    """frames per 'stream/layer' row of the last table `subscribe` or `run` printed."""
-    last = stdout.rsplit("stream/layer", 1)
-    assert len(last) == 2, f"no table in:\n{stdout}"
-    rows = re.findall(r"^(\S+/\S+)\s+(\d+)\s", last[1], flags=re.MULTILINE)
-    return {name: int(frames) for name, frames in rows}
 
 
 def assert_readable_video(path: Path, frames: int) -> None:

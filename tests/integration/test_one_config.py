@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers import table_counts
 from tests.integration.conftest import READY_TIMEOUT_S, launch
-from tests.integration.test_cli import table_counts
 
 pytestmark = pytest.mark.integration
 FRAMES = 12

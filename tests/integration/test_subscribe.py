@@ -6,7 +6,6 @@ itself at the end of a `--stream`, count `--count` per layer, and write only saf
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import subprocess
@@ -22,6 +21,7 @@ import pytest
 
 from streamconv.wire import transport
 from tests.conftest import REPO
+from tests.helpers import table_counts
 from tests.integration.outputs import FakeWorker, wait_tcp_connected
 
 pytestmark = pytest.mark.integration
@@ -106,14 +106,6 @@ def subscribe(python_env: dict[str, str]) -> Iterator[Callable[..., SubscribePro
 @pytest.fixture
 def worker(zmq_ctx: transport.Context) -> FakeWorker:
     return FakeWorker(zmq_ctx)
-
-
-def table_counts(stdout: str) -> dict[str, int]:
-    """frames per 'stream/layer' row of the last table printed."""
-    last = stdout.rsplit("stream/layer", 1)
-    assert len(last) == 2, f"no table in:\n{stdout}"
-    rows = re.findall(r"^(\S+/\S+)\s+(\d+)\s", last[1], flags=re.MULTILINE)
-    return {name: int(frames) for name, frames in rows}
 
 
 def assert_clean_exit(proc: SubscribeProc, code: int) -> None:
