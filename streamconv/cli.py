@@ -295,7 +295,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "capture":
         from streamconv.capture.role import Capture
 
-        Capture.from_settings(settings.capture, progress=True).run()
+        Capture(settings.capture, progress=True).run()
         return 0
     if args.command == "subscribe":
         from streamconv.client.subscribe import subscribe

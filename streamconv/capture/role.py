@@ -28,28 +28,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from streamconv import health
 from streamconv.capture import http as capture_http
-from streamconv.capture.sources import Size, Source, open_source
-from streamconv.client.sender import (
-    DEFAULT_ENDPOINT,
-    DEFAULT_LINGER_MS,
-    DEFAULT_OUTPUT,
-    DEFAULT_QUEUE,
-    Sender,
-)
+from streamconv.capture.sources import Source, open_source
+from streamconv.client import routing
+from streamconv.client.routing import Router
+from streamconv.client.sender import DEFAULT_OUTPUT, Sender, endpoint_error
 from streamconv.config import CaptureSettings
 from streamconv.config.roles import derive_output
-from streamconv.errors import AuthError, ConfigError, ProtocolError, RefusedError, StartupError
+from streamconv.errors import AuthError, ConfigError, RefusedError, StartupError
 from streamconv.httpserver import HttpServer
 from streamconv.signals import on_stop
 from streamconv.wire import protocol
-from streamconv.wire.shards import owner, parse_shards, resolve
 
 log = logging.getLogger(__name__)
 
-MODES = ("lossless", "live", "auto")
-REROUTE_S = 10.0  # with dns:// shards: resolve again after a worker this long silent
 GLOB_CHARS = "*?["
 
 
@@ -127,113 +122,84 @@ class _Progress:
 
 
 class Capture:
-    """Push the frames of `source` (a spec for open_source, or a Source) to `endpoint`.
+    """Push the frames of a source to the worker, as `settings` say; call run() once (it closes
+    a source it opened).
 
-    `resize`, `gray`, `limit` and `loop` apply when `source` is a spec. `realtime` paces sends
-    at the source fps (live sources pace themselves). `queue_size` is the PUSH SNDHWM. `wait_s`
-    bounds the waits for a worker, for its return after a disconnect (lossless), and, with
-    `wait_subscriber`, for a subscriber of the stream on the worker's `output` (0: forever).
-    Shutdown is bounded by `eos_timeout_s` (waiting to queue the eos) plus `linger_ms` (letting
-    queued frames drain). Call run() once: it closes a source it opened.
+    The source is `settings.source` (a spec for open_source; resize, gray, limit and loop apply
+    to it), or a Source object given as `source`. `Capture(spec_or_source, **keywords)` is the
+    shorthand for scripts: the keywords are capture_settings'. `realtime` paces sends at the
+    source fps (live sources pace themselves). `wait_s` bounds the waits for a worker, for its
+    return after a disconnect (lossless), and, with `wait_subscriber`, for a subscriber of the
+    stream on the worker's `output` (0: forever).
     """
 
     def __init__(
         self,
-        source: str | Source,
+        settings: CaptureSettings | str | Source,
+        /,
+        source: Source | None = None,
         *,
-        stream: str | None = None,
-        endpoint: str = DEFAULT_ENDPOINT,
-        mode: str = "auto",
-        resize: Size | None = None,
-        gray: bool = False,
-        limit: int | None = None,
-        loop: bool = False,
-        realtime: bool = False,
-        queue_size: int | None = None,
         progress: bool = False,
-        linger_ms: int | None = None,
-        eos_timeout_s: float = 5.0,
-        wait_s: float = 30.0,
-        output: str | None = None,
-        resume: bool = True,
-        wait_subscriber: bool = False,
-        curve_secret: Path | None = None,
-        curve_server: Path | None = None,
-        shards: list[str] | None = None,
+        **options: Any,
     ) -> None:
-        if mode not in MODES:
-            msg = f"capture mode must be one of {MODES}, got {mode!r}"
-            raise ConfigError(msg)
-        if queue_size is not None and queue_size < 1:
-            msg = f"queue size must be >= 1, got {queue_size}"
-            raise ConfigError(msg)
-        if wait_s < 0:
-            msg = f"wait must be >= 0 seconds (0: forever), got {wait_s}"
-            raise ConfigError(msg)
-        spec_options = resize is not None or gray or limit is not None or loop
-        if not isinstance(source, str) and spec_options:
-            msg = "resize, gray, limit and loop apply to a source spec; set them on the Source"
-            raise ConfigError(msg)
-        default_stream = derive_stream(source) if isinstance(source, str) else "cam0"
-        try:
-            self.stream = protocol.check_name(stream or default_stream, "stream id")
-        except ProtocolError as e:
-            msg = f"{e}: pick another stream id"
-            raise ConfigError(msg) from e
-        self.endpoint = endpoint
-        self.shards = parse_shards(shards or [])
-        if self.shards:  # the stream's owner among the workers (wire/shards.py)
-            try:
-                self._route(resolve(self.shards))
-            except ConfigError:
-                if not any(x.startswith("dns://") for x in self.shards):
-                    raise
-                # A service with no pod yet does not resolve: run() tries again until wait_s.
-                log.warning("capture: shards %s do not resolve yet", ", ".join(self.shards))
-        self.source: Source
-        if isinstance(source, str):  # opened last, so a bad option above leaks nothing
-            self.source = open_source(source, resize=resize, gray=gray, limit=limit, loop=loop)
-        else:
-            self.source = source
-        self._owns_source = isinstance(source, str)
-        self.mode = mode if mode != "auto" else ("live" if self.source.live else "lossless")
-        self.queue_size = queue_size or DEFAULT_QUEUE[self.mode]
-        self.linger_ms = DEFAULT_LINGER_MS[self.mode] if linger_ms is None else linger_ms
-        self.realtime = realtime
+        if not isinstance(settings, CaptureSettings):  # the shorthand
+            spec = settings if isinstance(settings, str) else None
+            source = None if isinstance(settings, str) else settings
+            settings = capture_settings(spec, **options)
+        elif options:
+            msg = f"Capture(settings) takes no keywords of the shorthand, got {sorted(options)}"
+            raise TypeError(msg)
+        s = self.settings = _checked(settings, source)
+        default_stream = derive_stream(s.source) if s.source is not None else "cam0"
+        self.stream = s.stream or default_stream
+        self.router = self._router() if s.shards else None
+        # Opened last, so a bad option above leaks nothing.
+        self._owns_source = source is None
+        self.source = (
+            source
+            if source is not None
+            else open_source(
+                str(s.source), resize=s.resize, gray=s.gray, limit=s.limit, loop=s.loop
+            )
+        )
+        self.mode = s.mode if s.mode != "auto" else ("live" if self.source.live else "lossless")
+        self.queue_size = s.connect.for_mode(self.mode).hwm
         self.progress = progress
-        self.eos_timeout_s = eos_timeout_s
-        self.wait_s = wait_s
+        self.wait_s, self.wait_subscriber, self.http = s.wait_s, s.wait_subscriber, s.http
+        self.realtime = s.realtime
         # The output endpoint by convention (input port + 1) unless given: wait_subscriber and
         # lossless resume listen there.
-        self.output = output or derive_output(self.endpoint) or DEFAULT_OUTPUT
-        derivable = output is not None or derive_output(self.endpoint) is not None
-        self.resume = resume and self.mode == "lossless" and derivable
-        self.wait_subscriber = wait_subscriber
-        self.keys = {"curve_secret": curve_secret, "curve_server": curve_server}
+        derivable = s.output is not None or derive_output(self.endpoint) is not None
+        self.resume = s.resume and self.mode == "lossless" and derivable
         self._stop = threading.Event()
         self.sender: Sender | None = None  # the sender of the current (or last) run
-        self.http = "off"  # HOST:PORT of /healthz, /readyz, /metrics and /status
         self.health = health.Health(watch_loop=False)
 
-    def _route(self, shards: list[str]) -> bool:
-        """Send to the stream's owner among `shards`; True if that changed the endpoint."""
-        target = owner(self.stream, shards)
-        if target == self.endpoint:
-            return False
-        self.endpoint = target
-        self.output = derive_output(target) or DEFAULT_OUTPUT
-        log.info("stream %s -> shard %s (of %d)", self.stream, target, len(shards))
-        return True
-
-    def _reroute(self) -> tuple[str, str] | None:
-        """(input, output) of the stream's owner under the shard list as it resolves now, if
-        that is another worker; None to stay (the Sender asks while its worker is away)."""
+    def _router(self) -> Router:
+        """The stream's owner among the shards (client/routing.py)."""
+        s = self.settings
+        router = Router(self.stream, s.shards, s.connect.endpoint, self._output(s.connect.endpoint))
         try:
-            moved = self._route(resolve(self.shards))
-        except ConfigError as e:  # the name may resolve again later
-            log.warning("capture: %s; trying again", e)
-            return None
-        return (self.endpoint, self.output) if moved else None
+            router.route()
+        except ConfigError:
+            if not router.dns:
+                raise
+            # A service with no pod yet does not resolve: run() tries again until wait_s.
+            log.warning("capture: shards %s do not resolve yet", ", ".join(router.shards))
+        return router
+
+    def _output(self, endpoint: str) -> str:
+        return self.settings.output or derive_output(endpoint) or DEFAULT_OUTPUT
+
+    @property
+    def endpoint(self) -> str:
+        """The worker's input: the stream's shard owner's, or `connect`'s."""
+        return self.settings.connect.endpoint if self.router is None else self.router.endpoint
+
+    @property
+    def output(self) -> str:
+        """The worker's output: the shard owner's, `output`, or the input's port + 1."""
+        return self._output(self.endpoint) if self.router is None else self.router.output
 
     def _sender(self) -> tuple[Sender, bool]:
         """A Sender to the stream's worker, and whether a worker answered (False: stopped).
@@ -241,21 +207,20 @@ class Capture:
         With `dns://` shards, a worker that does not answer within REROUTE_S sends the capture
         to resolve the list again (pods come and go) and to try the owner under it, until
         `wait_s` (0: forever) has passed; then StartupError, as without shards."""
-        dns = any(s.startswith("dns://") for s in self.shards)
+        router = self.router if self.router is not None and self.router.dns else None
         start = time.monotonic()
         while True:
             left = self.wait_s - (time.monotonic() - start) if self.wait_s else 0.0
-            attempt = min(left, REROUTE_S) if self.wait_s else REROUTE_S
+            attempt = min(left, routing.REROUTE_S) if self.wait_s else routing.REROUTE_S
+            socket = self.settings.connect.model_copy(update={"endpoint": self.endpoint})
             sender = self.sender = Sender(
-                self.endpoint, self.stream, self.mode, self.queue_size,
-                attempt if dns else self.wait_s, self.source.fps, stop=self._stop,
-                linger_ms=self.linger_ms, close_timeout_s=self.eos_timeout_s,
+                socket, self.stream, self.mode, attempt if router else self.wait_s,
+                self.source.fps, stop=self._stop, router=router,
                 resume_output=self.output if self.resume else None,
                 resume_wait_subscriber=self.wait_subscriber,
-                reroute=self._reroute if dns else None, **self.keys,
             )  # fmt: skip
             log.info("capture %s -> %s as stream %s (%s mode, queue %d)", self.source,
-                     self.endpoint, self.stream, self.mode, self.queue_size)  # fmt: skip
+                     self.endpoint, self.stream, self.mode, sender.queue)  # fmt: skip
             try:
                 answered = sender.wait_worker()
             except AuthError:
@@ -264,21 +229,16 @@ class Capture:
             except StartupError:
                 sender.close()
                 out_of_time = self.wait_s and time.monotonic() - start >= self.wait_s
-                if not dns or out_of_time:
+                if router is None or out_of_time:
                     raise
-                try:
-                    self._route(resolve(self.shards))
-                except ConfigError as e:  # the name may resolve again later
-                    log.warning("capture: %s; trying again", e)
+                router.try_route()
                 continue
             sender.wait_s = self.wait_s  # for the rest of the run: a lost worker, as usual
             return sender, answered
 
     @classmethod
     def from_settings(cls, s: CaptureSettings, progress: bool = False) -> Capture:
-        capture = cls(**capture_kwargs(s, progress))
-        capture.http = s.http
-        return capture
+        return cls(s, progress=progress)
 
     @property
     def session(self) -> str | None:
@@ -355,31 +315,43 @@ class Capture:
             bar.finish(offered)
 
 
-def capture_kwargs(s: CaptureSettings, progress: bool = False) -> dict[str, Any]:
-    """Capture() keyword arguments from validated settings."""
-    if s.source is None:
+_SOCKET_KEYWORDS = {"endpoint": "endpoint", "queue_size": "hwm", "linger_ms": "linger_ms",
+                    "curve_secret": "curve_secret", "curve_server": "curve_server"}  # fmt: skip
+
+
+def capture_settings(source: str | None = None, **options: Any) -> CaptureSettings:
+    """Settings from the shorthand's keywords (None: the default): CaptureSettings' fields, and
+    for its connect socket endpoint, queue_size, linger_ms, curve_secret and curve_server."""
+    given = {k: v for k, v in options.items() if v is not None}
+    connect = {_SOCKET_KEYWORDS[k]: given.pop(k) for k in list(given) if k in _SOCKET_KEYWORDS}
+    try:
+        return CaptureSettings.model_validate({"source": source, **given, "connect": connect})
+    except ValidationError as e:
+        err = e.errors()[0]
+        if err["loc"][-1] == "endpoint":
+            raise endpoint_error(str(err["input"]), e) from e
+        why = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg'].removeprefix('Value error, ')}"
+                        for x in e.errors())  # fmt: skip
+        raise ConfigError(f"capture settings: {why}") from e
+
+
+def capture_kwargs(s: CaptureSettings) -> dict[str, Any]:
+    """`s` as the shorthand's keywords, `Capture(source, **kwargs)` (capture_settings' inverse)."""
+    c = s.connect
+    return {**s.model_dump(exclude={"connect", "http"}), "endpoint": c.endpoint,
+            "queue_size": c.hwm or None, "curve_secret": c.curve_secret,
+            "curve_server": c.curve_server}  # fmt: skip
+
+
+def _checked(s: CaptureSettings, source: Source | None) -> CaptureSettings:
+    """`s`, if it makes a runnable capture: what the settings alone cannot know."""
+    if s.source is None and source is None:
         msg = "a capture needs a source (capture.source, or the SOURCE argument)"
+        raise ConfigError(msg)
+    if source is not None and (s.resize is not None or s.gray or s.limit is not None or s.loop):
+        msg = "resize, gray, limit and loop apply to a source spec; set them on the Source"
         raise ConfigError(msg)
     if s.shards and "endpoint" in s.connect.model_fields_set:
         msg = "give the worker's endpoint (--connect) or the shards (--shards), not both"
         raise ConfigError(msg)
-    return {
-        "source": s.source,
-        "stream": s.stream,
-        "endpoint": s.connect.endpoint,
-        "mode": s.mode,
-        "resize": s.resize,
-        "gray": s.gray,
-        "limit": s.limit,
-        "loop": s.loop,
-        "realtime": s.realtime,
-        "queue_size": s.connect.hwm or None,
-        "progress": progress,
-        "wait_s": s.wait_s,
-        "output": s.output,
-        "resume": s.resume,
-        "wait_subscriber": s.wait_subscriber,
-        "curve_secret": s.connect.curve_secret,
-        "curve_server": s.connect.curve_server,
-        "shards": s.shards,
-    }
+    return s

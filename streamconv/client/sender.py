@@ -34,16 +34,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from streamconv.client import probe
 from streamconv.client.lossless import Lossless
 from streamconv.client.resend import Resender
+from streamconv.client.routing import DEFAULT_OUTPUT, Router
+from streamconv.config.roles import CaptureSocket
 from streamconv.errors import (
     AuthError,
     ConfigError,
@@ -58,69 +60,83 @@ log = logging.getLogger(__name__)
 
 MODES = ("lossless", "live")
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-DEFAULT_OUTPUT = "tcp://127.0.0.1:5556"
-DEFAULT_QUEUE = {"lossless": 8, "live": 2}
-DEFAULT_LINGER_MS = {"lossless": 5000, "live": 1000}
 POLL_MS = 100  # the longest single wait: a stop request is seen within this
 ANNOUNCE_S = 1.0  # waiting this long for a worker is logged (once)
 STALL_WARN_S = 5.0  # a lossless send blocked this long (worker connected) is logged once
-REROUTE_S = 10.0  # sharded: how often to ask again where the stream goes while its worker is away
 STOP_WAIT_S = 1.0  # once stopped, or with the worker gone: the most time for eos, then linger
+
+SocketLike = str | Mapping[str, Any] | CaptureSocket
 
 
 class WorkerLostError(StreamconvError):
     """The worker went away mid-stream and did not come back within the wait."""
 
 
-def _endpoint_error(endpoint: str, e: Exception) -> ConfigError:
+def endpoint_error(endpoint: str, e: Exception) -> ConfigError:
     why = e if isinstance(e, transport.ZMQError) else "not a tcp://, ipc:// or inproc:// endpoint"
     return ConfigError(f"cannot connect to {endpoint!r}: {why} (write e.g. tcp://HOST:PORT)")
 
 
-class Sender:
-    """Frames to the worker at `endpoint` as stream `stream`; see the module docstring.
+def client_socket(socket: SocketLike, mode: str) -> CaptureSocket:
+    """`socket` as settings with `mode`'s queue and linger where left to it: a plain string is
+    the endpoint, a mapping the fields of CaptureSocket (which validates them)."""
+    if isinstance(socket, CaptureSocket):
+        return socket.for_mode(mode)
+    try:
+        settings = CaptureSocket.model_validate(socket)
+    except ValidationError as e:
+        endpoint = socket if isinstance(socket, str) else socket.get("endpoint", "")
+        if any(err["loc"] == ("endpoint",) for err in e.errors()):
+            raise endpoint_error(str(endpoint), e) from e
+        why = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+        raise ConfigError(f"socket {endpoint!r}: {why}") from e
+    return settings.for_mode(mode)
 
-    `queue` is the number of frames queued before a send waits (lossless) or drops (live):
-    8 lossless, 2 live by default. `fps` is the source's nominal rate, sent with every frame.
-    `linger_ms` bounds how long close() lets queued frames drain (5000 lossless, 1000 live);
-    `close_timeout_s` bounds the wait to queue the eos.
+
+def _check(stream: str, mode: str, wait_s: float, fps: float | None) -> str:
+    """The stream id, once the options are known good (a library user gives them loose)."""
+    if mode not in MODES:
+        msg = f"sender mode must be one of {MODES}, got {mode!r}"
+        raise ConfigError(msg)
+    if wait_s < 0 or (fps is not None and not fps > 0):
+        msg = f"wait_s must be >= 0 (0: forever) and fps > 0, got {wait_s} and {fps}"
+        raise ConfigError(msg)
+    try:
+        return protocol.check_name(stream, "stream id")
+    except ProtocolError as e:
+        msg = f"{e}: pick another stream id"
+        raise ConfigError(msg) from e
+
+
+class Sender:
+    """Frames to the worker at `socket` as stream `stream`; see the module docstring.
+
+    `socket` is a CaptureSocket (endpoint, hwm: frames queued before a send waits (lossless)
+    or drops (live), linger_ms: how long close() lets them drain, CURVE keys), or just its
+    endpoint. `fps` is the source's nominal rate, sent with every frame; `close_timeout_s`
+    bounds the wait to queue the eos. Lossless with `resume_output` (the worker's output):
+    frames a restarted worker lacks are sent again. `router`: sharded, where the stream goes
+    when its worker is away (client/routing.py).
     """
 
     def __init__(
         self,
-        endpoint: str = DEFAULT_ENDPOINT,
+        socket: SocketLike = DEFAULT_ENDPOINT,
         stream: str = "cam0",
         mode: str = "lossless",
-        queue: int | None = None,
         wait_s: float = 30.0,
         fps: float | None = None,
         *,
         stop: threading.Event | None = None,
-        linger_ms: int | None = None,
         close_timeout_s: float = 5.0,
-        curve_secret: Path | None = None,
-        curve_server: Path | None = None,
         resume_output: str | None = None,
         resume_wait_subscriber: bool = False,
-        reroute: Callable[[], tuple[str, str] | None] | None = None,
+        router: Router | None = None,
     ) -> None:
-        if mode not in MODES:
-            msg = f"sender mode must be one of {MODES}, got {mode!r}"
-            raise ConfigError(msg)
-        if queue is not None and queue < 1:
-            msg = f"queue size must be >= 1, got {queue}"
-            raise ConfigError(msg)
-        if wait_s < 0 or (fps is not None and not fps > 0):
-            msg = f"wait_s must be >= 0 (0: forever) and fps > 0, got {wait_s} and {fps}"
-            raise ConfigError(msg)
-        try:
-            self.stream = protocol.check_name(stream, "stream id")
-        except ProtocolError as e:
-            msg = f"{e}: pick another stream id"
-            raise ConfigError(msg) from e
-        self.endpoint, self.mode, self.wait_s, self.fps = endpoint, mode, wait_s, fps
-        self.queue = queue or DEFAULT_QUEUE[mode]
-        self.linger_ms = DEFAULT_LINGER_MS[mode] if linger_ms is None else linger_ms
+        self.stream = _check(stream, mode, wait_s, fps)
+        self.socket = client_socket(socket, mode)
+        self.endpoint, self.mode, self.wait_s, self.fps = self.socket.endpoint, mode, wait_s, fps
+        self.queue, self.linger_ms = self.socket.hwm, self.socket.linger_ms
         self.close_timeout_s = close_timeout_s
         self.session = protocol.new_session()
         self.sent = 0  # frames queued, and the next frame's seq
@@ -134,33 +150,32 @@ class Sender:
         self._stop = stop if stop is not None else threading.Event()
         self._ready = self._closed = False
         self._gone_since: float | None = None
-        self._keys: dict[str, Any] = {"curve_secret": curve_secret, "curve_server": curve_server}
+        self._disconnects_seen = 0
+        self._router = router
         self._ctx = transport.context()
         try:
-            self.sock, self._watch = transport.watched_push(
-                self._ctx, endpoint, hwm=self.queue, linger_ms=self.linger_ms, **self._keys
-            )
+            self.sock, self._watch = transport.watched_push(self._ctx, self.socket)
         except (ValueError, transport.ZMQError) as e:
             self._ctx.term()
-            raise _endpoint_error(endpoint, e) from e
+            raise endpoint_error(self.endpoint, e) from e
         except ConfigError:
             self._ctx.term()
             raise
-        # Lossless with the worker's output known: keep what a restarted worker may ask for.
-        self._lossless: Lossless | None = None
-        if mode == "lossless" and resume_output is not None:
-            try:
-                resender = Resender(self._ctx, resume_output, self.stream, self.session,
-                                    **self._keys)  # fmt: skip
-            except (ValueError, transport.ZMQError) as e:
-                self.close()
-                raise _endpoint_error(resume_output, e) from e
-            self._lossless = Lossless(resender, self.sock, self.stream, self._stop)
         self._resume_wait_subscriber = resume_wait_subscriber
-        self._disconnects_seen = 0
-        # Sharded: where the stream goes now ((input, output) of its owner, or None: stay),
-        # asked when the worker goes away and then every REROUTE_S while it stays away.
-        self._reroute = reroute
+        self._lossless = self._keep_for_resume(resume_output) if mode == "lossless" else None
+
+    def _keep_for_resume(self, output: str | None) -> Lossless | None:
+        """Lossless with the worker's output known: keep what a restarted worker may ask for."""
+        if output is None:
+            return None
+        try:
+            resender = Resender(self._ctx, output, self.stream, self.session,
+                                **self.socket.client_keys())  # fmt: skip
+        except (ValueError, transport.ZMQError) as e:
+            self._lossless = None
+            self.close()
+            raise endpoint_error(output, e) from e
+        return Lossless(resender, self.sock, self.stream, self._stop)
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -328,15 +343,14 @@ class Sender:
     def _await_worker_back(self) -> bool:
         """Lossless: wait for the worker to reconnect (or, sharded, for the stream's owner to
         change); False if stopped, WorkerLostError after `wait_s`."""
-        next_route = time.monotonic()
+        if self._router is not None:
+            self._router.rearm()
         while not self._stop.is_set():
             if self._peers(POLL_MS) > 0:
                 return True
-            if self._reroute is not None and time.monotonic() >= next_route:
-                next_route = time.monotonic() + REROUTE_S
-                target = self._reroute()
-                if target is not None:
-                    self._retarget(*target)
+            target = self._router.reroute() if self._router is not None else None
+            if target is not None:
+                self._retarget(*target)
             gone_s = time.monotonic() - (self._gone_since or time.monotonic())
             if self.wait_s and gone_s >= self.wait_s:
                 msg = (
@@ -371,9 +385,9 @@ class Sender:
         limit = self.wait_s if timeout_s is None else timeout_s
         try:
             topics = [protocol.stream_topic(PROBE_STREAM)]
-            sub = transport.sub_socket(self._ctx, output, topics, **self._keys)
+            sub = transport.sub_socket(self._ctx, output, topics, **self.socket.client_keys())
         except (ValueError, transport.ZMQError) as e:
-            raise _endpoint_error(output, e) from e
+            raise endpoint_error(output, e) from e
         try:
             return probe.wait_subscriber(self.sock, sub, self.stream, (self.endpoint, output),
                                          limit, self._stop)  # fmt: skip

@@ -66,6 +66,16 @@ class SocketSettings(Strict):
     def curve(self) -> bool:
         return self.curve_secret is not None
 
+    def client_keys(self) -> dict[str, Any]:
+        """The CURVE client keys, as the transport's shorthands take them: one SocketSettings
+        gives the same keys to every socket its holder opens toward the worker."""
+        return {"curve_secret": self.curve_secret, "curve_server": self.curve_server}
+
+    def exposed(self) -> bool:
+        """Plaintext off loopback: reachable from other machines without CURVE (a role that
+        binds such a socket refuses it unless told allow_insecure)."""
+        return not self.local() and not self.curve
+
     def local(self) -> bool:
         """ipc://, inproc:// and loopback TCP endpoints: only this machine can reach them."""
         if not self.endpoint.startswith("tcp://"):
@@ -92,11 +102,36 @@ class OutputSocket(SocketSettings):
     )
 
 
+QUEUE_BY_MODE = {"lossless": 8, "live": 2}
+LINGER_BY_MODE = {"lossless": 5000, "live": 1000}
+
+
 class CaptureSocket(SocketSettings):
-    """A capture's PUSH to the worker (connects). hwm 0: 8 frames lossless, 2 live."""
+    """A capture's PUSH to the worker (connects), and the `Sender`'s socket settings.
+
+    hwm 0: 8 frames lossless, 2 live; linger_ms -1: 5000 ms lossless, 1000 ms live
+    (`for_mode` fills them in).
+    """
 
     endpoint: Url = "tcp://127.0.0.1:5555"
     hwm: int = Field(default=0, ge=0, description="frames queued; 0 picks by mode")
+    linger_ms: int = Field(
+        default=-1, ge=-1, description="how long close() may flush queued frames; -1 picks by mode"
+    )
+
+    @field_validator("hwm", mode="before")
+    @classmethod
+    def _queue(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 0:
+            msg = f"queue size must be >= 1 (0 picks by mode), got {value}"
+            raise ValueError(msg)
+        return value
+
+    def for_mode(self, mode: str) -> CaptureSocket:
+        """These settings with the queue and linger picked by `mode` where left to it."""
+        hwm = self.hwm or QUEUE_BY_MODE[mode]
+        linger_ms = LINGER_BY_MODE[mode] if self.linger_ms < 0 else self.linger_ms
+        return self.model_copy(update={"hwm": hwm, "linger_ms": linger_ms})
 
 
 def parse_http(value: str) -> tuple[str, int] | None:
@@ -243,7 +278,7 @@ class WorkerSettings(Strict):
         if role not in (None, "worker"):
             return self
         for name, sock in (("input", self.input), ("output", self.output)):
-            if not sock.local() and not sock.curve and not self.allow_insecure:
+            if sock.exposed() and not self.allow_insecure:
                 msg = (
                     f"{name} {sock.endpoint} is reachable from other machines without CURVE: "
                     "anyone could feed or read every stream. Set --curve-secret and "
@@ -309,19 +344,13 @@ class CaptureSettings(Strict):
     def _shard_list(cls, value: Any) -> Any:
         return split_list(value)
 
-    @model_validator(mode="before")
+    @field_validator("stream", mode="before")
     @classmethod
-    def _http_follows_input(cls, data: Any) -> Any:
-        # Two workers given their own input ports must not collide on the HTTP port.
-        if not isinstance(data, dict) or "http" in data:
-            return data
-        sock = data.get("input")
-        endpoint = sock.get("endpoint") if isinstance(sock, dict) else sock
-        endpoint = endpoint.endpoint if isinstance(endpoint, SocketSettings) else endpoint
-        match = re.fullmatch(r"tcp://.+:(\d{1,5})", endpoint) if isinstance(endpoint, str) else None
-        if match is not None and int(match[1]) + 2 <= 65535:
-            return data | {"http": f"127.0.0.1:{int(match[1]) + 2}"}
-        return data
+    def _stream(cls, value: Any) -> Any:
+        if isinstance(value, str) and re.fullmatch(NAME_PATTERN, value) is None:
+            msg = f"{value!r} is not a stream name: pick another stream id (1-64 of A-Za-z0-9_.-)"
+            raise ValueError(msg)
+        return value
 
     @field_validator("http")
     @classmethod

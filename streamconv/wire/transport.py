@@ -374,19 +374,11 @@ Guard = curve.Guard  # the ZAP authenticator a CURVE server socket needs
 peer_key = curve.peer_key  # the CURVE key a message came from
 
 
-def watched_push(
-    ctx: Context,
-    endpoint: str,
-    *,
-    hwm: int = DEFAULT_HWM,
-    linger_ms: int = DEFAULT_LINGER_MS,
-    **keys: Any,
-) -> tuple[Socket, PeerWatch]:
-    """A connecting PUSH, as push_socket makes it, and a PeerWatch that was listening before
-    the connect: on loopback the handshake can complete before a watch attached afterwards
-    starts, and that handshake would never be seen. `keys`: curve_secret and curve_server
-    for a CURVE client. Raises like open_socket."""
-    s = _settings(endpoint, False, hwm, linger_ms, **keys)
+def watched_push(ctx: Context, s: SocketSettings) -> tuple[Socket, PeerWatch]:
+    """The connecting PUSH `s` describes, as open_socket makes it, and a PeerWatch that was
+    listening before the connect: on loopback the handshake can complete before a watch
+    attached afterwards starts, and that handshake would never be seen. Raises like
+    open_socket."""
     setup = _curve_keys(s, None)
     sock = ctx.socket(zmq.PUSH)
     if setup is not None:

@@ -32,7 +32,8 @@ CHILD = """
 import dataclasses, json, logging, sys
 from streamconv.capture.role import Capture
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-stats = Capture(**json.loads(sys.argv[1])).run()
+args = json.loads(sys.argv[1])
+stats = Capture(args.pop("source"), **args).run()
 print(json.dumps(dataclasses.asdict(stats)), flush=True)
 """
 
@@ -172,7 +173,7 @@ def test_mode_and_stream_defaults() -> None:
     [
         ({"mode": "fast"}, "mode"),
         ({"stream": "a/b"}, "stream id"),
-        ({"queue_size": 0}, "queue size"),
+        ({"queue_size": -1}, "queue size"),
         ({"endpoint": "nonsense"}, "cannot connect"),
     ],
 )

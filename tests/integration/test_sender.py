@@ -91,7 +91,7 @@ def test_lossless_waits_for_the_reader(zmq_ctx: transport.Context) -> None:
         time.sleep(1.0)
         return drain(sock)
 
-    with Sender(transport.endpoint(sock), queue=1) as sender:
+    with Sender({"endpoint": transport.endpoint(sock), "hwm": 1}) as sender:
         assert sender.wait_worker()
         reader, result = in_thread(read_later)
         start = time.monotonic()
@@ -111,7 +111,7 @@ def test_lossless_waits_for_the_reader(zmq_ctx: transport.Context) -> None:
 
 def test_stop_ends_a_blocked_lossless_send_promptly(zmq_ctx: transport.Context) -> None:
     sock = pull(zmq_ctx)  # never read: the queue fills and stays full
-    sender = Sender(transport.endpoint(sock), queue=1)
+    sender = Sender({"endpoint": transport.endpoint(sock), "hwm": 1})
     stopped_at: list[float] = []
 
     def stop() -> None:
@@ -165,7 +165,7 @@ def test_live_counts_frames_dropped_while_the_worker_is_away(
     first = pull(zmq_ctx, hwm=8)
     endpoint = transport.endpoint(first)
     frame = np.ones((4, 4), np.uint8)
-    with Sender(endpoint, stream="cam0", mode="live", queue=8) as sender:
+    with Sender({"endpoint": endpoint, "hwm": 8}, stream="cam0", mode="live") as sender:
         for _ in range(3):
             assert sender.send(frame)
         assert [protocol.decode_input(recv_parts(first)).seq for _ in range(3)] == [0, 1, 2]

@@ -16,12 +16,12 @@ from streamconv.errors import ConfigError, ProtocolError, StreamconvError
     ("kwargs", "fault"),
     [
         ({"mode": "auto"}, "mode must be one of"),
-        ({"queue": 0}, "queue size must be >= 1"),
+        ({"socket": {"hwm": -1}}, "queue size must be >= 1"),
         ({"wait_s": -1}, "wait_s must be >= 0"),
         ({"fps": 0.0}, "fps > 0"),
         ({"stream": "a/b"}, "pick another stream id"),
-        ({"endpoint": "nonsense"}, "cannot connect to 'nonsense'.*tcp://HOST:PORT"),
-        ({"endpoint": "tcp://no-port"}, "cannot connect to 'tcp://no-port'"),
+        ({"socket": "nonsense"}, "cannot connect to 'nonsense'.*tcp://HOST:PORT"),
+        ({"socket": "tcp://no-port"}, "cannot connect to 'tcp://no-port'"),
     ],
 )
 def test_bad_settings_are_config_errors(kwargs: dict[str, Any], fault: str) -> None:
