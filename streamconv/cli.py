@@ -17,7 +17,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from streamconv.config import Settings, load_settings, preset_names, preset_text
+from streamconv.config import (
+    Settings,
+    SubscribeSettings,
+    load_settings,
+    preset_names,
+    preset_text,
+)
 from streamconv.errors import (
     ConfigError,
     RefusedError,
@@ -286,6 +292,17 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in tree.items() if v}
 
 
+def _subscribe_settings(args: argparse.Namespace, settings: Settings) -> SubscribeSettings:
+    # The endpoint flags went into [view] (a subscriber like view); what they left out, the
+    # file gives.
+    return SubscribeSettings(
+        connect=settings.view.connect, more=settings.view.more, stream=args.stream,
+        layers=args.layer or [], lossless=args.lossless, inputs=args.input or [],
+        save=args.save, npy=args.npy, count=args.count, timeout_s=args.timeout,
+        allow_loss=args.allow_loss,
+    )  # fmt: skip
+
+
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "worker":
         from streamconv.worker.role import Worker
@@ -300,12 +317,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "subscribe":
         from streamconv.client.subscribe import subscribe
 
-        # The flags went into [view] (a subscriber like view); what they left out, the file gives.
-        sock = settings.view.connect
-        args.connect = [sock.endpoint, *settings.view.more]
-        args.curve_secret, args.curve_server = sock.curve_secret, sock.curve_server
         expect = [spec.name for spec in settings.layers if spec.publish]
-        return subscribe(args, expect=args.layer or expect)
+        return subscribe(_subscribe_settings(args, settings), expect=args.layer or expect)
     if args.command == "proxy":
         from streamconv.proxy import Proxy
 

@@ -96,20 +96,14 @@ class Proxy:
             msg = "a CURVE proxy is a client of the workers: give --curve-server (their NAME.key)"
             raise ConfigError(msg)
         try:
-            listen = SocketSettings(
-                endpoint=s.listen,
-                bind=True,
-                hwm=s.hwm,
-                curve_secret=s.curve_secret,
-                curve_clients=s.curve_clients,
-            )
+            listen = s.listen_socket()
             for e in self.shards:  # a static entry's mistakes show now, not at run time
                 if not e.startswith("dns://"):
-                    self.upstream(e)
+                    s.upstream(e)
         except ValueError as e:
             msg = f"proxy: {e}"
             raise ConfigError(msg) from e  # fmt: skip
-        if not listen.local() and not listen.curve and not s.allow_insecure:
+        if listen.exposed() and not s.allow_insecure:
             msg = (
                 f"proxy listen {s.listen} is reachable from other machines without CURVE: "
                 "set --curve-secret and --curve-clients, bind loopback, or pass "
@@ -129,10 +123,7 @@ class Proxy:
 
     def upstream(self, endpoint: str) -> SocketSettings:
         """The proxy's socket settings toward one worker's output (a CURVE client of it)."""
-        p = self.settings
-        return SocketSettings(
-            endpoint=endpoint, hwm=p.hwm, curve_secret=p.curve_secret, curve_server=p.curve_server
-        )
+        return self.settings.upstream(endpoint)
 
     def stop(self) -> None:
         self.stop_event.set()

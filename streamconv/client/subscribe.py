@@ -11,16 +11,15 @@ exit 0 all the same, e.g. for a live camera).
 
 from __future__ import annotations
 
-import argparse
 import math
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
 
-from streamconv.client.sender import DEFAULT_OUTPUT
 from streamconv.client.sinks import Monitor, Sinks, open_sinks
 from streamconv.client.subscriber import Subscriber
+from streamconv.config import SubscribeSettings
 from streamconv.signals import on_stop
 from streamconv.wire.shards import parse_shards
 
@@ -30,38 +29,37 @@ LOST_EXIT = 4  # the followed stream lost outputs, or did not end in time
 
 
 def subscribe(
-    args: argparse.Namespace, stop: threading.Event | None = None, expect: Iterable[str] = ()
+    settings: SubscribeSettings, stop: threading.Event | None = None, expect: Iterable[str] = ()
 ) -> int:
-    """Run the subscriber of `args` (the CLI's); `stop` ends it from another thread. The first
+    """Run the subscriber `settings` describe; `stop` ends it from another thread. The first
     table waits for every layer in `expect` (or REPORT_EVERY_S after the first output)."""
     stop = threading.Event() if stop is None else stop
     restore = on_stop(lambda signum: stop.set())  # SIGINT, SIGTERM
     try:
-        return _run(args, stop, set(expect))
+        return _run(settings, stop, set(expect))
     finally:
         restore()
 
 
-def _run(args: argparse.Namespace, stop: threading.Event, expect: set[str]) -> int:
+def _run(args: SubscribeSettings, stop: threading.Event, expect: set[str]) -> int:
     monitor = Monitor()
     sinks = Sinks({"monitor": monitor, **open_sinks({"preview": args.save, "npy": args.npy})})
-    idle_s = args.timeout if args.timeout and args.timeout > 0 else math.inf  # 0: no limit
+    idle_s = args.timeout_s if args.timeout_s > 0 else math.inf  # 0: no limit
     counts: Counter[tuple[str, str]] = Counter()  # outputs taken, per (stream, layer)
-    endpoints = parse_shards(args.connect or [DEFAULT_OUTPUT])
+    endpoints = parse_shards(args.endpoints)
     # At once: a subscriber of a worker that is not there yet would otherwise print nothing.
     which = f"stream {args.stream!r}" if args.stream else "every stream"
-    layers = f", layers {', '.join(args.layer)}" if args.layer else ""
+    layers = f", layers {', '.join(args.layers)}" if args.layers else ""
     print(f"subscribing to {which}{layers} on {', '.join(endpoints)}", flush=True)
     first_at: float | None = None  # when the first output came
     try:
-        keys = {"curve_secret": args.curve_secret, "curve_server": args.curve_server}
         lossless = args.lossless if args.lossless is not None else bool(args.save or args.npy)
-        inputs = parse_shards(args.input) if getattr(args, "input", None) else None
-        with Subscriber(endpoints, stream=args.stream, layers=args.layer, lossless=lossless,
-                        inputs=inputs, **keys) as sub:  # fmt: skip
+        inputs = parse_shards(args.inputs) if args.inputs else None
+        with Subscriber(endpoints, stream=args.stream, layers=args.layers, lossless=lossless,
+                        inputs=inputs, **args.connect.client_keys()) as sub:  # fmt: skip
             last_message = time.monotonic()
             last_report: float | None = None
-            while not stop.is_set() and not _enough(counts, args.count, args.layer):
+            while not stop.is_set() and not _enough(counts, args.count, args.layers):
                 got = sub.poll(POLL_S)
                 now = time.monotonic()
                 if got is None:
@@ -84,23 +82,28 @@ def _run(args: argparse.Namespace, stop: threading.Event, expect: set[str]) -> i
                 if _table_due(counts, expect, first_at, last_report, now):
                     print(monitor.table(), flush=True)
                     last_report = now
-        if not counts:
-            print(f"no output received from {', '.join(endpoints)}")
-        print(monitor.table())
-        if sub.bad_messages:
-            print(f"bad messages skipped: {sub.bad_messages}")
-        for line in sub.losses.report():
-            print(f"lost: {line}")
-        if sub.duplicates:
-            print(f"outputs recomputed after a worker restart, already received: {sub.duplicates}")
+        _summary(sub, monitor, endpoints if not counts else None)
         return _verdict(sub, args, timed_out=not stop.is_set() and not sub.ended and
-                        not _enough(counts, args.count, args.layer))  # fmt: skip
+                        not _enough(counts, args.count, args.layers))  # fmt: skip
     finally:  # an mp4 that is not released does not play
         for line in sinks.close():
             print(line)
 
 
-def _verdict(sub: Subscriber, args: argparse.Namespace, timed_out: bool) -> int:
+def _summary(sub: Subscriber, monitor: Monitor, silent: list[str] | None) -> None:
+    """The closing table, and what was skipped or lost; `silent`: no output came from these."""
+    if silent is not None:
+        print(f"no output received from {', '.join(silent)}")
+    print(monitor.table())
+    if sub.bad_messages:
+        print(f"bad messages skipped: {sub.bad_messages}")
+    for line in sub.losses.report():
+        print(f"lost: {line}")
+    if sub.duplicates:
+        print(f"outputs recomputed after a worker restart, already received: {sub.duplicates}")
+
+
+def _verdict(sub: Subscriber, args: SubscribeSettings, timed_out: bool) -> int:
     """LOST_EXIT if the followed stream lost outputs or never ended; 0 otherwise."""
     if args.stream is None:
         return 0
@@ -108,7 +111,7 @@ def _verdict(sub: Subscriber, args: argparse.Namespace, timed_out: bool) -> int:
     if not missed and not timed_out:
         return 0
     why = f"{missed} outputs lost" if missed else "it did not end"
-    if getattr(args, "allow_loss", False):
+    if args.allow_loss:
         print(f"stream {args.stream}: {why} (allowed by --allow-loss)")
         return 0
     print(f"stream {args.stream}: {why}; exit code {LOST_EXIT} (--allow-loss to accept it)")

@@ -64,27 +64,22 @@ class Subscriber:
         self.stream, self.layers, self.timeout_s = stream, set(layers or []), timeout_s
         # Several endpoints: every shard's output (wire/shards.py), fanned in by one socket.
         self.endpoint = endpoint if isinstance(endpoint, str) else ", ".join(endpoint)
-        if stream is None:
-            topics = [b""]  # layer filtering, if any, happens below: topics are prefixes
-        elif self.layers:
-            topics = [protocol.topic(stream, layer) for layer in sorted(self.layers)]
-        else:
+        # No stream: every topic (layer filtering, if any, happens in poll: topics are prefixes).
+        topics = [b""] if stream is None else [protocol.topic(stream, x) for x in self.layers]
+        if stream is not None and not self.layers:
             topics = [protocol.stream_topic(stream)]
-        self._own_ctx = ctx is None
-        self._ctx = transport.context() if ctx is None else ctx
+        self._own_ctx, self._ctx = ctx is None, transport.context() if ctx is None else ctx
         self._keys: dict[str, Any] = {"curve_secret": curve_secret, "curve_server": curve_server}
         # Lossless: (almost) no queue limit here; the worker's credit bounds what can wait.
-        self.acker: Acker | None = None
         try:
             self.sock = transport.sub_socket(self._ctx, endpoint, topics,
                                              hwm=LOSSLESS_HWM if lossless else hwm,
                                              **self._keys)  # fmt: skip
-            if lossless:
-                outputs = [endpoint] if isinstance(endpoint, str) else list(endpoint)
-                self.acker = Acker(self._ctx, outputs, inputs, self._keys)
-                if stream is not None:
-                    self.acker.follow(stream)
-                    self.acker.tick()
+            outputs = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+            self.acker = Acker(self._ctx, outputs, inputs, self._keys) if lossless else None
+            if self.acker is not None and stream is not None:
+                self.acker.follow(stream)
+                self.acker.tick()
         except BaseException:
             if hasattr(self, "sock"):
                 transport.close(self.sock, 0)
@@ -96,13 +91,11 @@ class Subscriber:
         self._watch: transport.PeerWatch | None = transport.PeerWatch(self.sock)
         self.gaps: Counter[tuple[str, str]] = Counter()
         self.losses = Losses()
-        self.bad_messages = 0
-        self.duplicates = 0  # replayed outputs already received, skipped
+        self.bad_messages = self.duplicates = 0  # duplicates: replayed outputs, skipped
         self._last: dict[tuple[str, str], tuple[str, int]] = {}
         # End of stream: the layers seen in, and ended by, the stream's current session.
         self._session: str | None = None
-        self._seen: set[str] = set()
-        self._ended: set[str] = set()
+        self._seen, self._ended = set[str](), set[str]()
 
     @property
     def ended(self) -> bool:

@@ -404,6 +404,30 @@ class ViewSettings(Strict):
         return value
 
 
+class SubscribeSettings(Strict):
+    """`streamconv subscribe`: which outputs to take, from where, and where to write them.
+
+    Made by the CLI from its flags and the config's [view] connect (keys included), not read
+    from a config section of its own.
+    """
+
+    connect: ViewSocket = ViewSocket()
+    more: list[Url] = Field(default_factory=list, description="more worker outputs to fan in")
+    stream: str | None = None
+    layers: list[str] = Field(default_factory=list, description="only these layers")
+    lossless: bool | None = Field(default=None, description="None: on with save or npy")
+    inputs: list[str] = Field(default_factory=list, description="lossless: where acks go")
+    save: Path | None = None
+    npy: Path | None = None
+    count: int | None = None
+    timeout_s: float = Field(default=0, description="stop after this many idle s; 0: never")
+    allow_loss: bool = False
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [self.connect.endpoint, *self.more]
+
+
 def split_list(value: Any) -> Any:
     """'a,b, c' -> ['a', 'b', 'c'] (a list from an environment variable or a flag)."""
     if isinstance(value, str):
@@ -476,6 +500,25 @@ class ProxySettings(Strict):
         if value is not None:
             parse_http(value)
         return value
+
+    def listen_socket(self) -> SocketSettings:
+        """The XPUB the subscribers connect to (bound; a CURVE server with curve_clients)."""
+        return SocketSettings(
+            endpoint=self.listen,
+            bind=True,
+            hwm=self.hwm,
+            curve_secret=self.curve_secret,
+            curve_clients=self.curve_clients,
+        )
+
+    def upstream(self, endpoint: str) -> SocketSettings:
+        """The XSUB toward one worker's output (a CURVE client of it)."""
+        return SocketSettings(
+            endpoint=endpoint,
+            hwm=self.hwm,
+            curve_secret=self.curve_secret,
+            curve_server=self.curve_server,
+        )
 
     def http_address(self) -> str:
         """`http`, or by default loopback on the listen port + 1 ('off' if that has none)."""
