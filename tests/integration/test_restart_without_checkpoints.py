@@ -1,11 +1,11 @@
 """Issue 16, case 5, with real processes: a worker without checkpoints is stopped (SIGTERM)
 in the middle of a lossless file capture and started again on the same endpoints.
 
-Without the capture's resume path (the worker's output is not where the capture looks for
-it), the new worker meets the stream at seq N > 0 without its state: it marks it (cause
+The new worker meets the stream at seq N > 0 without its state: it marks it (cause
 lost_state, frames_missing N, the first output a discontinuity), and the subscriber's summary
-names the reset and the outputs it missed. With the resume path, the capture sends the whole
-session again from seq 0 and nothing is lost."""
+names the reset and the outputs it missed. With the capture's resume path on, the capture
+says too that it cannot send the session again: a worker without checkpoints can never ask
+for it, so the capture keeps only the frames in flight (issue 17)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def endpoints(resume: bool) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("resume", [False, True], ids=["no-resume-path", "resume-path"])
-def test_a_restart_without_checkpoints_is_marked_or_resumed(
+def test_a_restart_without_checkpoints_is_marked(
     start_worker: Callable[..., WorkerProc],
     python_env: dict[str, str],
     tmp_path: Path,
@@ -96,29 +96,26 @@ def test_a_restart_without_checkpoints_is_marked_or_resumed(
     st = clip(worker)
     metrics = get(worker, "/metrics")
     lost = {m[1]: tuple(map(int, m.groups()[1:])) for m in LOST.finditer(stdout)}
-    if not resume:
-        # The new worker met the stream mid-session: marked, and the frames before counted.
-        first = FRAMES - st["frames_received"]
-        assert first > 0, st
-        assert st["resets"] == {"lost_state": 1}, st
-        assert st["frames_missing"] == first, st
-        assert 'streamconv_resets_total{cause="lost_state"} 1.0' in metrics
-        assert f"met at seq {first} without its state" in worker.log()
-        # The subscriber names the reset, and every output it missed; exit code 4 if any.
-        assert sorted(lost) == sorted(LAYERS), stdout
-        for layer in LAYERS:
-            assert f"clip/{layer} session" in stdout
-            received, total, missed = lost[layer]
-            assert (total, received + missed) == (FRAMES, FRAMES), stdout
-        assert stdout.count("1 state resets") == len(LAYERS), stdout
-        missed_any = any(missed for _, _, missed in lost.values())
-        assert sub.returncode == (4 if missed_any else 0), (stdout, stderr)
-    else:
-        # The capture sent the session again from seq 0: nothing lost, nothing to mark.
-        assert "frames again" in capture_log
-        assert st["resets"] == {}, st
-        assert st["frames_missing"] == 0, st
-        assert st["frames_received"] == FRAMES, st
-        assert 'cause="lost_state"' not in metrics
-        assert not lost, stdout
-        assert sub.returncode == 0, (stdout, stderr)
+    # The new worker met the stream mid-session: marked, and the frames before counted. A
+    # capture that finds the worker's output knows it too: the worker keeps no checkpoints, so
+    # it kept only the frames in flight (issue 17), and it says it cannot send the rest again.
+    if resume:
+        assert "which is no longer kept" in capture_log, capture_log
+    first = FRAMES - st["frames_received"]
+    assert first > 0, st
+    assert st["resets"] == {"lost_state": 1}, st
+    assert st["frames_missing"] == first, st
+    assert 'streamconv_resets_total{cause="lost_state"} 1.0' in metrics
+    assert f"met at seq {first} without its state" in worker.log()
+    # The subscriber names the reset, and every output it missed; exit code 4 if any.
+    assert sorted(lost) == sorted(LAYERS), stdout
+    for layer in LAYERS:
+        assert f"clip/{layer} session" in stdout
+        received, total, missed = lost[layer]
+        assert (total, received + missed) == (FRAMES, FRAMES), stdout
+    # The reset is seen unless its output was published before this subscriber was back
+    # (PUB/SUB after a restart): then it is a gap, and counted as one.
+    for line in (x for x in stdout.splitlines() if x.startswith("lost: clip/")):
+        assert "1 state resets" in line or "in gaps 0" not in line, stdout
+    missed_any = any(missed for _, _, missed in lost.values())
+    assert sub.returncode == (4 if missed_any else 0), (stdout, stderr)
