@@ -93,6 +93,26 @@ def client_socket(socket: SocketLike, mode: str) -> CaptureSocket:
     return settings.for_mode(mode)
 
 
+LOOSE = {"queue": "hwm", "linger_ms": "linger_ms", "curve_secret": "curve_secret",
+         "curve_server": "curve_server"}  # fmt: skip
+
+
+def _with(socket: SocketLike, loose: dict[str, Any]) -> SocketLike:
+    """The socket with the loose keywords a library user may give (`queue=8`,
+    `curve_secret=...`, as before sockets were settings) folded in."""
+    unknown = set(loose) - set(LOOSE)
+    if unknown:
+        msg = f"Sender got unexpected keyword(s) {sorted(unknown)}; allowed: {sorted(LOOSE)}"
+        raise TypeError(msg)
+    fields = {LOOSE[k]: v for k, v in loose.items() if v is not None}
+    if not fields:
+        return socket
+    if isinstance(socket, CaptureSocket):
+        return socket.model_copy(update=fields)
+    base = {"endpoint": socket} if isinstance(socket, str) else dict(socket)
+    return base | fields
+
+
 def _check(stream: str, mode: str, wait_s: float, fps: float | None) -> str:
     """The stream id, once the options are known good (a library user gives them loose)."""
     if mode not in MODES:
@@ -132,9 +152,10 @@ class Sender:
         resume_output: str | None = None,
         resume_wait_subscriber: bool = False,
         router: Router | None = None,
+        **loose: Any,
     ) -> None:
         self.stream = _check(stream, mode, wait_s, fps)
-        self.socket = client_socket(socket, mode)
+        self.socket = client_socket(_with(socket, loose), mode)
         self.endpoint, self.mode, self.wait_s, self.fps = self.socket.endpoint, mode, wait_s, fps
         self.queue, self.linger_ms = self.socket.hwm, self.socket.linger_ms
         self.close_timeout_s = close_timeout_s
