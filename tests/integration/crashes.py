@@ -19,7 +19,6 @@ import json
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,22 +29,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
-import torch
 
-from streamconv.capture.sources import open_source, synthetic_frame
 from streamconv.client import Subscriber
-from streamconv.config import load_settings
-from streamconv.layers import Output
-from streamconv.model import build_model
-from streamconv.worker.pixels import frame_to_chw
-from tests.conftest import PRESETS, REPO
+from tests.conftest import REPO
+from tests.helpers import RETINA, offline, preset_layers, read_video, two_ports, write_video
 
-RETINA = PRESETS / "retina.toml"
-LAYERS = ("opl", "bipolar", "amacrine", "ganglion")
+LAYERS = preset_layers(RETINA)
 KINDS = ("random", "after_checkpoint", "during_resend", "double", "blocked")
-FPS, SIZE = 30.0, (64, 48)
+FPS = 30.0
 READY_S = 60.0
 
 
@@ -82,41 +74,6 @@ class Outcome:
 
     def line(self) -> str:
         return json.dumps(asdict(self))
-
-
-def write_video(path: Path, frames: int, offset: int) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, SIZE)
-    for i in range(frames):
-        writer.write(synthetic_frame(i + offset, *SIZE))
-    writer.release()
-    return path
-
-
-def offline(video: Path) -> dict[str, np.ndarray]:
-    """The decoded file through the pipeline in one pass, as the capture and worker see it."""
-    source = open_source(str(video))
-    frames = [frame_to_chw(f, "gray", 1) for f in source]
-    source.close()
-    model = build_model(load_settings(RETINA, environ={}), torch.device("cpu"))
-    with torch.inference_mode():
-        out = model.run(np.stack(frames, axis=1)[None])
-    assert isinstance(out, Output)
-    return {name: out[name][0].transpose(0, 1).numpy() for name in LAYERS}
-
-
-def two_ports(rng: random.Random) -> tuple[int, int]:
-    """Free consecutive ports below the ephemeral range (the capture finds the output at its
-    input port + 1; a client reconnecting to a dead ephemeral port can connect to itself)."""
-    for _ in range(500):
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port, port + 1
-    raise RuntimeError("no two consecutive free ports")
 
 
 class Worker:
@@ -208,11 +165,11 @@ class Collector:
 
 def run_schedule(schedule: Schedule, work: Path, env: dict[str, str]) -> Outcome:
     """Run `schedule` in folder `work`; the outcome lists every problem found."""
-    out, rng, began = Outcome(schedule), random.Random(schedule.seed), time.monotonic()
+    out, began = Outcome(schedule), time.monotonic()
     names = [f"s{i}" for i in range(schedule.streams)]
-    videos = {n: write_video(work / f"{n}.mp4", schedule.frames, 97 * i)
+    videos = {n: write_video(work / f"{n}.mp4", schedule.frames, 97 * i, FPS)
               for i, n in enumerate(names)}  # fmt: skip
-    inp, outp = two_ports(rng)
+    inp, outp = two_ports()
     cmd = [sys.executable, "-m", "streamconv", "worker", "--config", str(RETINA), "--device",
            "cpu", "--input", f"tcp://127.0.0.1:{inp}", "--output", f"tcp://127.0.0.1:{outp}",
            "--http", "127.0.0.1:0", "--chunk", str(schedule.chunk), "--checkpoint-dir",
@@ -298,7 +255,7 @@ def _check(out: Outcome, collector: Collector, videos: dict[str, Path],
            final: dict[str, Any]) -> None:  # fmt: skip
     seed, frames = out.schedule.seed, out.schedule.frames
     for name, video in videos.items():
-        expected = offline(video)
+        expected = offline(read_video(video), RETINA)
         for layer in LAYERS:
             got = collector.got.get((name, layer), {})
             seqs = sorted(got)

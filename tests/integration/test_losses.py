@@ -3,27 +3,20 @@ looks (the subscriber's summary and exit code, the worker's /status)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
 
 from streamconv.client import Sender
 from tests.conftest import REPO
+from tests.helpers import status, until
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
-
-
-def status(worker: WorkerProc) -> dict[str, Any]:
-    with urllib.request.urlopen(worker.http + "/status", timeout=5) as reply:
-        return json.load(reply)
 
 
 def readme_client_example() -> str:
@@ -53,13 +46,6 @@ def run_subscribe(env: dict[str, str], *flags: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "streamconv", "subscribe", *flags]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-
-def until(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
-        time.sleep(0.02)
 
 
 def test_subscribe_that_joined_late_reports_the_missed_outputs_and_exits_4(
