@@ -143,9 +143,8 @@ def _run(
     try:
         # Lossless: a subscriber slower than the worker (writing previews) holds the capture
         # back instead of losing outputs, so the offline comparison always runs.
-        with Subscriber(endpoints["output"], stream=stream, timeout_s=60,
-                        curve_secret=connect.curve_secret, curve_server=connect.curve_server,
-                        lossless=True, inputs=[endpoints["input"]]) as sub:  # fmt: skip
+        with Subscriber(endpoints["output"], stream=stream, timeout_s=60, lossless=True,
+                        inputs=[endpoints["input"]], **connect.client_keys()) as sub:  # fmt: skip
             _wait_ready(sub, endpoints["input"], children, stop)
             if wait_page is not None:
                 wait_page()

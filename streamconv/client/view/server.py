@@ -60,6 +60,8 @@ def image_message(key: Key, version: int, data: bytes) -> bytes:
     return struct.pack("<I", len(meta)) + meta + data
 
 
+# Over 50 lines on purpose: the page's whole route table (page, assets, WebSocket with its
+# loop) in one place, as starlette apps are read.
 def app(served: Served) -> Starlette:
     index = _asset("index.html")
     assets = {name: _asset(name) for name in ASSETS}
