@@ -90,22 +90,23 @@ class Lossless:
                             resender.credit)  # fmt: skip
         return True
 
-    def resume(self, sent: int, wait_s: float, want_subscriber: bool, endpoint: str) -> None:
-        """The worker came back (maybe restarted): send again what it has not run."""
+    def resume(self, sent: int, wait_s: float, want_subscriber: bool, endpoint: str) -> bool:
+        """The worker came back (maybe restarted): send again what it has not run. False if
+        it did not say where the stream goes on (the caller may ask again later)."""
         point = self.resender.resume_point(self.push, self.stop, wait_s or 30.0,
                                            want_subscriber)  # fmt: skip
         if point is None:
             log.warning("the worker at %s did not say where stream %s goes on; going on "
                         "(it may see a gap)", endpoint, self.stream)  # fmt: skip
-            return
+            return False
         if point >= sent:
             log.info("the worker is back and has every frame of stream %s", self.stream)
-            return
+            return True
         again = self.resender.since(point)
         if again is None:
             log.warning("the worker asks for stream %s from seq %d, which is no longer kept: "
                         "it will see a gap", self.stream, point)  # fmt: skip
-            return
+            return True
         for parts in again:
             while not self.stop.is_set() and not (
                 transport.wait_writable(self.push, POLL_MS)
@@ -115,6 +116,7 @@ class Lossless:
         self.resender.resent += len(again)
         log.info("the worker went on from seq %d of stream %s: sent %d frames again",
                  point, self.stream, len(again))  # fmt: skip
+        return True
 
     def await_end(
         self, sent: int, wait_s: float, reconnected: Callable[[], bool],

@@ -172,6 +172,7 @@ class Sender:
         self._ready = self._closed = False
         self._gone_since: float | None = None
         self._disconnects_seen = 0
+        self._resume_pending = False  # a resume at the end found no answer: ask again
         self._router = router
         self._ctx = transport.context()
         try:
@@ -326,15 +327,16 @@ class Sender:
 
     def _reconnected(self) -> bool:
         """A reconnect not yet answered by a resume (maybe to a restarted worker)."""
-        if self._watch.disconnects == self._disconnects_seen:
+        if self._watch.disconnects == self._disconnects_seen and not self._resume_pending:
             return False
-        self._disconnects_seen = self._watch.disconnects
+        self._disconnects_seen, self._resume_pending = self._watch.disconnects, False
         return True
 
-    def _resume(self) -> None:
-        if self._lossless is not None:
-            self._lossless.resume(self.sent, self.wait_s, self._resume_wait_subscriber,
-                                  self.endpoint)  # fmt: skip
+    def _resume(self) -> bool:
+        if self._lossless is None:
+            return True
+        return self._lossless.resume(self.sent, self.wait_s, self._resume_wait_subscriber,
+                                     self.endpoint)  # fmt: skip
 
     def _peers(self, timeout_ms: int = 0) -> int:
         """The peer count, logging each time the worker goes away or comes back."""
@@ -439,9 +441,10 @@ class Sender:
             self._linger_ms = linger_ms
 
     def _send_eos(self) -> bool:
-        self._watch.update(0)
-        if self._reconnected():
-            self._resume()  # a restarted worker gets the frames it lacks before the eos
+        # A restarted worker gets the frames it lacks before the eos; one not back yet, once
+        # it is (the end confirmation below waits for it).
+        if self._peers() > 0 and self._reconnected() and not self._resume():
+            self._resume_pending = True
         if not self._queue_eos():
             return False
         if self._lossless is not None and not self._stop.is_set():
@@ -452,8 +455,10 @@ class Sender:
         return True
 
     def _resend_and_end(self) -> None:
-        self._resume()
-        self._queue_eos()
+        if self._resume():
+            self._queue_eos()
+        else:  # no answer (the worker went again, or is slow): ask again when it is back
+            self._resume_pending = True
 
     def _queue_eos(self) -> bool:
         lossless = self._lossless is not None

@@ -142,10 +142,11 @@ class Continuity:
         self.stats.count("awaiting_resend")
         return True
 
-    def remember_end(self, msg: InputMessage) -> None:
-        """The session ended here by its eos: a sender asking where it goes on is told so."""
-        self.ended[msg.stream] = (msg.session, msg.seq)
-        self.ended.move_to_end(msg.stream)
+    def remember_end(self, stream: str, session: str, ran: int) -> None:
+        """The session ended here by its eos after `ran` frames in order: a sender asking
+        where it goes on is told so (and is done only if it sent no more than that)."""
+        self.ended[stream] = (session, ran)
+        self.ended.move_to_end(stream)
         while len(self.ended) > ENDED_KEPT:
             self.ended.popitem(last=False)
 
@@ -158,7 +159,9 @@ class Continuity:
         (frames between its checkpoints, 0: none: what the sender keeps to resend)."""
         name = stream or ""
         answer = self._answer(name, session, now)
-        return {**answer, "credit": self.credits.credit(name, session, now),
+        held = self.streams.get(name)
+        at = held.next_seq if held is not None and held.session == session else 0
+        return {**answer, "credit": self.credits.credit(name, session, now, at),
                 "dropped": self.stats.verdict(name, session),
                 "checkpoint_every": self.checkpoint_every}  # fmt: skip
 

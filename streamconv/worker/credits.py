@@ -37,8 +37,9 @@ class Credits:
             now: float) -> None:  # fmt: skip
         self.acks.setdefault(stream, {})[subscriber] = Ack(session, next_seq, now)
 
-    def credit(self, stream: str, session: str, now: float) -> int | None:
-        """The first seq of `session` a lossless sender may not send yet; None: no limit."""
+    def credit(self, stream: str, session: str, now: float, at: int = 0) -> int | None:
+        """The first seq of `session` a lossless sender may not send yet; None: no limit.
+        `at`: where the stream is now (its next seq here)."""
         subs = self.acks.get(stream)
         if not subs:
             return None
@@ -51,8 +52,10 @@ class Credits:
         if not subs:
             del self.acks[stream]
             return None
-        # An ack of another session (an earlier one) counts as "nothing of this one yet".
-        needed = min(a.next_seq if a.session in (None, session) else 0 for a in subs.values())
+        # A subscriber that has seen nothing of this session yet (it joined mid-stream, or acks
+        # an earlier session) needs it from where it is now: counting it as 0 would hold the
+        # sender back for good, as no output it could ack would come.
+        needed = min(a.next_seq if a.session == session else at for a in subs.values())
         return needed + self.window
 
     def subscribers(self) -> int:

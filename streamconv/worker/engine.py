@@ -249,7 +249,9 @@ class Engine:
             return [EndResult(msg.stream, msg.session, msg.seq)]
         if self.continuity.eos_early(st, msg, now):
             return []
-        self.continuity.remember_end(msg)
+        # What ran here, not what the eos says was sent: a sender is told its session ended
+        # here, and it is done only if every frame it sent ran.
+        self.continuity.remember_end(msg.stream, msg.session, st.next_seq if st else 0)
         if st is not None:
             del self.streams[msg.stream]
             results += self._flush(st)
@@ -322,6 +324,10 @@ class Engine:
             if give_up() and st.count:
                 why = f"{st.count} frames of stream {st.name!r} not run: shutdown time ran out"
                 results.append(Failed(Drop.NOT_FLUSHED, why, st.name, st.count))
+                # The stream goes on (after a restart, from its checkpoint) at the first frame
+                # not run, so that the checkpoint taken now does not skip them: a lossless
+                # sender is asked for them again.
+                st.next_seq = st.seqs[0]
                 st.buffer, st.count, st.seqs, st.t_ns, st.replays = None, 0, [], [], []
                 continue
             results += self._flush(st)
@@ -357,7 +363,8 @@ class Engine:
                 why = (
                     f"{len(seqs)} frames of stream {st.name!r} failed in the model: {outcome.error}"
                 )
-                results.append(Failed(Drop.MODEL_FAILED, why, st.name, len(seqs)))
+                results.append(Failed(Drop.MODEL_FAILED, why, st.name, len(seqs),
+                                      session=st.session))  # its sender is told
                 continue
             st.state = outcome.state
             results.append(ChunkResult(st.name, st.session, seqs, t_ns, st.discontinuity,

@@ -16,10 +16,15 @@ def test_the_slowest_subscriber_of_the_session_sets_the_credit() -> None:
     c.ack("cam", "slow", "s1", 20, 0.0)
     c.ack("other", "x", "s9", 0, 0.0)
     assert c.credit("cam", "s1", 1.0) == 24
-    c.ack("cam", "slow", None, 30, 1.0)  # before it saw an output: whichever session comes
-    assert c.credit("cam", "s1", 1.0) == 34
-    c.ack("cam", "slow", "s0", 99, 1.0)  # an earlier session: nothing of this one yet
-    assert c.credit("cam", "s1", 1.0) == 4
+    # A subscriber that has seen nothing of this session (it joined mid-stream, or acks an
+    # earlier one) needs it from where the stream is now (`at`), never from 0: it would
+    # hold the sender back for good, as no output it could ack would come.
+    c.ack("cam", "slow", None, 0, 1.0)
+    assert c.credit("cam", "s1", 1.0, at=25) == 29
+    c.ack("cam", "slow", "s0", 99, 1.0)
+    assert c.credit("cam", "s1", 1.0, at=25) == 29
+    c.ack("cam", "slow", "s1", 27, 1.0)  # now it has outputs of s1
+    assert c.credit("cam", "s1", 1.0, at=40) == 31
 
 
 def test_a_silent_subscriber_is_no_longer_waited_for(caplog: pytest.LogCaptureFixture) -> None:

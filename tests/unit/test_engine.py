@@ -453,3 +453,30 @@ def test_a_stream_met_at_seq_above_zero_without_its_state_is_marked(
     assert (snap["frames_missing"], eng.stats.counts["frames_missing"]) == (missing, missing)
     assert snap["resets"] == ({str(cause): 1} if cause else {})
     assert eng.stats.resets[Reset.LOST_STATE] == (cause is not None)
+
+
+def test_frames_not_run_at_a_cut_shutdown_are_not_skipped_by_the_checkpoint() -> None:
+    """Shutdown time ran out with a partial chunk: its frames are counted as not flushed, and
+    the stream's checkpoint goes on from the first of them, so a lossless sender is asked for
+    them again after the restart (the checkpoint skipped them before: lost, unmarked)."""
+    eng, frames = engine(chunk=4), clip(6)
+    for seq in range(6):  # one chunk of 4 runs, 2 frames wait
+        take(eng, frame(seq, frames[seq]), 0.0)
+    results = eng.flush_all(give_up=lambda: True)
+    assert [r.frames for r in results if isinstance(r, Failed)] == [2]
+    snap = eng.continuity.snapshot("a")
+    assert snap is not None
+    assert snap.next_seq == 4
+
+
+def test_an_eos_after_a_gap_says_ended_with_what_ran() -> None:
+    """The answer's next_seq after the end is what ran here in order, not the eos' count:
+    a sender that sent more is not told it is done."""
+    eng, frames = engine(chunk=2), clip(3)
+    for seq in range(3):
+        take(eng, frame(seq, frames[seq]), 0.0)
+    take(eng, eos(5), 0.0)  # 5 sent, 3 ran
+    [end] = take(eng, probe("a", "s1"), 0.0)
+    assert isinstance(end, EndResult)
+    assert end.resume is not None
+    assert (end.resume["next_seq"], end.resume["ended"]) == (3, True)
