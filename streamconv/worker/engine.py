@@ -363,8 +363,9 @@ class Engine:
                 why = (
                     f"{len(seqs)} frames of stream {st.name!r} failed in the model: {outcome.error}"
                 )
-                results.append(Failed(Drop.MODEL_FAILED, why, st.name, len(seqs),
-                                      session=st.session))  # its sender is told
+                results.append(
+                    Failed(Drop.MODEL_FAILED, why, st.name, len(seqs), session=st.session)
+                )  # its sender is told
                 continue
             st.state = outcome.state
             results.append(ChunkResult(st.name, st.session, seqs, t_ns, st.discontinuity,
