@@ -244,10 +244,8 @@ class WorkerSettings(Strict):
         sock = data.get("input")
         endpoint = sock.get("endpoint") if isinstance(sock, dict) else sock
         endpoint = endpoint.endpoint if isinstance(endpoint, SocketSettings) else endpoint
-        match = re.fullmatch(r"tcp://.+:(\d{1,5})", endpoint) if isinstance(endpoint, str) else None
-        if match is not None and int(match[1]) + 2 <= 65535:
-            return data | {"http": f"127.0.0.1:{int(match[1]) + 2}"}
-        return data
+        plus = _port_plus(endpoint, 2) if isinstance(endpoint, str) else None
+        return data if plus is None else data | {"http": "127.0.0.1:" + plus.rsplit(":", 1)[1]}
 
     @field_validator("http")
     @classmethod
