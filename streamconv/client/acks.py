@@ -41,8 +41,17 @@ class Acker:
             inputs = [d for d in derived if d is not None]
         self.id = "sub." + uuid.uuid4().hex[:16]
         self.inputs = list(inputs)
-        self.socks = [transport.push_socket(ctx, i, hwm=64, linger_ms=0, **keys) for i in inputs]
-        self._watches = [transport.PeerWatch(sock) for sock in self.socks]
+        self.socks: list[transport.Socket] = []
+        self._watches: list[transport.PeerWatch] = []
+        try:
+            for i in inputs:  # watched from before the connect: no handshake goes unseen
+                settings = transport.socket_settings(i, False, 64, 0, **keys)
+                sock, watch = transport.open_watched(ctx, "push", settings)
+                self.socks.append(sock)
+                self._watches.append(watch)
+        except BaseException:
+            self.close()  # the ones already open (the caller may terminate the context)
+            raise
         self._since = time.monotonic()
         # stream -> [session or None, next seq to ack, next seq acked, time acked]
         self.streams: dict[str, list[Any]] = {}

@@ -176,7 +176,7 @@ class Sender:
         self._router = router
         self._ctx = transport.context()
         try:
-            self.sock, self._watch = transport.watched_push(self._ctx, self.socket)
+            self.sock, self._watch = transport.open_watched(self._ctx, "push", self.socket)
         except (ValueError, transport.ZMQError) as e:
             self._ctx.term()
             raise endpoint_error(self.endpoint, e) from e

@@ -34,7 +34,7 @@ import numpy as np
 
 from streamconv.client.acks import Acker
 from streamconv.client.losses import Losses
-from streamconv.errors import AuthError, ProtocolError
+from streamconv.errors import AuthError, ConfigError, ProtocolError
 from streamconv.wire import protocol, transport
 from streamconv.wire.protocol import PROBE_STREAM
 
@@ -71,24 +71,30 @@ class Subscriber:
         self._own_ctx, self._ctx = ctx is None, transport.context() if ctx is None else ctx
         self._keys: dict[str, Any] = {"curve_secret": curve_secret, "curve_server": curve_server}
         # Lossless: (almost) no queue limit here; the worker's credit bounds what can wait.
+        outputs = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         try:
-            self.sock = transport.sub_socket(self._ctx, endpoint, topics,
-                                             hwm=LOSSLESS_HWM if lossless else hwm,
-                                             **self._keys)  # fmt: skip
-            outputs = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+            if not outputs:
+                msg = "a subscriber needs at least one endpoint to connect to"
+                raise ConfigError(msg)
+            queue = LOSSLESS_HWM if lossless else hwm
+            first = transport.socket_settings(outputs[0], False, queue, 0, **self._keys)
+            # A refused handshake (a key not allowed, or CURVE on one end only: a subscriber
+            # without keys at a CURVE worker) is reported instead of a silent timeout. The
+            # watch listens from before the connect, so no handshake goes unseen.
+            self.sock, watch = transport.open_watched(self._ctx, "sub", first, topics=topics,
+                                                      more=outputs[1:])  # fmt: skip
+            self._watch: transport.PeerWatch | None = watch
             self.acker = Acker(self._ctx, outputs, inputs, self._keys) if lossless else None
             if self.acker is not None and stream is not None:
                 self.acker.follow(stream)
                 self.acker.tick()
         except BaseException:
             if hasattr(self, "sock"):
+                watch.close()
                 transport.close(self.sock, 0)
             if self._own_ctx:
                 self._ctx.term()
             raise
-        # A refused handshake (a key not allowed, or CURVE on one end only: a subscriber
-        # without keys at a CURVE worker) is reported instead of a silent timeout.
-        self._watch: transport.PeerWatch | None = transport.PeerWatch(self.sock)
         self.gaps: Counter[tuple[str, str]] = Counter()
         self.losses = Losses()
         self.bad_messages = self.duplicates = 0  # duplicates: replayed outputs, skipped

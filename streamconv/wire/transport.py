@@ -46,8 +46,10 @@ def open_socket(
     *,
     topics: Iterable[bytes | str] = (),
     guard: curve.Guard | None = None,
+    more: Iterable[str] = (),
 ) -> Socket:
-    """The socket `s` describes: options set, CURVE keys loaded, then bound or connected.
+    """The socket `s` describes: options set, CURVE keys loaded, then bound or connected
+    (to `more` endpoints too, with the same options: every shard's outputs on one SUB).
 
     Sending kinds get SNDHWM, receiving kinds RCVHWM and MAXMSGSIZE (a peer sending a larger
     part is disconnected before it costs memory). An XPUB passes every subscribe and
@@ -56,6 +58,43 @@ def open_socket(
     keys in `curve_clients`, checked by `guard` (the context's ZAP authenticator). Raises
     zmq.ZMQError when the endpoint cannot be bound or parsed, ConfigError for bad key files.
     """
+    sock = _prepared(ctx, kind, s, topics, guard)
+    try:
+        _attach(sock, s, more)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def open_watched(
+    ctx: Context,
+    kind: Kind,
+    s: SocketSettings,
+    *,
+    topics: Iterable[bytes | str] = (),
+    more: Iterable[str] = (),
+) -> tuple[Socket, PeerWatch]:
+    """A connecting socket as open_socket makes it, and a PeerWatch that was listening
+    before the first connect: on loopback the handshake can complete before a watch
+    attached afterwards starts, and that handshake would never be seen (the peer would
+    look absent until it reconnects). Raises like open_socket."""
+    sock = _prepared(ctx, kind, s, topics, None)
+    watch = PeerWatch(sock)
+    try:
+        _attach(sock, s, more)
+    except BaseException:
+        watch.close()
+        sock.close(linger=0)
+        raise
+    return sock, watch
+
+
+def _prepared(
+    ctx: Context, kind: Kind, s: SocketSettings, topics: Iterable[bytes | str],
+    guard: curve.Guard | None,
+) -> Socket:  # fmt: skip
+    """A new socket with every option of `s` set, not yet bound or connected."""
     keys = _curve_keys(s, guard)
     sock = ctx.socket(_TYPES[kind])
     if keys is not None:
@@ -70,15 +109,15 @@ def open_socket(
         sock.setsockopt(zmq.XPUB_VERBOSER, 1)
     for t in topics:
         subscribe(sock, t)
-    try:
-        if s.bind:
-            sock.bind(s.endpoint)
-        else:
-            sock.connect(s.endpoint)
-    except zmq.ZMQError:
-        sock.close(linger=0)
-        raise
     return sock
+
+
+def _attach(sock: Socket, s: SocketSettings, more: Iterable[str]) -> None:
+    if s.bind:
+        sock.bind(s.endpoint)
+    else:
+        sock.connect(s.endpoint)
+    connect_also(sock, more, bind=s.bind)
 
 
 def _curve_keys(s: SocketSettings, guard: curve.Guard | None) -> Callable[[Socket], None] | None:
@@ -99,7 +138,10 @@ def _curve_keys(s: SocketSettings, guard: curve.Guard | None) -> Callable[[Socke
     return lambda sock: curve.client(sock, pair, server)
 
 
-def _settings(endpoint: str, bind: bool, hwm: int, linger_ms: int, **kw: Any) -> SocketSettings:
+def socket_settings(
+    endpoint: str, bind: bool, hwm: int, linger_ms: int, **kw: Any
+) -> SocketSettings:
+    """SocketSettings from loose values; a bad value other than the endpoint is a ConfigError."""
     try:
         return SocketSettings(endpoint=endpoint, bind=bind, hwm=hwm, linger_ms=linger_ms, **kw)
     except ValidationError as e:
@@ -119,7 +161,7 @@ def push_socket(
     **keys: Any,
 ) -> Socket:
     """A PUSH socket for sending frames (shorthand for open_socket); `keys` as for sub_socket."""
-    return open_socket(ctx, "push", _settings(endpoint, bind, hwm, linger_ms, **keys))
+    return open_socket(ctx, "push", socket_settings(endpoint, bind, hwm, linger_ms, **keys))
 
 
 def pull_socket(
@@ -132,7 +174,7 @@ def pull_socket(
     linger_ms: int = 0,
 ) -> Socket:
     """A PULL socket for receiving frames (shorthand for open_socket)."""
-    settings = _settings(endpoint, bind, hwm, linger_ms, max_message_bytes=max_msg_bytes)
+    settings = socket_settings(endpoint, bind, hwm, linger_ms, max_message_bytes=max_msg_bytes)
     return open_socket(ctx, "pull", settings)
 
 
@@ -140,7 +182,7 @@ def pub_socket(
     ctx: Context, endpoint: str, *, bind: bool = True, hwm: int = DEFAULT_HWM, linger_ms: int = 0
 ) -> Socket:
     """A PUB socket for publishing outputs (shorthand for open_socket)."""
-    return open_socket(ctx, "pub", _settings(endpoint, bind, hwm, linger_ms))
+    return open_socket(ctx, "pub", socket_settings(endpoint, bind, hwm, linger_ms))
 
 
 def sub_socket(
@@ -159,20 +201,14 @@ def sub_socket(
     if not endpoints:
         msg = "a subscriber needs at least one endpoint to connect to"
         raise ConfigError(msg)
-    first = _settings(endpoints[0], bind, hwm, 0, **keys)
-    sock = open_socket(ctx, "sub", first, topics=topics)
-    try:
-        connect_also(sock, endpoints[1:], bind=bind)
-    except BaseException:
-        sock.close(linger=0)
-        raise
-    return sock
+    first = socket_settings(endpoints[0], bind, hwm, 0, **keys)
+    return open_socket(ctx, "sub", first, topics=topics, more=endpoints[1:])
 
 
 def connect_also(sock: Socket, endpoints: Iterable[str], *, bind: bool = False) -> None:
     """Connect (or bind) an open socket to more endpoints, with its options as they are."""
     for endpoint in endpoints:
-        _settings(endpoint, bind, 1, 0)  # the same endpoint checks as open_socket's
+        socket_settings(endpoint, bind, 1, 0)  # the same endpoint checks as open_socket's
         if bind:
             sock.bind(endpoint)
         else:
@@ -182,7 +218,7 @@ def connect_also(sock: Socket, endpoints: Iterable[str], *, bind: bool = False) 
 def retarget(sock: Socket, old: str, new: str) -> None:
     """Move a connecting socket from endpoint `old` to `new` (its options, CURVE keys and
     monitor stay). Messages still queued for `old` are dropped with its pipe."""
-    _settings(new, False, 1, 0)  # the same endpoint checks as open_socket's
+    socket_settings(new, False, 1, 0)  # the same endpoint checks as open_socket's
     with contextlib.suppress(zmq.ZMQError):  # already gone is fine
         sock.disconnect(old)
     sock.connect(new)
@@ -372,24 +408,3 @@ def close(sock: Socket, linger_ms: int | None = None) -> None:
 ZMQError = zmq.ZMQError  # what open_socket raises, for callers that import no zmq
 Guard = curve.Guard  # the ZAP authenticator a CURVE server socket needs
 peer_key = curve.peer_key  # the CURVE key a message came from
-
-
-def watched_push(ctx: Context, s: SocketSettings) -> tuple[Socket, PeerWatch]:
-    """The connecting PUSH `s` describes, as open_socket makes it, and a PeerWatch that was
-    listening before the connect: on loopback the handshake can complete before a watch
-    attached afterwards starts, and that handshake would never be seen. Raises like
-    open_socket."""
-    setup = _curve_keys(s, None)
-    sock = ctx.socket(zmq.PUSH)
-    if setup is not None:
-        setup(sock)
-    sock.setsockopt(zmq.LINGER, s.linger_ms)
-    sock.setsockopt(zmq.SNDHWM, s.hwm)
-    watch = PeerWatch(sock)
-    try:
-        sock.connect(s.endpoint)
-    except zmq.ZMQError:
-        watch.close()
-        sock.close(linger=0)
-        raise
-    return sock, watch

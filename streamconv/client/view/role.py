@@ -68,9 +68,9 @@ class View:
         topics = [PREVIEW_PREFIX.encode()]
         if self.settings.full:
             topics.insert(0, b"")
-        sock = transport.open_socket(ctx, "sub", self.settings.connect, topics=topics)
-        transport.connect_also(sock, self.settings.more)  # every shard's outputs
-        watch = transport.PeerWatch(sock)
+        # Watched from before the first connect (every shard's outputs on one socket).
+        sock, watch = transport.open_watched(ctx, "sub", self.settings.connect, topics=topics,
+                                             more=self.settings.more)  # fmt: skip
         try:
             http.start()
             self.url = http.url
