@@ -12,6 +12,7 @@ import time
 import pytest
 
 from streamconv.wire import transport
+from tests.conftest import HoldingContext
 
 HANDSHAKES_S = 0.5  # long enough for every handshake on loopback to be over before we look
 
@@ -44,5 +45,6 @@ def test_a_connect_that_cannot_start_closes_what_it_opened(zmq_ctx: transport.Co
     settings = transport.socket_settings("tcp://127.0.0.1:1", False, 8, 0)
     with pytest.raises(transport.ZMQError):
         transport.open_watched(zmq_ctx, "sub", settings, more=["tcp://no-such-host-name:"])
-    assert zmq_ctx.held  # type: ignore[attr-defined]  # the socket and its monitor
-    assert all(s.closed for s in zmq_ctx.held)  # type: ignore[attr-defined]
+    assert isinstance(zmq_ctx, HoldingContext)
+    assert zmq_ctx.held  # the socket and its monitor
+    assert all(s.closed for s in zmq_ctx.held)
