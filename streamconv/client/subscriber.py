@@ -16,7 +16,9 @@ counts the outputs missed, per stream, layer and session: at the start (joined l
 at the end (known from the eos), and the sessions that never ended (client/losses.py). Outputs
 a restarted worker computed again (`replay`) that this subscriber already has are skipped and
 counted in `duplicates`. To see a stream from its first output, subscribe (and `wait_ready`)
-before its sender starts.
+before its sender starts. `previews` takes the worker's previews too, or only them (a viewer;
+`streamconv view` reads through this class); `strict=False` reports a refused handshake in
+`refused` instead of raising AuthError, for a caller that keeps trying and shows why.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -36,11 +38,15 @@ from streamconv.client.acks import Acker
 from streamconv.client.losses import Losses
 from streamconv.errors import AuthError, ConfigError, ProtocolError
 from streamconv.wire import protocol, transport
-from streamconv.wire.protocol import PROBE_STREAM
+from streamconv.wire.protocol import INPUT, PREVIEW_PREFIX, PROBE_STREAM
 
 log = logging.getLogger(__name__)
 
 Message = tuple[dict[str, Any], np.ndarray | None]
+# Previews (small, rate-limited copies the worker makes while someone subscribes to them):
+# "none" takes none, "only" takes them and no outputs (a viewer), "input" takes the outputs
+# and the previews of each stream's input (the worker keeps no full-rate copy of its input).
+Previews = Literal["none", "only", "input"]
 SLICE_S = 1.0  # the longest single wait on the socket: any timeout, even math.inf, is safe
 LOSSLESS_HWM = 1_000_000  # lossless: the worker's credit bounds what waits, not this queue
 ACK_SLICE_S = 0.25  # lossless: the longest wait between two looks at the acks due
@@ -60,14 +66,17 @@ class Subscriber:
         curve_server: Path | None = None,
         lossless: bool = False,
         inputs: Sequence[str] | None = None,
+        previews: Previews = "none",
+        strict: bool = True,
     ) -> None:
         self.stream, self.layers, self.timeout_s = stream, set(layers or []), timeout_s
+        self.previews, self.strict = previews, strict
+        if lossless and previews == "only":
+            msg = "previews are samples: a lossless subscriber takes the outputs"
+            raise ConfigError(msg)
         # Several endpoints: every shard's output (wire/shards.py), fanned in by one socket.
         self.endpoint = endpoint if isinstance(endpoint, str) else ", ".join(endpoint)
-        # No stream: every topic (layer filtering, if any, happens in poll: topics are prefixes).
-        topics = [b""] if stream is None else [protocol.topic(stream, x) for x in self.layers]
-        if stream is not None and not self.layers:
-            topics = [protocol.stream_topic(stream)]
+        topics = _topics(stream, self.layers, previews)
         self._own_ctx, self._ctx = ctx is None, transport.context() if ctx is None else ctx
         self._keys: dict[str, Any] = {"curve_secret": curve_secret, "curve_server": curve_server}
         # Lossless: (almost) no queue limit here; the worker's credit bounds what can wait.
@@ -134,10 +143,11 @@ class Subscriber:
                 level = logging.WARNING if self.bad_messages == 1 else logging.DEBUG
                 log.log(level, "subscriber: skipped a bad message (counted): %s", e)
                 continue
-            if header["stream"] == PROBE_STREAM or header.get("preview"):
-                continue  # control traffic and viewers' previews: topics starting with "_"
-            if self.layers and header["layer"] not in self.layers:
+            if not self._wanted(header):
                 continue
+            if header.get("preview"):  # samples: no seq order, nothing to count or ack
+                self._track_end(header)
+                return header, array
             if self._duplicate(header):
                 self.duplicates += 1
                 continue
@@ -151,9 +161,49 @@ class Subscriber:
             self._track_end(header)
             return header, array
 
+    def _wanted(self, header: dict[str, Any]) -> bool:
+        if header["stream"] == PROBE_STREAM:
+            return False  # control traffic (wait_ready's probes)
+        input_preview = header["layer"] == INPUT
+        if self.layers and header["layer"] not in self.layers and not input_preview:
+            return False
+        if header.get("preview"):
+            return self.previews == "only" or (self.previews == "input" and input_preview)
+        return self.previews != "only"
+
+    def take(self, timeout_s: float, most: int) -> list[Message]:
+        """Every matching message waiting, up to `most`, after waiting up to `timeout_s` for
+        the first: a viewer that fell behind catches up in one go."""
+        first = self.poll(timeout_s)
+        if first is None:
+            return []
+        got = [first]
+        while len(got) < most:
+            more = self.poll(0.0)
+            if more is None:
+                break
+            got.append(more)
+        return got
+
+    @property
+    def connected(self) -> bool:
+        """Whether a handshake with a worker holds now (events from the socket monitor)."""
+        return self._watch is not None and self._watch.update() > 0
+
+    @property
+    def refused(self) -> str | None:
+        """Why the worker refuses this subscriber's handshakes, once they keep failing."""
+        if self._watch is None:
+            return None
+        self._watch.update()
+        return self._watch.refused
+
     def _check_refused(self) -> None:
-        if self._watch is not None and self._watch.update() == 0 and self._watch.refused:
-            why = self._watch.refused
+        """A refusal raises AuthError (strict), or waits in `refused` for the caller to show."""
+        if not self.strict or self.connected:
+            return
+        why = self.refused
+        if why:
             msg = f"the worker at {self.endpoint} did not let this subscriber in: {why}"
             raise AuthError(msg)
 
@@ -187,6 +237,8 @@ class Subscriber:
         """Count eos per layer of the stream's current session (the latest one with output)."""
         if self.stream is None or header["stream"] != self.stream:
             return
+        if header["layer"] == INPUT:
+            return  # the input preview has no eos of its own: the stream ends with its layers
         session, layer = header["session"], header["layer"]
         if header["kind"] == "output":
             if session != self._session:  # a new session: its layers start over
@@ -268,3 +320,21 @@ def collect(
         else:
             out[layer].append((header, array))
     return out
+
+
+def _topics(stream: str | None, layers: set[str], previews: Previews) -> list[bytes]:
+    """The topic prefixes to subscribe to. No stream: every topic (layer filtering, if any,
+    happens in poll: topics are prefixes)."""
+    if stream is None:
+        outputs = [b""]
+    elif layers:
+        outputs = [protocol.topic(stream, x) for x in sorted(layers)]
+    else:
+        outputs = [protocol.stream_topic(stream)]
+    # The worker makes previews only for subscriptions that name them ("everything" does not).
+    prefix = PREVIEW_PREFIX.encode()
+    if previews == "only":
+        return [prefix + t for t in outputs]
+    if previews == "input":  # every stream's: the layers' previews too, skipped in poll
+        return [*outputs, protocol.preview_topic(stream, INPUT) if stream else prefix]
+    return outputs

@@ -25,6 +25,9 @@ MAX_SESSION_CHARS = 128
 MAX_PEEK_BYTES = 4096  # a header read only to name who sent a message too large
 PROBE_STREAM = "_probe"  # eos on this stream asks the worker for an eos back (readiness)
 PREVIEW_PREFIX = "_preview/"  # "_preview/{stream}/{layer}/": small, rate-limited outputs
+# The layer name of a stream's input preview. A layer name cannot contain a dot (config), a
+# protocol name can: no layer is ever called this.
+INPUT = ".input"
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # Multi-byte values are little-endian on the wire, whatever the machine.
 INPUT_DTYPES: dict[str, np.dtype[Any]] = {

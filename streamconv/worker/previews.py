@@ -25,12 +25,11 @@ from typing import Any
 import numpy as np
 
 from streamconv.wire import protocol
+from streamconv.wire.protocol import INPUT
 from streamconv.wire.quant import FULL_SCALE, dequantise
 from streamconv.worker.results import ChunkResult
 
 PREFIX = protocol.PREVIEW_PREFIX.encode()
-# A layer name cannot contain a dot (config), a protocol name can: no layer is ever called this.
-INPUT = ".input"
 
 
 class Previews:

@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 from streamconv.wire import protocol, transport
-from streamconv.worker.previews import INPUT, Previews
+from streamconv.wire.protocol import INPUT
+from streamconv.worker.previews import Previews
 from streamconv.worker.results import ChunkResult, EndResult, Result
 from streamconv.worker.stats import Stats
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from streamconv.client.subscriber import Subscriber
+from streamconv.errors import ConfigError
 from streamconv.wire import protocol, transport
 from tests.integration.outputs import SESSION, FakeWorker
 
@@ -211,3 +212,53 @@ def test_a_session_without_eos_is_reported_as_not_ended(worker: FakeWorker, open
     assert sub.losses.missed() == 0
     assert sub.losses.not_ended() == [("cam0", "c1", SESSION)]
     assert "no eos" in sub.losses.report()[0]
+
+
+def preview(worker: FakeWorker, stream: str, layer: str, seq: int) -> None:
+    small = np.full((1, 4, 4), 0.5, np.float32)
+    worker.raw(*protocol.encode_preview(stream, layer, SESSION, seq, 0, small, full_shape=(1, 8, 8),
+                                        discontinuity=False, lost=0))  # fmt: skip
+
+
+def test_previews_only_takes_the_previews_of_every_layer_and_the_input(
+    worker: FakeWorker, zmq_ctx: transport.Context
+) -> None:
+    """The view's way in: samples of each layer and of the input, their eos, no outputs."""
+    with Subscriber(worker.endpoint, ctx=zmq_ctx, stream="cam0", previews="only") as sub:
+        worker.wait_subscribed(protocol.PREVIEW_PREFIX.encode() + protocol.stream_topic("cam0"))
+        worker.output("cam0", "c1", 0)  # not a preview: not taken
+        preview(worker, "cam0", "c1", 0)
+        preview(worker, "cam0", protocol.INPUT, 0)
+        preview(worker, "cam0", "c1", 7)  # samples skip seqs: no gap, no loss
+        transport.send(worker.sock, protocol.encode_output_eos("cam0", "c1", SESSION, 8,
+                                                               preview=True))  # fmt: skip
+        got = sub.take(TIMEOUT_S, 100)
+        while not sub.ended:
+            got += sub.take(TIMEOUT_S, 100)
+        assert kinds(got) == ["c1:output:0", ".input:output:0", "c1:output:7", "c1:eos:8"]
+        assert all(h.get("preview") for h, _ in got)
+        assert sub.gaps.total() == 0
+        assert sub.losses.missed() == 0
+        assert sub.losses.report() == []  # nothing tallied: samples are not counted
+
+
+def test_previews_input_adds_the_inputs_previews_to_the_outputs(
+    worker: FakeWorker, zmq_ctx: transport.Context
+) -> None:
+    with Subscriber(worker.endpoint, ctx=zmq_ctx, previews="input") as sub:
+        worker.wait_subscribed(b"", protocol.PREVIEW_PREFIX.encode())
+        preview(worker, "cam0", "c1", 0)  # a layer's preview: the outputs are taken instead
+        worker.output("cam0", "c1", 0)
+        preview(worker, "cam0", protocol.INPUT, 0)
+        worker.output("cam0", "c1", 1)
+        got = sub.take(TIMEOUT_S, 3)
+        while len(got) < 3:
+            got += sub.take(TIMEOUT_S, 3 - len(got))
+        assert kinds(got) == ["c1:output:0", ".input:output:0", "c1:output:1"]
+        assert [bool(h.get("preview")) for h, _ in got] == [False, True, False]
+        assert sub.poll(0.3) is None  # nothing more: the layer's preview was not taken
+
+
+def test_a_lossless_subscriber_takes_outputs_not_samples(worker: FakeWorker) -> None:
+    with pytest.raises(ConfigError, match="previews are samples"):
+        Subscriber(worker.endpoint, previews="only", lossless=True, inputs=[worker.endpoint])

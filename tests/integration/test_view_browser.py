@@ -20,7 +20,7 @@ import pytest
 from streamconv.capture.sources import synthetic_frame
 from streamconv.wire import protocol, transport
 from streamconv.wire.curve import generate
-from streamconv.worker.previews import INPUT
+from streamconv.wire.protocol import INPUT
 from tests.helpers import DEFAULT, preset_layers
 from tests.integration.conftest import WorkerProc
 

@@ -291,8 +291,6 @@ def test_the_hub_reads_a_layers_rate_and_counts_from_previews() -> None:
 def test_the_last_frame_shows_even_when_its_eos_arrives_in_the_same_read() -> None:
     """A busy view reads the last outputs and the end together: the newest frame of each
     layer must still be displayed (an eos after it once hid it)."""
-    from types import SimpleNamespace
-
     from streamconv.client.view.role import View
     from streamconv.config import ViewSettings
     from streamconv.wire import protocol
@@ -301,8 +299,8 @@ def test_the_last_frame_shows_even_when_its_eos_arrives_in_the_same_read() -> No
     frames = [np.full((1, 6, 8), v, np.float32) for v in (0.25, 0.75)]
     batch = [protocol.encode_output("a", "L", "s", i, 0, f) for i, f in enumerate(frames)]
     batch.append(protocol.encode_output_eos("a", "L", "s", 2))
-    as_frames = [[SimpleNamespace(buffer=memoryview(bytes(p))) for p in parts] for parts in batch]
-    view._account(as_frames)  # type: ignore[arg-type]
+    # As the subscriber hands them over: decoded, in the order read.
+    view._show([protocol.decode_output([memoryview(bytes(p)) for p in parts]) for parts in batch])
     layer = view.hub.streams["a"].layers["L"]
     assert layer.version == 1  # the newest frame was kept for display
     assert layer.header is not None

@@ -16,7 +16,8 @@ from streamconv.client.view.hub import Hub
 from streamconv.client.view.page import Encoder, Page
 from streamconv.config import Settings
 from streamconv.wire import protocol
-from streamconv.worker.previews import INPUT, Previews
+from streamconv.wire.protocol import INPUT
+from streamconv.worker.previews import Previews
 from streamconv.worker.results import ChunkResult
 from tests.unit.test_engine import clip, engine, frame, make_model, take
 

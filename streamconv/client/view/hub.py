@@ -27,7 +27,7 @@ from streamconv.client.view.render import (
     picture,
     tile,
 )
-from streamconv.worker.previews import INPUT
+from streamconv.wire.protocol import INPUT
 
 HISTORY_MAX = 4096  # samples kept per layer, whatever the rate
 RATE_WINDOW_S = 1.0  # frames/s and latency are over the last second of arrivals
