@@ -34,17 +34,11 @@ def free_endpoint() -> str:
 
 
 def wait_worker_ready(worker: Any, sub: Any, inp: str, timeout_s: float = 120.0) -> None:
-    """`streamconv run`'s readiness wait, for a worker process started here: probes through
-    the worker (`Subscriber.wait_ready`) until one reaches `sub`, failing fast if the process
-    exits first (torch import and model build take seconds)."""
-    import threading
-    from types import SimpleNamespace
+    """`streamconv run`'s readiness wait (streamconv.run.wait_worker_ready), for a worker
+    process started here."""
+    from streamconv.run import wait_worker_ready as wait  # imported here: it pulls in torch
 
-    from streamconv.run import _wait_ready  # imported here: it pulls in torch
-
-    # It reads the worker from a supervisor's `children`; this one holds just that process.
-    children = SimpleNamespace(children={"worker": worker})
-    _wait_ready(sub, inp, children, threading.Event(), timeout_s)  # type: ignore[arg-type]
+    wait(sub, inp, worker, timeout_s=timeout_s)
 
 
 def free_port_pair(after: int) -> int:

@@ -19,7 +19,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -145,7 +145,7 @@ def _run(
         # back instead of losing outputs, so the offline comparison always runs.
         with Subscriber(endpoints["output"], stream=stream, timeout_s=60, lossless=True,
                         inputs=[endpoints["input"]], **connect.client_keys()) as sub:  # fmt: skip
-            _wait_ready(sub, endpoints["input"], children, stop)
+            wait_worker_ready(sub, endpoints["input"], children.children["worker"], stop)
             if wait_page is not None:
                 wait_page()
             children.start("capture", capture_main, capture, settings.log.level,
@@ -254,14 +254,24 @@ def _check_children(children: Supervisor, idle_s: float) -> None:
         raise StreamconvError(msg)
 
 
-def _wait_ready(
-    sub: Subscriber, endpoint: str, children: Supervisor, stop: threading.Event,
+class Process(Protocol):
+    """A worker's process as multiprocessing.Process shows it."""
+
+    @property
+    def exitcode(self) -> int | None: ...
+
+    def is_alive(self) -> bool: ...
+
+
+def wait_worker_ready(
+    sub: Subscriber, endpoint: str, worker: Process, stop: threading.Event | None = None,
     timeout_s: float = 120,
 ) -> None:  # fmt: skip
-    """Wait for the worker to answer, failing fast if its process has died."""
+    """Wait until the worker at input `endpoint` answers `sub`'s probes (torch import and
+    model build take seconds), failing fast if its process `worker` has died; TimeoutError
+    after `timeout_s`. Returns early once `stop` is set."""
     deadline = time.monotonic() + timeout_s
-    worker = children.children["worker"]
-    while not stop.is_set():
+    while stop is None or not stop.is_set():
         if not worker.is_alive():
             msg = f"the worker process exited (code {worker.exitcode}) before it was ready"
             raise StartupError(msg)

@@ -35,7 +35,7 @@ def capture_main(settings: CaptureSettings, level: str, fmt: str) -> None:
     from streamconv.capture.role import Capture
 
     configure_logging(level, fmt)
-    Capture.from_settings(settings).run()
+    Capture(settings).run()
 
 
 def view_main(settings: ViewSettings, level: str, fmt: str) -> None:

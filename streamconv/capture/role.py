@@ -236,10 +236,6 @@ class Capture:
             sender.wait_s = self.wait_s  # for the rest of the run: a lost worker, as usual
             return sender, answered
 
-    @classmethod
-    def from_settings(cls, s: CaptureSettings, progress: bool = False) -> Capture:
-        return cls(s, progress=progress)
-
     @property
     def session(self) -> str | None:
         return None if self.sender is None else self.sender.session
@@ -333,14 +329,6 @@ def capture_settings(source: str | None = None, **options: Any) -> CaptureSettin
         why = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg'].removeprefix('Value error, ')}"
                         for x in e.errors())  # fmt: skip
         raise ConfigError(f"capture settings: {why}") from e
-
-
-def capture_kwargs(s: CaptureSettings) -> dict[str, Any]:
-    """`s` as the shorthand's keywords, `Capture(source, **kwargs)` (capture_settings' inverse)."""
-    c = s.connect
-    return {**s.model_dump(exclude={"connect", "http"}), "endpoint": c.endpoint,
-            "queue_size": c.hwm or None, "curve_secret": c.curve_secret,
-            "curve_server": c.curve_server}  # fmt: skip
 
 
 def _checked(s: CaptureSettings, source: Source | None) -> CaptureSettings:

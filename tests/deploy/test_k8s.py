@@ -30,7 +30,6 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from streamconv.capture.role import capture_kwargs
 from streamconv.cli import overrides
 from streamconv.cli import parser as cli_parser
 from streamconv.config import Settings, load_settings
@@ -600,11 +599,11 @@ def test_the_capture_finds_the_workers_through_the_headless_service(
             assert identity(owner(stream, found)) == identity(owner(stream, listed)), stream
         # As the capture itself would take them (a config error here is exit 2 in the pod).
         taken = load_settings("default", overrides(args), environ=_env(container))
-        kwargs = capture_kwargs(taken.capture)
-        assert kwargs["shards"] == [args.shards]
-        assert kwargs["source"].startswith("rtsp://")
-        assert kwargs["curve_secret"] is not None
-        assert kwargs["curve_server"] is not None
+        capture = taken.capture
+        assert capture.shards == [args.shards]
+        assert str(capture.source).startswith("rtsp://")
+        assert capture.connect.curve_secret is not None
+        assert capture.connect.curve_server is not None
         copies = [c["command"][-1] for c in pod["initContainers"]]
         assert str(args.curve_secret) in copies, "no init container writes the capture's key"
         key, _ = _mount_of(pod, container, str(args.curve_server))
