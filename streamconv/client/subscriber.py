@@ -71,39 +71,18 @@ class Subscriber:
     ) -> None:
         self.stream, self.layers, self.timeout_s = stream, set(layers or []), timeout_s
         self.previews, self.strict = previews, strict
+        # Several endpoints: every shard's output (wire/shards.py), fanned in by one socket.
+        outputs = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        if not outputs:
+            msg = "a subscriber needs at least one endpoint to connect to"
+            raise ConfigError(msg)
         if lossless and previews == "only":
             msg = "previews are samples: a lossless subscriber takes the outputs"
             raise ConfigError(msg)
-        # Several endpoints: every shard's output (wire/shards.py), fanned in by one socket.
-        self.endpoint = endpoint if isinstance(endpoint, str) else ", ".join(endpoint)
-        topics = _topics(stream, self.layers, previews)
+        self.endpoint = ", ".join(outputs)
         self._own_ctx, self._ctx = ctx is None, transport.context() if ctx is None else ctx
         self._keys: dict[str, Any] = {"curve_secret": curve_secret, "curve_server": curve_server}
-        # Lossless: (almost) no queue limit here; the worker's credit bounds what can wait.
-        outputs = [endpoint] if isinstance(endpoint, str) else list(endpoint)
-        try:
-            if not outputs:
-                msg = "a subscriber needs at least one endpoint to connect to"
-                raise ConfigError(msg)
-            queue = LOSSLESS_HWM if lossless else hwm
-            first = transport.socket_settings(outputs[0], False, queue, 0, **self._keys)
-            # A refused handshake (a key not allowed, or CURVE on one end only: a subscriber
-            # without keys at a CURVE worker) is reported instead of a silent timeout. The
-            # watch listens from before the connect, so no handshake goes unseen.
-            self.sock, watch = transport.open_watched(self._ctx, "sub", first, topics=topics,
-                                                      more=outputs[1:])  # fmt: skip
-            self._watch: transport.PeerWatch | None = watch
-            self.acker = Acker(self._ctx, outputs, inputs, self._keys) if lossless else None
-            if self.acker is not None and stream is not None:
-                self.acker.follow(stream)
-                self.acker.tick()
-        except BaseException:
-            if hasattr(self, "sock"):
-                watch.close()
-                transport.close(self.sock, 0)
-            if self._own_ctx:
-                self._ctx.term()
-            raise
+        self._connect(outputs, _topics(stream, self.layers, previews), hwm, lossless, inputs)
         self.gaps: Counter[tuple[str, str]] = Counter()
         self.losses = Losses()
         self.bad_messages = self.duplicates = 0  # duplicates: replayed outputs, skipped
@@ -111,6 +90,37 @@ class Subscriber:
         # End of stream: the layers seen in, and ended by, the stream's current session.
         self._session: str | None = None
         self._seen, self._ended = set[str](), set[str]()
+
+    def _connect(
+        self, outputs: list[str], topics: list[bytes], hwm: int, lossless: bool,
+        inputs: Sequence[str] | None,
+    ) -> None:  # fmt: skip
+        """Open the SUB (and, lossless, the acks toward the workers' `inputs`); on failure,
+        close what was opened."""
+        # Lossless: (almost) no queue limit here; the worker's credit bounds what can wait.
+        queue = LOSSLESS_HWM if lossless else hwm
+        # A refused handshake (a key not allowed, or CURVE on one end only: a subscriber
+        # without keys at a CURVE worker) is reported instead of a silent timeout. The watch
+        # listens from before the connect, so no handshake goes unseen.
+        try:
+            first = transport.socket_settings(outputs[0], False, queue, 0, **self._keys)
+            self.sock, watch = transport.open_watched(self._ctx, "sub", first, topics=topics,
+                                                      more=outputs[1:])  # fmt: skip
+        except BaseException:
+            self._term()
+            raise
+        self._watch: transport.PeerWatch | None = watch
+        self.acker: Acker | None = None
+        if not lossless:
+            return
+        try:
+            self.acker = Acker(self._ctx, outputs, inputs, self._keys)
+        except BaseException:
+            self.close()
+            raise
+        if self.stream is not None:
+            self.acker.follow(self.stream)
+            self.acker.tick()
 
     @property
     def ended(self) -> bool:
@@ -288,6 +298,9 @@ class Subscriber:
         if self._watch is not None:
             self._watch.close()
         transport.close(self.sock, 0)
+        self._term()
+
+    def _term(self) -> None:
         if self._own_ctx:
             self._ctx.term()
 

@@ -23,6 +23,7 @@ from streamconv.client.subscriber import Subscriber
 from tests.conftest import REPO
 from tests.helpers import DEFAULT, preset_layers, table_counts
 from tests.integration.conftest import WorkerProc
+from tests.integration.outputs import wait_tcp_connected
 
 pytestmark = pytest.mark.integration
 
@@ -68,33 +69,6 @@ def assert_readable_video(path: Path, frames: int) -> None:
     assert count == frames, f"{path}: {count} frames"
 
 
-def wait_connected(pid: int, port: int, timeout_s: float = 30.0) -> None:
-    """Return once process `pid` holds an established TCP connection to `port` (Linux /proc)."""
-    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
-    if not tables[0].exists():
-        time.sleep(3.0)  # no /proc: fall back to a generous wait
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        inodes = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
-        for table in tables:
-            for row in table.read_text().splitlines()[1:] if table.exists() else []:
-                fields = row.split()
-                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-                if fields[3] == "01" and remote_port == port and fields[9] in inodes:
-                    return
-        time.sleep(0.05)
-    pytest.fail(f"process {pid} did not connect to port {port} within {timeout_s} s")
-
-
-# -- usage, config and startup errors -----------------------------------------------------------
 def test_worker_with_a_missing_config_exits_2_naming_it(cli: Cli, tmp_path: Path) -> None:
     missing = tmp_path / "missing.toml"
     assert_clean_error(cli("worker", "--config", missing), 2, str(missing), "not found")
@@ -179,7 +153,7 @@ def test_capture_into_a_worker_and_subscribe_with_previews(
         # message. Probes through the worker would be counted by --count, so the signal used
         # is the subscriber's own TCP connection to the output port (from /proc), plus a
         # short margin for the ZeroMQ handshake and the SUBSCRIBE to reach the worker.
-        wait_connected(subscribe.pid, int(worker.output.rsplit(":", 1)[1]))
+        wait_tcp_connected(subscribe, int(worker.output.rsplit(":", 1)[1]))
         time.sleep(0.5)
         captured = cli("capture", clip, "--connect", worker.input)
         out, err = subscribe.communicate(timeout=60)
