@@ -34,8 +34,9 @@ from streamconv import health
 from streamconv.capture import http as capture_http
 from streamconv.capture.sources import Source, open_source
 from streamconv.client import routing
-from streamconv.client.routing import Router
-from streamconv.client.sender import DEFAULT_OUTPUT, Sender, endpoint_error
+from streamconv.client.routing import DEFAULT_OUTPUT, Router
+from streamconv.client.sender import Sender
+from streamconv.client.sockets import endpoint_error
 from streamconv.config import CaptureSettings
 from streamconv.config.roles import derive_output
 from streamconv.errors import AuthError, ConfigError, RefusedError, StartupError

@@ -34,25 +34,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from streamconv.client import probe
+from streamconv.client.link import POLL_MS, Link
 from streamconv.client.lossless import Lossless
 from streamconv.client.resend import Resender
 from streamconv.client.routing import DEFAULT_OUTPUT, Router
-from streamconv.config.roles import CaptureSocket
-from streamconv.errors import (
-    AuthError,
-    ConfigError,
-    ProtocolError,
-    StartupError,
-    StreamconvError,
-)
+from streamconv.client.sockets import SocketLike, client_socket, endpoint_error, with_loose
+from streamconv.errors import ConfigError, ProtocolError, StreamconvError
 from streamconv.wire import protocol, transport
 from streamconv.wire.protocol import PROBE_STREAM
 
@@ -60,57 +53,8 @@ log = logging.getLogger(__name__)
 
 MODES = ("lossless", "live")
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-POLL_MS = 100  # the longest single wait: a stop request is seen within this
-ANNOUNCE_S = 1.0  # waiting this long for a worker is logged (once)
 STALL_WARN_S = 5.0  # a lossless send blocked this long (worker connected) is logged once
 STOP_WAIT_S = 1.0  # once stopped, or with the worker gone: the most time for eos, then linger
-
-SocketLike = str | Mapping[str, Any] | CaptureSocket
-
-
-class WorkerLostError(StreamconvError):
-    """The worker went away mid-stream and did not come back within the wait."""
-
-
-def endpoint_error(endpoint: str, e: Exception) -> ConfigError:
-    why = e if isinstance(e, transport.ZMQError) else "not a tcp://, ipc:// or inproc:// endpoint"
-    return ConfigError(f"cannot connect to {endpoint!r}: {why} (write e.g. tcp://HOST:PORT)")
-
-
-def client_socket(socket: SocketLike, mode: str) -> CaptureSocket:
-    """`socket` as settings with `mode`'s queue and linger where left to it: a plain string is
-    the endpoint, a mapping the fields of CaptureSocket (which validates them)."""
-    if isinstance(socket, CaptureSocket):
-        return socket.for_mode(mode)
-    try:
-        settings = CaptureSocket.model_validate(socket)
-    except ValidationError as e:
-        endpoint = socket if isinstance(socket, str) else socket.get("endpoint", "")
-        if any(err["loc"] == ("endpoint",) for err in e.errors()):
-            raise endpoint_error(str(endpoint), e) from e
-        why = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
-        raise ConfigError(f"socket {endpoint!r}: {why}") from e
-    return settings.for_mode(mode)
-
-
-LOOSE = {"queue": "hwm", "linger_ms": "linger_ms", "curve_secret": "curve_secret",
-         "curve_server": "curve_server"}  # fmt: skip
-
-
-def _with(socket: SocketLike, loose: dict[str, Any]) -> SocketLike:
-    """The socket with the loose keywords a library user may give (`queue=8`,
-    `curve_secret=...`, as before sockets were settings) folded in."""
-    unknown = set(loose) - set(LOOSE)
-    if unknown:
-        msg = f"Sender got unexpected keyword(s) {sorted(unknown)}; allowed: {sorted(LOOSE)}"
-        raise TypeError(msg)
-    fields = {LOOSE[k]: v for k, v in loose.items() if v is not None}
-    if not fields:
-        return socket
-    if isinstance(socket, CaptureSocket):
-        return socket.model_copy(update=fields)
-    base = {"endpoint": socket} if isinstance(socket, str) else dict(socket)
-    return base | fields
 
 
 def _check(stream: str, mode: str, wait_s: float, fps: float | None) -> str:
@@ -155,8 +99,8 @@ class Sender:
         **loose: Any,
     ) -> None:
         self.stream = _check(stream, mode, wait_s, fps)
-        self.socket = client_socket(_with(socket, loose), mode)
-        self.endpoint, self.mode, self.wait_s, self.fps = self.socket.endpoint, mode, wait_s, fps
+        self.socket = client_socket(with_loose(socket, loose), mode)
+        self.endpoint, self.mode, self.fps = self.socket.endpoint, mode, fps
         self.queue, self.linger_ms = self.socket.hwm, self.socket.linger_ms
         self.close_timeout_s = close_timeout_s
         self.session = protocol.new_session()
@@ -169,20 +113,18 @@ class Sender:
         self.confirmed: bool | None = None
         self._linger_ms = self.linger_ms  # the linger close() used
         self._stop = stop if stop is not None else threading.Event()
-        self._ready = self._closed = False
-        self._gone_since: float | None = None
-        self._disconnects_seen = 0
-        self._resume_pending = False  # a resume at the end found no answer: ask again
+        self._closed = False
         self._router = router
         self._ctx = transport.context()
         try:
-            self.sock, self._watch = transport.open_watched(self._ctx, "push", self.socket)
+            self.sock, watch = transport.open_watched(self._ctx, "push", self.socket)
         except (ValueError, transport.ZMQError) as e:
             self._ctx.term()
             raise endpoint_error(self.endpoint, e) from e
         except ConfigError:
             self._ctx.term()
             raise
+        self._link = Link(watch, self.endpoint, mode, wait_s, self._stop, lambda: self.sent)
         self._resume_wait_subscriber = resume_wait_subscriber
         self._lossless = self._keep_for_resume(resume_output) if mode == "lossless" else None
 
@@ -201,14 +143,23 @@ class Sender:
 
     # -- state ---------------------------------------------------------------------------------
     @property
+    def wait_s(self) -> float:
+        """How long to wait for a worker, first or back (0: forever); settable."""
+        return self._link.wait_s
+
+    @wait_s.setter
+    def wait_s(self, value: float) -> None:
+        self._link.wait_s = value
+
+    @property
     def disconnects(self) -> int:
         """How often the worker's connection closed after it was first made."""
-        return self._watch.disconnects
+        return self._link.disconnects
 
     @property
     def connected(self) -> bool:
         """Whether a worker holds a completed connection right now."""
-        return not self._closed and self._peers() > 0
+        return not self._closed and self._link.peers() > 0
 
     def stop(self) -> None:
         """Make a waiting (or any later) send return False; safe from any thread."""
@@ -221,35 +172,14 @@ class Sender:
         Raises StartupError after `wait_s` (0: never). The first send() calls this.
         """
         self._check_open()
-        if self._ready:
+        if self._link.ready:
             return True
-        start = time.monotonic()
-        announced = False
-        while not self._stop.is_set():
-            if self._watch.update(POLL_MS) > 0:
-                self._ready = True
-                level = logging.INFO if announced else logging.DEBUG
-                log.log(level, "the worker at %s answered", self.endpoint)
-                if self._lossless is not None and not self._lossless.path_works(self.endpoint):
-                    self._lossless.close()
-                    self._lossless = None
-                return True
-            if self._watch.refused:  # it answered, and the keys do not match: no use waiting
-                why = self._watch.refused
-                msg = f"the worker at {self.endpoint} did not let this capture in: {why}"
-                raise AuthError(msg)
-            waited = time.monotonic() - start
-            if self.wait_s and waited >= self.wait_s:
-                msg = (
-                    f"no worker answered at {self.endpoint} within {self.wait_s:g} s; "
-                    "is `streamconv worker` running? (--wait to wait longer)"
-                )
-                raise StartupError(msg)
-            if not announced and waited >= ANNOUNCE_S:
-                announced = True
-                limit = f"up to {self.wait_s:g} s" if self.wait_s else "no time limit"
-                log.info("waiting for a worker at %s (%s)", self.endpoint, limit)
-        return False
+        if not self._link.wait_first():
+            return False
+        if self._lossless is not None and not self._lossless.path_works(self.endpoint):
+            self._lossless.close()
+            self._lossless = None
+        return True
 
     def send(self, frame: np.ndarray, t_ns: int | None = None) -> bool:
         """Queue one frame (taken at `t_ns`, default now): True if queued.
@@ -262,7 +192,8 @@ class Sender:
         parts = self._encode(frame, t_ns)
         if self._stop.is_set() or not self.wait_worker():
             return False
-        if self._lossless is not None and not self._lossless.await_credit(self.sent, self._peers):
+        lossless = self._lossless
+        if lossless is not None and not lossless.await_credit(self.sent, self._link.peers):
             return False
         queued = self._send_live(parts) if self.mode == "live" else self._send_lossless(parts)
         self.sent += queued
@@ -292,7 +223,7 @@ class Sender:
         return dict(self._lossless.verdict) if self._lossless is not None else {}
 
     def _send_live(self, parts: list[Any]) -> bool:
-        if self._peers() == 0:
+        if self._link.peers() == 0:
             self.dropped += 1
             self.dropped_no_worker += 1
             return False
@@ -304,12 +235,12 @@ class Sender:
     def _send_lossless(self, parts: list[Any]) -> bool:
         since, warned = time.monotonic(), False
         while not self._stop.is_set():
-            if self._peers() == 0:
-                if not self._await_worker_back():
+            if self._link.peers() == 0:
+                if not self._link.await_back(self._router, self._retarget):
                     return False
                 since = time.monotonic()
                 continue
-            if self._reconnected():
+            if self._link.reconnected():
                 self._resume()
             if transport.wait_writable(self.sock, POLL_MS) and transport.send(
                 self.sock, parts, block=False
@@ -325,64 +256,11 @@ class Sender:
                 )
         return False
 
-    def _reconnected(self) -> bool:
-        """A reconnect not yet answered by a resume (maybe to a restarted worker)."""
-        if self._watch.disconnects == self._disconnects_seen and not self._resume_pending:
-            return False
-        self._disconnects_seen, self._resume_pending = self._watch.disconnects, False
-        return True
-
     def _resume(self) -> bool:
         if self._lossless is None:
             return True
         return self._lossless.resume(self.sent, self.wait_s, self._resume_wait_subscriber,
                                      self.endpoint)  # fmt: skip
-
-    def _peers(self, timeout_ms: int = 0) -> int:
-        """The peer count, logging each time the worker goes away or comes back."""
-        peers = self._watch.update(timeout_ms)
-        if peers and self._gone_since is not None:
-            log.info(
-                "the worker at %s is back after %.1f s",
-                self.endpoint,
-                time.monotonic() - self._gone_since,
-            )
-            self._gone_since = None
-        elif not peers and self._gone_since is None and self._ready:
-            self._gone_since = time.monotonic()
-            limit = f" up to {self.wait_s:g} s" if self.wait_s else ""
-            then = f"waiting{limit} for it to come back"
-            if self.mode == "live":
-                then = "dropping frames until it is back"
-            log.warning(
-                "the worker at %s disconnected after %d frames were queued; frames queued "
-                "since may be lost; %s",
-                self.endpoint,
-                self.sent,
-                then,
-            )
-        return peers
-
-    def _await_worker_back(self) -> bool:
-        """Lossless: wait for the worker to reconnect (or, sharded, for the stream's owner to
-        change); False if stopped, WorkerLostError after `wait_s`."""
-        if self._router is not None:
-            self._router.rearm()
-        while not self._stop.is_set():
-            if self._peers(POLL_MS) > 0:
-                return True
-            target = self._router.reroute() if self._router is not None else None
-            if target is not None:
-                self._retarget(*target)
-            gone_s = time.monotonic() - (self._gone_since or time.monotonic())
-            if self.wait_s and gone_s >= self.wait_s:
-                msg = (
-                    f"the worker at {self.endpoint} went away after {self.sent} frames were "
-                    f"queued and did not come back within {self.wait_s:g} s; frames queued "
-                    "after it left may be lost (--wait to wait longer)"
-                )
-                raise WorkerLostError(msg)
-        return False
 
     def _retarget(self, endpoint: str, output: str) -> None:
         """Send to another worker from now on (the stream's new owner): frames queued for the
@@ -392,7 +270,7 @@ class Sender:
         transport.retarget(self.sock, self.endpoint, endpoint)
         if self._lossless is not None:
             self._lossless.resender.retarget(output)
-        self.endpoint = endpoint
+        self.endpoint = self._link.endpoint = endpoint
 
     # -- readiness of a subscriber -------------------------------------------------------------
     def wait_subscriber(self, output: str = DEFAULT_OUTPUT, timeout_s: float | None = None) -> bool:
@@ -423,33 +301,34 @@ class Sender:
         if self._closed:
             return
         try:
-            if self._ready:
+            if self._link.ready:
                 self.eos_sent = self._send_eos()
         finally:
             self._closed = True
-            hurry = self._stop.is_set() or not self._ready or self._watch.update(0) == 0
+            hurry = self._stop.is_set() or not self._link.ready or self._link.watch.update(0) == 0
             linger_ms = min(self.linger_ms, int(STOP_WAIT_S * 1000)) if hurry else self.linger_ms
-            self._watch.close()
+            self._link.watch.close()
             if self._lossless is not None:
                 self._lossless.close()
             transport.close(self.sock, linger_ms)
             start = time.monotonic()
             self._ctx.term()  # returns once the queue drained, or the linger ran out
             took_ms = (time.monotonic() - start) * 1000
-            if self._ready and linger_ms > 0:
+            if self._link.ready and linger_ms > 0:
                 self.drained = took_ms < linger_ms - 20
             self._linger_ms = linger_ms
 
     def _send_eos(self) -> bool:
         # A restarted worker gets the frames it lacks before the eos; one not back yet, once
         # it is (the end confirmation below waits for it).
-        if self._peers() > 0 and self._reconnected() and not self._resume():
-            self._resume_pending = True
+        link = self._link
+        if link.peers() > 0 and link.reconnected() and not self._resume():
+            link.resume_pending = True
         if not self._queue_eos():
             return False
         if self._lossless is not None and not self._stop.is_set():
             self.confirmed = self._lossless.await_end(
-                self.sent, self.wait_s, lambda: self._peers() > 0 and self._reconnected(),
+                self.sent, self.wait_s, lambda: link.peers() > 0 and link.reconnected(),
                 self._resend_and_end, self.endpoint,
             )  # fmt: skip
         return True
@@ -458,13 +337,13 @@ class Sender:
         if self._resume():
             self._queue_eos()
         else:  # no answer (the worker went again, or is slow): ask again when it is back
-            self._resume_pending = True
+            self._link.resume_pending = True
 
     def _queue_eos(self) -> bool:
         lossless = self._lossless is not None
         parts = protocol.encode_eos(self.stream, self.session, seq=self.sent, lossless=lossless)
         wait_s = self.close_timeout_s
-        if self._stop.is_set() or self._watch.update(0) == 0:
+        if self._stop.is_set() or self._link.watch.update(0) == 0:
             wait_s = min(wait_s, STOP_WAIT_S)
         deadline = time.monotonic() + wait_s
         while True:
@@ -480,7 +359,7 @@ class Sender:
         """One line: what was queued and dropped (in `seconds`), and what is known of delivery."""
         took = "" if seconds is None else f" in {seconds:.2f} s"
         stopped = ", stopped" if self._stop.is_set() else ""
-        if not self._ready:
+        if not self._link.ready:
             return f"queued nothing{took}{stopped}: no worker had answered at {self.endpoint}"
         text = f"queued {self.sent} frames to {self.endpoint}, dropped {self.dropped}"
         if self.dropped_no_worker:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from streamconv.client import Sender, Subscriber
-from streamconv.client.sender import STOP_WAIT_S, WorkerLostError
+from streamconv.client.link import WorkerLostError
+from streamconv.client.sender import STOP_WAIT_S
 from streamconv.errors import StartupError, StreamconvError
 from streamconv.wire import protocol, transport
 from tests.conftest import recv_parts
