@@ -8,9 +8,11 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
+from streamconv import weights
 from streamconv.config import LayerSpec, Settings, WorkerSettings
 from streamconv.errors import ConfigError
-from streamconv.layers import Layer, Sequential
+from streamconv.layers import Layer, Output, Sequential, State
+from streamconv.usercode import call, load_object, probe
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +67,97 @@ def build_layer(spec: LayerSpec, channels: int) -> tuple[Layer, int]:
     return spec.build(channels)
 
 
-def build_model(settings: Settings, device: torch.device | None = None) -> Sequential:
-    """The whole pipeline, returning every stage (an Output), on its device and dtype."""
+def build_model(
+    settings: Settings, device: torch.device | None = None, model: Layer | None = None
+) -> Layer:
+    """The model on its device and dtype, returning every stage (an Output): `model` if given
+    (built in this process), else the [model] factory's, else the [[layers]] pipeline; with
+    [model] weights loaded into it (keyed as its own state_dict())."""
+    given = model is not None
+    if model is None:
+        model = _from_factory(settings) if settings.model.factory else _from_layers(settings)
+    device = device or resolve_device(settings.worker.device)
+    model.to(device=device, dtype=DTYPES[settings.worker.dtype])
+    if settings.model.weights is not None:  # cast once, from the file's dtype to the model's
+        weights.load(model, settings.model.weights)
+    model.eval()
+    model = _named(model, input_channels(settings.worker))
+    what = "given model" if given else settings.model.factory or "layers"
+    log.info("model (%s): %s on %s (%s), weights version %s", what,
+             " -> ".join(published(settings, model, given)), device, settings.worker.dtype,
+             weights.version(model))  # fmt: skip
+    return model
+
+
+def published(settings: Settings, model: Layer, given: bool = False) -> list[str]:
+    """The layers the worker publishes: the [[layers]] with `publish` (unless the model was
+    given), else every name in the model's Output."""
+    if settings.layers and not given and settings.model.factory is None:
+        return [spec.name for spec in settings.layers if spec.publish]
+    out = probe(model, input_channels(settings.worker), "the model")
+    return out.keys() if isinstance(out, Output) else [SINGLE]
+
+
+def layer_names(settings: Settings) -> list[str]:
+    """The layers the model the settings describe publishes (a factory's model is built on
+    the CPU to ask it)."""
+    if settings.model.factory is None:
+        return [spec.name for spec in settings.layers if spec.publish]
+    return published(settings, build_model(settings, torch.device("cpu")))
+
+
+def _from_layers(settings: Settings) -> Layer:
     channels = input_channels(settings.worker)
     stages: OrderedDict[str, Layer] = OrderedDict()
     for spec in settings.layers:
         stages[spec.name], channels = build_layer(spec, channels)
-    model = Sequential(stages, return_all=True)
-    device = device or resolve_device(settings.worker.device)
-    model.to(device=device, dtype=DTYPES[settings.worker.dtype])
-    model.eval()
-    log.info("model: %s on %s (%s)", " -> ".join(stages), device, settings.worker.dtype)
-    return model
+    return Sequential(stages, return_all=True)
+
+
+def _from_factory(settings: Settings) -> Layer:
+    m = settings.model
+    assert m.factory is not None
+    setting = f"[model] factory {m.factory!r}"
+    built = call(load_object(m.factory, m.root, setting), m.kwargs, setting)
+    if not isinstance(built, Layer):
+        msg = f"{setting} returned {type(built).__name__}, not a streamconv.layers.Layer"
+        raise ConfigError(msg)
+    return built
+
+
+SINGLE = "output"  # the published name of a model whose step returns one tensor
+
+
+class Named(Layer):
+    """A model whose step returns one tensor, published as layer SINGLE."""
+
+    def __init__(self, inner: Layer) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def step(self, x: Tensor, state: State | None) -> tuple[Tensor | Output, State]:
+        y, inner = self.inner.step(x, None if state is None else state.get("inner"))
+        if isinstance(y, Output):  # pragma: no cover - _named wraps tensor models only
+            return y, {"inner": inner}
+        return Output([(SINGLE, y)]), {"inner": inner}
+
+
+def _named(model: Layer, channels: int) -> Layer:
+    """`model` if its step returns an Output, wrapped in Named if one tensor; else refused."""
+    out = probe(model, channels, "the model")
+    if isinstance(out, Output):
+        return model
+    if isinstance(out, Tensor) and out.ndim == 5:
+        return Named(model)
+    msg = f"the model's step() must return an Output or one (N, C, T, H, W) tensor, got {out!r}"
+    raise ConfigError(msg)
 
 
 PROBE_SIDE = 32  # pixels a side of the input the state size is measured on
 
 
 def state_bytes_per_pixel(
-    model: Sequential, worker: WorkerSettings, device: torch.device, dtype: torch.dtype
+    model: Layer, worker: WorkerSettings, device: torch.device, dtype: torch.dtype
 ) -> float:
     """Bytes a stream holds between chunks per input pixel: every layer's carried state
     (measured by running one chunk of a small frame) plus the pending float32 input chunk."""

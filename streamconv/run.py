@@ -31,7 +31,7 @@ from streamconv.client.sinks import Monitor, PreviewWriter, Sinks
 from streamconv.config import CaptureSettings, Settings, parse_http
 from streamconv.errors import ConfigError, StartupError, StreamconvError
 from streamconv.layers import Output
-from streamconv.model import build_model, input_channels
+from streamconv.model import build_model, input_channels, layer_names
 from streamconv.signals import on_stop
 from streamconv.supervisor import Supervisor, capture_main, view_main, worker_main
 from streamconv.wire.curve import generate
@@ -133,7 +133,7 @@ def _run(
     capture = capture.model_copy(
         update={"connect": connect, "stream": stream, "output": endpoints["output"]}
     )
-    layers = [spec.name for spec in settings.layers if spec.publish]
+    layers = layer_names(settings)
     children = Supervisor()
     children.start("worker", worker_main, settings)
     monitor = Monitor()
@@ -303,6 +303,9 @@ def _verify(settings: Settings, capture: CaptureSettings, received: dict[str, li
         offline = model.run(np.stack(frames, axis=1)[None])
     if not isinstance(offline, Output):
         msg = "the pipeline must return every stage"
+        raise StreamconvError(msg)
+    if not received:
+        msg = "the model published no layer: nothing to compare"
         raise StreamconvError(msg)
     worst = 0.0
     for name, outs in received.items():

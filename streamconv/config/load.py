@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from streamconv.config.explain import describe
-from streamconv.config.layers import ConvLayer, FileKernel
+from streamconv.config.layers import ConvLayer, FileKernel, PythonLayer
 from streamconv.config.roles import Settings
 from streamconv.config.shared import follow_worker
 from streamconv.errors import ConfigError
@@ -157,11 +157,18 @@ def load_settings(
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
-    """Weight files are relative to the config file's folder."""
+    """Weight files and code are relative to the config file's folder."""
     layers: list[Any] = []
     for layer in settings.layers:
         if isinstance(layer, ConvLayer) and isinstance(layer.kernel, FileKernel):
             kernel = layer.kernel.model_copy(update={"path": base / layer.kernel.path})
             layer = layer.model_copy(update={"kernel": kernel})
+        if isinstance(layer, PythonLayer) and layer.root is None:
+            layer = layer.model_copy(update={"root": base})
         layers.append(layer)
-    return settings.model_copy(update={"layers": layers})
+    model = settings.model
+    if model.weights is not None:
+        model = model.model_copy(update={"weights": base / model.weights})
+    if model.root is None:
+        model = model.model_copy(update={"root": base})
+    return settings.model_copy(update={"layers": layers, "model": model})

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from streamconv.config.layers import LayerSpec, Strict
+from streamconv.usercode import check_spec
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 URL_PATTERN = r"^(tcp|ipc|inproc)://.+$"
@@ -526,18 +527,50 @@ class ProxySettings(Strict):
         return f"127.0.0.1:{after.rsplit(':', 1)[1]}" if after else "off"
 
 
+class ModelSettings(Strict):
+    """[model]: a whole model from your own code, instead of [[layers]], and fitted weights
+    for either. Paths are relative to the config file."""
+
+    factory: str | None = Field(
+        default=None,
+        description="'package.module:build' or 'file.py:build', returning a streamconv Layer "
+        "(its Output names become the published layers)",
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="the factory's arguments")
+    weights: Path | None = Field(
+        default=None,
+        description="fitted weights (.safetensors, or .pt read weights-only), keyed as the "
+        "model's state_dict(), loaded strictly",
+    )
+    root: Path | None = Field(
+        default=None, description="folder searched for the factory's module too (the config's)"
+    )
+
+    @field_validator("factory")
+    @classmethod
+    def _spec(cls, value: str | None) -> str | None:
+        return None if value is None else check_spec(value)
+
+
 class Settings(Strict):
-    """A config file: [worker], [capture], [view], [log] and the [[layers]] pipeline, in order."""
+    """A config file: [worker], [capture], [view], [log], [model] and the [[layers]] pipeline."""
 
     worker: WorkerSettings = WorkerSettings()
     capture: CaptureSettings = CaptureSettings()
     view: ViewSettings = ViewSettings()
     proxy: ProxySettings = ProxySettings()
     log: LogSettings = LogSettings()
-    layers: list[LayerSpec] = Field(min_length=1)
+    model: ModelSettings = ModelSettings()
+    layers: list[LayerSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _unique_names(self) -> Settings:
+    def _one_model(self) -> Settings:
+        if self.model.factory is not None and self.layers:
+            msg = "give [model] factory or [[layers]], not both"
+            raise ValueError(msg)
+        if self.model.factory is None and not self.layers:
+            msg = "no model: no [[layers]] and no [model] factory (give one of them)"
+            raise ValueError(msg)
         names = [layer.name for layer in self.layers]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

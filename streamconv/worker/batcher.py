@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from streamconv.errors import StreamconvError
-from streamconv.layers import Sequential, State
+from streamconv.layers import Layer, State
 from streamconv.wire.quant import FULL_SCALE
 from streamconv.worker.outputs import gather
 
@@ -67,7 +67,7 @@ class Batcher:
 
     def __init__(
         self,
-        model: Sequential,
+        model: Layer,
         *,
         device: torch.device,
         dtype: torch.dtype,

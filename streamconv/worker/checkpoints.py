@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from streamconv.config import Settings
-from streamconv.layers import Sequential, State
+from streamconv.layers import Layer, State
 from streamconv.layers.base import map_state
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,16 @@ class CheckpointError(Exception):
     """A checkpoint file that cannot be used; the message says why."""
 
 
-def fingerprint(model: Sequential, settings: Settings) -> str:
+def fingerprint(model: Layer, settings: Settings) -> str:
     """What a checkpoint must match: the layers, their weights, dtype and colour handling."""
     h = hashlib.sha256()
-    layers = [spec.model_dump(mode="json") for spec in settings.layers]
+    # Where the code and weights were found is no part of the model: a moved folder restores.
+    layers = [spec.model_dump(mode="json", exclude={"root"}) for spec in settings.layers]
+    code = settings.model.model_dump(mode="json", exclude={"root", "weights"})
     w = settings.worker
     h.update(json.dumps([layers, w.dtype, w.color, w.in_channels], sort_keys=True).encode())
+    if settings.model.factory is not None:  # older checkpoints of [[layers]] still match
+        h.update(json.dumps(code, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())

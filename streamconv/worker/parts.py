@@ -20,6 +20,7 @@ from streamconv.model import (
     build_model,
     configure_torch,
     input_channels,
+    published,
     resolve_device,
     state_bytes_per_pixel,
 )
@@ -39,7 +40,7 @@ from streamconv.worker.stats import Stats
 if TYPE_CHECKING:
     import torch
 
-    from streamconv.layers import Sequential
+    from streamconv.layers import Layer
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,13 @@ class _Wanted:
         return self.stats.subscribed_layers(stream, self.publisher.layers, prefixes)
 
 
-def build(settings: Settings, stats: Stats) -> Parts:
+def build(settings: Settings, stats: Stats, given: Layer | None = None) -> Parts:
+    """Every part; the model is `given` (built in this process) or made from the settings."""
     w = settings.worker
     configure_torch(w)
     device = resolve_device(w.device)
-    model = build_model(settings, device)
-    publish = [spec.name for spec in settings.layers if spec.publish]
+    model = build_model(settings, device, given)
+    publish = published(settings, model, given is not None)
     admission = Admission(
         max_streams_per_key=w.max_streams_per_key,
         max_frame_pixels=w.max_frame_pixels,
@@ -164,7 +166,7 @@ def _sockets(
     return pull, pub
 
 
-def _keeper(settings: Settings, stats: Stats, engine: Engine, model: Sequential,
+def _keeper(settings: Settings, stats: Stats, engine: Engine, model: Layer,
             device: torch.device) -> Keeper:  # fmt: skip
     """Restore the streams checkpointed in the folder, and keep checkpointing."""
     w = settings.worker

@@ -19,6 +19,7 @@ import time
 
 from streamconv.config import Settings, parse_http
 from streamconv.errors import ShutdownCutError, StreamconvError
+from streamconv.layers import Layer
 from streamconv.model import device_memory
 from streamconv.signals import on_stop
 from streamconv.wire import transport
@@ -38,8 +39,11 @@ LINGER_MS = 1500  # the most time given to deliver the outputs flushed at shutdo
 
 
 class Worker:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, model: Layer | None = None) -> None:
+        """A worker for `settings`; `model`: a model built in this process, served instead
+        of the one the settings describe ([model] weights still load into it)."""
         self.settings = settings
+        self.model = model
         self.stats = Stats()
         self.health = Health()
         self.stop_event = threading.Event()
@@ -85,7 +89,7 @@ class Worker:
             self.http = HttpServer(*http, app(self.health, self.stats, registry))
             self.http.start()
             log.info("http on %s (/healthz /readyz /metrics /status)", self.http.url)
-        parts = self.parts = build(self.settings, self.stats)
+        parts = self.parts = build(self.settings, self.stats, self.model)
         self._intake = Intake(parts.pull, w, self.stats)
         self.endpoints = parts.endpoints
         parts.duties.append(Every(EVICT_EVERY_S, self._evict))

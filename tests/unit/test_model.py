@@ -208,7 +208,7 @@ def test_the_allowed_layer_types_are_the_registered_ones() -> None:
     """The `type` values are spelled once, in each layer type's file; the union and the
     error naming them come from LAYER_TYPES."""
     values = [v for cls in LAYER_TYPES for v in get_args(cls.model_fields["type"].annotation)]
-    assert values == ["conv", "lowpass", "highpass", "nonlinearity"]
+    assert values == ["conv", "lowpass", "highpass", "nonlinearity", "python"]
     with pytest.raises(ValidationError) as info:
         settings({"type": "pool", "name": "p"})
     [error] = info.value.errors()

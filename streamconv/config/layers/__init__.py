@@ -24,8 +24,10 @@ from streamconv.config.layers.kernels import (
     SpatialKernel,
 )
 from streamconv.config.layers.nonlinearity import NonlinearityLayer
+from streamconv.config.layers.python import PythonLayer
 
-LAYER_TYPES: tuple[type[LayerConfig], ...] = (ConvLayer, FilterLayer, NonlinearityLayer)
+LAYER_TYPES: tuple[type[LayerConfig], ...] = (ConvLayer, FilterLayer, NonlinearityLayer,
+                                              PythonLayer)  # fmt: skip
 
 if TYPE_CHECKING:  # a union built at run time is no type to mypy; every member is one of these
     LayerSpec: TypeAlias = LayerConfig
@@ -46,6 +48,7 @@ __all__ = [
     "LayerName",
     "LayerSpec",
     "NonlinearityLayer",
+    "PythonLayer",
     "RandomKernel",
     "SpatialKernel",
     "Strict",
