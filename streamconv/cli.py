@@ -222,6 +222,16 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--curve", action="store_true", help="encrypt every socket with CURVE, "
                    "with throwaway keys made for this run")  # fmt: skip
 
+    c = add("check", "check that the model streams exactly (chunked == whole, checkpoint "
+            "round trip, batched == alone, on its device), describe it; exit 1 if not")  # fmt: skip
+    c.add_argument("model_config", nargs="?", metavar="CONFIG",
+                   help="TOML config file or preset name (default: --config)")  # fmt: skip
+    c.add_argument("--device", help="auto, cpu, cuda or cuda:INDEX (default: [worker] device)")
+    c.add_argument("--frames", type=int, default=40, help="frames in the random clip")
+    c.add_argument("--size", type=_size, default=(640, 480),
+                   help="WxH the time per frame is measured at")  # fmt: skip
+    c.add_argument("--seed", type=int, default=0, help="of the random clip and chunkings")
+
     k = add("keys", "make CURVE key pairs (zmq.auth certificates)", config=False)
     k.add_argument("action", choices=["generate"], help="generate: write NAME.key and "
                    "NAME.key_secret (mode 0600) into DIR")  # fmt: skip
@@ -309,6 +319,10 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         Worker(settings).run()
         return 0
+    if args.command == "check":
+        from streamconv.worker import check
+
+        return check.run(settings, args.frames, args.size, args.seed)
     if args.command == "capture":
         from streamconv.capture.role import Capture
 
@@ -379,7 +393,8 @@ def _main(argv: list[str] | None) -> int:
             return presets(args.name)
         if args.command == "keys":
             return keys(args.dir, args.name)
-        settings = load_settings(args.config, overrides(args), role=args.command)
+        config = getattr(args, "model_config", None) or args.config
+        settings = load_settings(config, overrides(args), role=args.command)
         configure_logging(settings.log.level, settings.log.format)
         return dispatch(args, settings)
     except (ConfigError, SourceError) as e:

@@ -107,3 +107,21 @@ def spawn(python_env: dict[str, str]) -> Iterator[Callable[..., subprocess.Popen
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=10)
+
+
+EXAMPLE = REPO / "examples" / "divisive"
+
+
+@pytest.fixture
+def divisive_example(tmp_path: Path) -> Path:
+    """examples/divisive copied into a fresh folder and fitted there (fit.py, a few epochs):
+    the folder a researcher would have, config.toml and fitted.safetensors side by side."""
+    folder = tmp_path / "divisive"
+    folder.mkdir()
+    for name in ("model.py", "fit.py", "config.toml"):
+        (folder / name).write_bytes((EXAMPLE / name).read_bytes())
+    done = subprocess.run([sys.executable, str(folder / "fit.py"), "--epochs", "60"],
+                          capture_output=True, text=True, timeout=300, cwd=folder)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (folder / "fitted.safetensors").is_file()
+    return folder

@@ -235,6 +235,12 @@ class WorkerSettings(Strict):
         description="torch CPU threads; 0 keeps torch's default (all cores). One leaves the "
         "cores to capture and subscribers and keeps live latency low (BENCHMARKS.md)",
     )
+    startup_check: bool = Field(
+        default=True,
+        description="check at start that the model streams exactly (chunked == whole, "
+        "checkpoint round trip, batched == alone) and refuse it if not; `streamconv check` "
+        "runs the whole check",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -87,13 +87,7 @@ class Checkpoints:
         is its owner's to write). Raises OSError (e.g. a full disk)."""
         if not self.mine(snap.stream):
             return 0
-        payload = io.BytesIO()
-        torch.save({"fingerprint": self.fingerprint, "stream": snap.stream,
-                    "session": snap.session, "next_seq": snap.next_seq,
-                    "shape": list(snap.shape), "owner": snap.owner,
-                    "state": snap.state}, payload)  # fmt: skip
-        body = payload.getvalue()
-        data = MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+        data = pack(snap, self.fingerprint)
         final = self.path(snap.stream)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         try:
@@ -118,23 +112,10 @@ class Checkpoints:
             data = path.read_bytes()
         except OSError as e:
             raise CheckpointError(f"unreadable: {e}") from e
-        if not data.startswith(MAGIC):
-            raise CheckpointError("not a streamconv checkpoint")
-        digest, _, body = data[len(MAGIC) :].partition(b"\n")
-        if hashlib.sha256(body).hexdigest().encode() != digest:
-            raise CheckpointError("corrupt or truncated (checksum mismatch)")
-        try:
-            raw = torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
-        except Exception as e:  # any unpickling failure: the file is not ours
-            raise CheckpointError(f"unreadable payload: {type(e).__name__}") from e
-        if not isinstance(raw, dict) or raw.get("fingerprint") != self.fingerprint:
-            raise CheckpointError("from a different model or config")
-        expected = f"{raw.get('stream')}{SUFFIX}"
-        if path.name != expected:
-            raise CheckpointError(f"names stream {raw.get('stream')!r}, not {path.stem!r}")
-        return Snapshot(raw["stream"], raw["session"], int(raw["next_seq"]),
-                        tuple(raw["shape"]), map_state(raw["state"], lambda t: t.to(device)),
-                        raw.get("owner"))  # fmt: skip
+        snap = unpack(data, self.fingerprint, device)
+        if path.name != f"{snap.stream}{SUFFIX}":
+            raise CheckpointError(f"names stream {snap.stream!r}, not {path.stem!r}")
+        return snap
 
     def load_all(self, device: torch.device, max_age_s: float, keep: int) -> list[Snapshot]:
         """Every usable checkpoint, newest first, at most `keep`; the rest are removed."""
@@ -187,6 +168,34 @@ class TakeOver:
             log.warning("checkpoint %s refused: %s; that stream starts fresh", path.name, e)
             return None
         return snap
+
+
+def pack(snap: Snapshot, model_fingerprint: str) -> bytes:
+    """The checkpoint file's bytes: magic line, SHA-256 of the payload, payload."""
+    payload = io.BytesIO()
+    torch.save({"fingerprint": model_fingerprint, "stream": snap.stream,
+                "session": snap.session, "next_seq": snap.next_seq,
+                "shape": list(snap.shape), "owner": snap.owner,
+                "state": snap.state}, payload)  # fmt: skip
+    body = payload.getvalue()
+    return MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+
+
+def unpack(data: bytes, model_fingerprint: str, device: torch.device) -> Snapshot:
+    """`pack` undone, the state on `device`; CheckpointError saying why it cannot be used."""
+    if not data.startswith(MAGIC):
+        raise CheckpointError("not a streamconv checkpoint")
+    digest, _, body = data[len(MAGIC) :].partition(b"\n")
+    if hashlib.sha256(body).hexdigest().encode() != digest:
+        raise CheckpointError("corrupt or truncated (checksum mismatch)")
+    try:
+        raw = torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
+    except Exception as e:  # any unpickling failure: the file is not ours
+        raise CheckpointError(f"unreadable payload: {type(e).__name__}") from e
+    if not isinstance(raw, dict) or raw.get("fingerprint") != model_fingerprint:
+        raise CheckpointError("from a different model or config")
+    return Snapshot(raw["stream"], raw["session"], int(raw["next_seq"]), tuple(raw["shape"]),
+                    map_state(raw["state"], lambda t: t.to(device)), raw.get("owner"))  # fmt: skip
 
 
 def snapshot_state(state: State | None) -> State:

@@ -29,6 +29,7 @@ from streamconv.wire.protocol import PREVIEW_PREFIX
 from streamconv.wire.shards import owner
 from streamconv.worker.admission import Admission
 from streamconv.worker.batcher import Batcher
+from streamconv.worker.check import require
 from streamconv.worker.checkpoints import Checkpoints, TakeOver, Writer, fingerprint
 from streamconv.worker.duties import Duty, Every, RefusalCount
 from streamconv.worker.engine import Engine, EngineSettings
@@ -108,6 +109,8 @@ def build(settings: Settings, stats: Stats, given: Layer | None = None) -> Parts
     configure_torch(w)
     device = resolve_device(w.device)
     model = build_model(settings, device, given)
+    if w.startup_check:
+        require(model, input_channels(w), "the model")
     publish = published(settings, model, given is not None)
     admission = Admission(
         max_streams_per_key=w.max_streams_per_key,

@@ -1,0 +1,106 @@
+"""Issue 19, the fit-then-serve round trip with real processes: examples/divisive fitted
+(sigma 0.3 -> 0.05 with the library's own `fit`), its weights saved, a worker serving it from
+the config, and a subscriber's outputs equal to the offline result of the fitted model. A
+library user's own model object is served in-process too."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+
+from streamconv.client import Sender, Subscriber, collect
+from streamconv.config import load_settings
+from streamconv.weights import save
+from streamconv.worker import Worker
+from tests.integration.conftest import WorkerProc
+
+pytestmark = pytest.mark.integration
+
+
+def module(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{path.parent.name}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def frames(n: int = 30) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (24, 32), dtype=np.uint8) for _ in range(n)]
+
+
+def test_a_fitted_model_is_served_exactly_as_offline(
+    divisive_example: Path, start_worker: Callable[..., WorkerProc]
+) -> None:
+    worker: WorkerProc = start_worker(divisive_example / "config.toml")
+    assert re.search(r"model \(model\.py:build\): change -> norm", worker.log())
+    clip = frames()
+    with Subscriber(worker.output, stream="fit", timeout_s=30) as sub:
+        sub.wait_ready(worker.input)
+        with Sender(worker.input, stream="fit", wait_s=20) as sender:
+            for f in clip:
+                assert sender.send(f)
+        got = collect(sub, ["change", "norm"])
+    # Offline: the same factory, the fitted weights, the whole clip in one pass.
+    fitted = module(divisive_example / "model.py").build(tau=4.0, change_tau=2.0).double()
+    from safetensors.torch import load_file
+
+    fitted.load_state_dict(load_file(str(divisive_example / "fitted.safetensors")))
+    assert abs(float(fitted.norm.sigma.detach().abs()) - 0.05) < 1e-3  # recovered
+    x = torch.from_numpy(np.stack(clip)[None, None].astype(np.float64) / 255.0)
+    with torch.no_grad():
+        offline = fitted.run(x)
+    for layer in ("change", "norm"):
+        streamed = np.stack([frame for _, frame in got[layer]])[:, 0]
+        expected = offline[layer][0, 0].numpy()
+        assert streamed.shape == expected.shape
+        # float64 model, float32 on the wire: the rounding of the wire, nothing else.
+        np.testing.assert_allclose(streamed, expected.astype(np.float32), rtol=1e-6, atol=1e-7)
+
+
+def test_a_model_object_built_in_the_process_is_served(tmp_path: Path) -> None:
+    """`Worker(settings, model=...)`: a library user's model, with [model] weights loaded in."""
+    from streamconv.layers import Nonlinearity, Sequential, TemporalLowPass
+
+    own = Sequential(TemporalLowPass(3.0), Nonlinearity("identity", gain=2.0))
+    save(own, tmp_path / "none.safetensors")  # no parameters: an empty state_dict loads too
+    settings = load_settings(
+        "default",
+        {"worker": {"http": "off", "device": "cpu", "dtype": "float64",
+                    "input": "tcp://127.0.0.1:*", "output": "tcp://127.0.0.1:*"},
+         "model": {"weights": str(tmp_path / "none.safetensors")}},
+        environ={},
+    )  # fmt: skip
+    worker = Worker(settings, model=own)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        assert worker.ready.wait(60), "the worker never became ready"
+        assert worker.endpoints is not None
+        inp, out = worker.endpoints
+        clip = frames(12)
+        with Subscriber(out, stream="own", timeout_s=15) as sub:
+            sub.wait_ready(inp)
+            with Sender(inp, stream="own", wait_s=10) as sender:
+                for f in clip:
+                    assert sender.send(f)
+            got = collect(sub, ["output"])  # one tensor out: published as "output"
+    finally:
+        worker.stop()
+        thread.join(15)
+    x = torch.from_numpy(np.stack(clip)[None, None].astype(np.float64) / 255.0)
+    low = TemporalLowPass(3.0).double().run(x)
+    assert isinstance(low, torch.Tensor)
+    expected = 2.0 * low[0, 0].numpy()
+    streamed = np.stack([frame for _, frame in got["output"]])[:, 0]
+    np.testing.assert_allclose(streamed, expected.astype(np.float32), rtol=1e-6, atol=1e-7)
