@@ -88,8 +88,9 @@ def render(reg: CollectorRegistry) -> bytes:
 
 
 def app(
-    health: Health, reg: CollectorRegistry, status: Callable[[], dict[str, Any]] = dict
-) -> Starlette:
+    health: Health, reg: CollectorRegistry, status: Callable[[], dict[str, Any]] = dict,
+    more: list[Route] | None = None,
+) -> Starlette:  # fmt: skip
     async def healthz(request: Request) -> Response:
         ok = health.alive()
         return PlainTextResponse("ok\n" if ok else "stalled\n", status_code=200 if ok else 503)
@@ -109,6 +110,7 @@ def app(
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/status", status_),
+        *(more or []),
     ]
     return Starlette(routes=routes)
 

@@ -235,6 +235,11 @@ class WorkerSettings(Strict):
         description="torch CPU threads; 0 keeps torch's default (all cores). One leaves the "
         "cores to capture and subscribers and keeps live latency low (BENCHMARKS.md)",
     )
+    reload_http: bool = Field(
+        default=False,
+        description="POST /reload on the HTTP port loads [model] weights again (SIGHUP always "
+        "does); off by default: anyone who reaches the port could swap the weights",
+    )
     startup_check: bool = Field(
         default=True,
         description="check at start that the model streams exactly (chunked == whole, "

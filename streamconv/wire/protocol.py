@@ -29,6 +29,7 @@ PREVIEW_PREFIX = "_preview/"  # "_preview/{stream}/{layer}/": small, rate-limite
 # protocol name can: no layer is ever called this.
 INPUT = ".input"
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+VERSION_RE = re.compile(r"[0-9a-f]{1,64}")  # a model_version: the weights' fingerprint
 # Multi-byte values are little-endian on the wire, whatever the machine.
 INPUT_DTYPES: dict[str, np.dtype[Any]] = {
     "uint8": np.dtype("u1"),
@@ -357,9 +358,11 @@ def encode_output(
     offset: float | None = None,
     fps: float | None = None,
     replay: bool = False,
+    model_version: str | None = None,
 ) -> list[Any]:
     """[topic, header, payload] for one output frame (C, H, W) of one layer; `replay`: it was
-    computed again after a resume (a subscriber may already hold this seq).
+    computed again after a resume (a subscriber may already hold this seq); `model_version`:
+    the fingerprint of the weights it was computed with.
 
     For dtype "uint8" a float frame is quantised here (value = byte * scale + offset); a
     uint8 frame with its `scale` and `offset` (quantised by the sender, e.g. on the GPU) is
@@ -384,6 +387,8 @@ def encode_output(
         header["discontinuity"] = True
     if replay:
         header["replay"] = True
+    if model_version is not None:
+        header["model_version"] = model_version
     if fps is not None:
         header["fps"] = float(fps)
     if dtype == "uint8":
@@ -411,12 +416,14 @@ def encode_preview(
     discontinuity: bool,
     lost: int,
     fps: float | None = None,
+    model_version: str | None = None,
 ) -> list[Any]:
     """A preview of output `seq`: `small` (C, h, w) float as uint8, on the preview topic, with
     the full frame's shape, whether a discontinuity came since the previous preview, and the
     stream's frames the worker never ran (`lost`)."""
     parts = encode_output(stream, layer, session, seq, t_ns, small, dtype="uint8",
-                          discontinuity=discontinuity, fps=fps)  # fmt: skip
+                          discontinuity=discontinuity, fps=fps,
+                          model_version=model_version)  # fmt: skip
     header = json.loads(parts[1])
     header |= {"preview": True, "full_shape": list(full_shape), "lost": lost}
     return [preview_topic(stream, layer), json.dumps(header).encode(), parts[2]]
@@ -520,6 +527,10 @@ def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
             _int_field(header, "lost")
     if header.get("fps") is not None:
         header["fps"] = _fps(header)
+    version = header.get("model_version")
+    if version is not None and not (isinstance(version, str) and VERSION_RE.fullmatch(version)):
+        msg = f"field 'model_version' must be 1-64 hex digits, got {_short(version)}"
+        raise ProtocolError(msg)
     if kind == "eos":
         return header, None
     _int_field(header, "t_ns")

@@ -72,10 +72,12 @@ class Checkpoints:
     streams it owns among the shards; by default all)."""
 
     def __init__(
-        self, folder: Path, model_fingerprint: str, mine: Callable[[str], bool] | None = None
-    ) -> None:
+        self, folder: Path, model_fingerprint: str, mine: Callable[[str], bool] | None = None,
+        version: str | None = None,
+    ) -> None:  # fmt: skip
         self.folder = folder
         self.fingerprint = model_fingerprint
+        self.version = version  # the weights' model_version, recorded in every file
         self.mine = mine or (lambda stream: True)
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -87,7 +89,7 @@ class Checkpoints:
         is its owner's to write). Raises OSError (e.g. a full disk)."""
         if not self.mine(snap.stream):
             return 0
-        data = pack(snap, self.fingerprint)
+        data = pack(snap, self.fingerprint, self.version)
         final = self.path(snap.stream)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         try:
@@ -112,7 +114,7 @@ class Checkpoints:
             data = path.read_bytes()
         except OSError as e:
             raise CheckpointError(f"unreadable: {e}") from e
-        snap = unpack(data, self.fingerprint, device)
+        snap = unpack(data, self.fingerprint, device, self.version)
         if path.name != f"{snap.stream}{SUFFIX}":
             raise CheckpointError(f"names stream {snap.stream!r}, not {path.stem!r}")
         return snap
@@ -170,10 +172,10 @@ class TakeOver:
         return snap
 
 
-def pack(snap: Snapshot, model_fingerprint: str) -> bytes:
+def pack(snap: Snapshot, model_fingerprint: str, version: str | None = None) -> bytes:
     """The checkpoint file's bytes: magic line, SHA-256 of the payload, payload."""
     payload = io.BytesIO()
-    torch.save({"fingerprint": model_fingerprint, "stream": snap.stream,
+    torch.save({"fingerprint": model_fingerprint, "model_version": version, "stream": snap.stream,
                 "session": snap.session, "next_seq": snap.next_seq,
                 "shape": list(snap.shape), "owner": snap.owner,
                 "state": snap.state}, payload)  # fmt: skip
@@ -181,7 +183,9 @@ def pack(snap: Snapshot, model_fingerprint: str) -> bytes:
     return MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
 
 
-def unpack(data: bytes, model_fingerprint: str, device: torch.device) -> Snapshot:
+def unpack(
+    data: bytes, model_fingerprint: str, device: torch.device, version: str | None = None
+) -> Snapshot:
     """`pack` undone, the state on `device`; CheckpointError saying why it cannot be used."""
     if not data.startswith(MAGIC):
         raise CheckpointError("not a streamconv checkpoint")
@@ -193,7 +197,9 @@ def unpack(data: bytes, model_fingerprint: str, device: torch.device) -> Snapsho
     except Exception as e:  # any unpickling failure: the file is not ours
         raise CheckpointError(f"unreadable payload: {type(e).__name__}") from e
     if not isinstance(raw, dict) or raw.get("fingerprint") != model_fingerprint:
-        raise CheckpointError("from a different model or config")
+        theirs = raw.get("model_version") if isinstance(raw, dict) else None
+        versions = f" (weights version {theirs}; this worker serves {version})" if theirs else ""
+        raise CheckpointError(f"from a different model or config{versions}")
     return Snapshot(raw["stream"], raw["session"], int(raw["next_seq"]), tuple(raw["shape"]),
                     map_state(raw["state"], lambda t: t.to(device)), raw.get("owner"))  # fmt: skip
 

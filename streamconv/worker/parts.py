@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from streamconv import weights
 from streamconv.config import Settings
 from streamconv.errors import StartupError
 from streamconv.model import (
@@ -36,6 +38,7 @@ from streamconv.worker.engine import Engine, EngineSettings
 from streamconv.worker.keeper import Keeper
 from streamconv.worker.previews import Previews
 from streamconv.worker.publisher import Publisher
+from streamconv.worker.reload import Reload
 from streamconv.worker.stats import Stats
 
 if TYPE_CHECKING:
@@ -59,6 +62,7 @@ class Parts:
     guard: transport.Guard | None = None
     keeper: Keeper | None = None
     refusals: transport.RefusalWatch | None = None
+    reload: Reload | None = None  # new weights on SIGHUP or POST /reload
     duties: list[Duty] = field(default_factory=list)  # ticked every turn of the serve loop
 
     @property
@@ -75,7 +79,17 @@ class Parts:
         return {"state_budget": {"used_mb": round(used / 2**20, 3),
                                  "budget_mb": round(a.budget_bytes / 2**20, 3),
                                  "bytes_per_pixel": a.bytes_per_pixel},
-                "curve_refused": refused}  # fmt: skip
+                "curve_refused": refused,
+                "model_version": self.reload.version if self.reload else None}  # fmt: skip
+
+    def ask_reload(self) -> Future[dict[str, Any]] | None:
+        """POST /reload (the HTTP thread): a reload at the serve loop's next turn."""
+        return self.reload.ask() if self.reload is not None else None
+
+    def hup(self) -> None:
+        """SIGHUP: a plain flag (a handler takes no lock the loop may hold)."""
+        if self.reload is not None:
+            self.reload.signalled = True
 
     def close(self, linger_ms: int) -> None:
         """Close every socket; queued outputs get `linger_ms` to leave."""
@@ -141,6 +155,15 @@ def build(settings: Settings, stats: Stats, given: Layer | None = None) -> Parts
     parts = Parts(engine, publisher, pull, ctx, admission, device, guard, keeper, refusals)
     parts.duties = [Every(0, lambda now: publisher.flush_previews()),
                     RefusalCount(refusals, stats)]  # fmt: skip
+
+    def on_version(version: str) -> None:  # new weights: outputs and checkpoints say so
+        publisher.model_version = version
+        if keeper is not None:
+            folder = keeper.writer.checkpoints
+            folder.fingerprint, folder.version = fingerprint(model, settings), version
+
+    parts.reload = Reload(model, settings.model.weights, on_version)
+    parts.duties.append(parts.reload)
     if keeper is not None:
         parts.duties.append(keeper)
     for name, sock in (("input", w.input), ("output", w.output)):
@@ -182,7 +205,8 @@ def _keeper(settings: Settings, stats: Stats, engine: Engine, model: Layer,
         log.info("shard %s of %d: checkpoints of the streams it owns", shard, len(shards))
     assert w.checkpoint_dir is not None
     try:
-        folder = Checkpoints(w.checkpoint_dir, fingerprint(model, settings), mine)
+        folder = Checkpoints(w.checkpoint_dir, fingerprint(model, settings), mine,
+                             weights.version(model))  # fmt: skip
     except OSError as e:
         msg = f"cannot use checkpoint_dir {w.checkpoint_dir}: {e}"
         raise StartupError(msg) from e

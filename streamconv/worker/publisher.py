@@ -30,6 +30,10 @@ class Publisher:
     ) -> None:
         self.sock, self.layers, self.output_dtype = sock, layers, output_dtype
         self.stats, self.previews = stats, previews
+        # The weights' fingerprint, in every output header. A reload changes it between two
+        # turns of the serve loop, after the results of every pass before it went out, so
+        # each output names the weights that computed it.
+        self.model_version: str | None = None
 
     def _previewing(self) -> Previews | None:
         if self.previews is None or not Previews.wanted(self.stats.subscriptions):
@@ -74,6 +78,7 @@ class Publisher:
                     offset=offsets[i] if offsets else None,
                     fps=r.fps,
                     replay=bool(r.replays) and r.replays[i],
+                    model_version=self.model_version,
                 )
                 transport.send(self.sock, parts)
             latencies.append((time.time_ns() - t_ns) / 1e9)
@@ -103,6 +108,7 @@ class Publisher:
             r.stream, name, r.session, r.seqs[last], r.t_ns[last], small,
             full_shape=frames[last].shape, lost=self.stats.lost(r.stream),
             fps=r.fps, discontinuity=previews.take_reset(r.stream, name),
+            model_version=self.model_version,
         )  # fmt: skip
 
     def _preview_input(self, r: ChunkResult, previews: Previews) -> None:

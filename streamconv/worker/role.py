@@ -7,7 +7,8 @@ Bad input never stops it: each drop is a Failed result, counted by reason in the
 logged (rate-limited). SIGTERM/SIGINT only set a flag: the loop stops reading at once,
 finishes the chunks in hand within `shutdown_timeout_s` (the rest are counted as not
 flushed), delivers their outputs and exits. A second signal skips what is left of the flush
-and makes run() raise ShutdownCutError (exit code 130).
+and makes run() raise ShutdownCutError (exit code 130). SIGHUP reloads the weights. `model`:
+one built in the caller's process, served instead of the settings' ([model] weights load).
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ import signal
 import threading
 import time
 
-from streamconv.config import Settings, parse_http
+from streamconv.config import Settings
 from streamconv.errors import ShutdownCutError, StreamconvError
 from streamconv.layers import Layer
 from streamconv.model import device_memory
-from streamconv.signals import on_stop
+from streamconv.signals import on_reload, on_stop
 from streamconv.wire import transport
-from streamconv.worker import metrics
 from streamconv.worker.duties import Every
-from streamconv.worker.http import Health, HttpServer, app
+from streamconv.worker.http import Health, HttpServer, serve_http
 from streamconv.worker.intake import Intake
 from streamconv.worker.parts import Parts, build, health_info
 from streamconv.worker.results import Failed, Result
@@ -40,8 +40,6 @@ LINGER_MS = 1500  # the most time given to deliver the outputs flushed at shutdo
 
 class Worker:
     def __init__(self, settings: Settings, model: Layer | None = None) -> None:
-        """A worker for `settings`; `model`: a model built in this process, served instead
-        of the one the settings describe ([model] weights still load into it)."""
         self.settings = settings
         self.model = model
         self.stats = Stats()
@@ -65,6 +63,7 @@ class Worker:
 
     def run(self) -> None:
         restore = on_stop(self._on_signal)  # before startup: a signal then ends it cleanly
+        unhup = on_reload(lambda signum: self.parts.hup() if self.parts else None)
         try:
             try:
                 self.startup()
@@ -75,6 +74,7 @@ class Worker:
             self.shutdown()
         finally:
             restore()
+            unhup()
         if self.abort_event.is_set():
             msg = "a second stop signal cut the shutdown short (exit code 130)"
             raise ShutdownCutError(msg)
@@ -83,12 +83,8 @@ class Worker:
     def startup(self) -> None:
         """HTTP first (/healthz answers while the model is built), the parts, then ready."""
         w = self.settings.worker
-        http = parse_http(w.http)
-        if http is not None:
-            registry = metrics.registry(self.stats, self._device_memory)
-            self.http = HttpServer(*http, app(self.health, self.stats, registry))
-            self.http.start()
-            log.info("http on %s (/healthz /readyz /metrics /status)", self.http.url)
+        self.http = serve_http(w, self.health, self.stats, self._device_memory,
+                               lambda: self.parts.ask_reload() if self.parts else None)  # fmt: skip
         parts = self.parts = build(self.settings, self.stats, self.model)
         self._intake = Intake(parts.pull, w, self.stats)
         self.endpoints = parts.endpoints
