@@ -21,9 +21,10 @@ class MyHighPass(Layer):
 
     def step(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
         low = state.get("low") if state else None
-        low = x[:, :, 0] if low is None else low
+        # An owned copy, updated in place (a state handed out earlier must never change).
+        low = (x[:, :, 0] if low is None else low).clone()
         out = torch.empty_like(x)
         for t in range(x.shape[2]):
-            low = torch.lerp(low, x[:, :, t], self.alpha)
+            low.lerp_(x[:, :, t], self.alpha)
             torch.sub(x[:, :, t], low, out=out[:, :, t])
         return out, {"low": low}

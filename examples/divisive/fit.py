@@ -33,6 +33,8 @@ def fit(out: Path, epochs: int = 60) -> float:
     with torch.no_grad():
         target = build(sigma=TRUE_SIGMA).double().run(clip)["norm"]
     model = build(sigma=0.3).double()
+    for name, p in model.named_parameters():  # the time constants are parameters too: keep
+        p.requires_grad_(name == "norm.sigma")  # them as built, fit sigma alone
     model.make_optimizer("Adam", lr=0.02)
     model.fit(clip, target, dt=8, epochs=epochs)
     sigma = float(model.norm.sigma.detach().abs())

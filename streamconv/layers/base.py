@@ -112,6 +112,49 @@ def state_tensors(state: Any) -> list[Tensor]:
     return found
 
 
+def scalar(value: float) -> nn.Parameter:
+    """A learnable scalar of a built-in layer (a time constant, a threshold, a gain): in
+    `state_dict()`, so `fit` moves it and `[model] weights` loads it. Made in float64, so that
+    the value given is the value used until `.to(dtype)` rounds it with the rest."""
+    return nn.Parameter(torch.tensor(float(value), dtype=torch.float64))
+
+
+class Floats:
+    """Python floats of a layer's scalar parameters, for its inference path. Read again only
+    when one changed (an optimizer step, a load, a move): reading a GPU tensor waits for it."""
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] = ()
+        self._values: tuple[float, ...] = ()
+
+    def of(self, *params: Tensor) -> tuple[float, ...]:
+        key = tuple((_version(p), p.data_ptr(), p.dtype, p.device) for p in params)
+        if key != self._key:
+            self._key, self._values = key, tuple(float(p.detach()) for p in params)
+        return self._values
+
+
+def learning(*tensors: Tensor) -> bool:
+    """Would autograd track an op on these now? (Grad mode on and one of them needs a grad;
+    inference tensors never do.)"""
+    return torch.is_grad_enabled() and any(
+        t.requires_grad and not t.is_inference() for t in tensors
+    )
+
+
+def operand(p: Tensor, dtype: torch.dtype) -> Tensor:
+    """A scalar parameter as an operand on the tracked path: itself (so it learns), or a
+    normal copy of an inference tensor (a layer built under inference_mode), which autograd
+    cannot record."""
+    return (p.clone() if p.is_inference() else p).to(dtype)
+
+
+def _version(t: Tensor) -> int | None:
+    """The tensor's in-place change counter; inference tensors (made under inference_mode)
+    keep none, and outside that mode they cannot change in place."""
+    return None if t.is_inference() else t._version
+
+
 class Layer(nn.Module):
     """A streaming torch module: chunk in, chunk out, temporal state carried in between.
 
@@ -225,9 +268,12 @@ class Layer(nn.Module):
 
     # -- torch entry points ---------------------------------------------------------------
     def prepare(self, x: Tensor | np.ndarray) -> Tensor:
-        """Input as a 5-D tensor on this layer's device, in its floating dtype."""
+        """Input as a 5-D tensor on this layer's device, in its floating dtype (that of its
+        first kernel or buffer: a learnable scalar, a time constant or a gain, follows the
+        input)."""
         t = to_5d(x)
-        ref = next(itertools.chain(self.parameters(), self.buffers()), None)
+        own = itertools.chain(self.parameters(), self.buffers())
+        ref = next((p for p in own if p.ndim > 0), None)
         if ref is not None and ref.is_floating_point():
             return t.to(device=ref.device, dtype=ref.dtype)
         return t if t.is_floating_point() else t.float()

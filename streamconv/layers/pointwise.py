@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from streamconv.layers.base import Layer, State
+from streamconv.layers.base import Floats, Layer, State, learning, operand, scalar
 
 NonlinearityKind = Literal["relu", "abs", "square", "sigmoid", "tanh", "identity"]
 
@@ -41,23 +41,24 @@ class Nonlinearity(Layer):
         if kind not in _FUNCTIONS:
             msg = f"nonlinearity must be one of {sorted(_FUNCTIONS)}, got {kind!r}"
             raise ValueError(msg)
-        self.kind, self.threshold, self.gain = kind, float(threshold), float(gain)
+        self.kind = kind
+        self.threshold, self.gain = scalar(threshold), scalar(gain)  # learnable, loadable
         self._fn = _FUNCTIONS[kind]
+        self._floats = Floats()
 
     def extra_repr(self) -> str:
-        return f"{self.kind!r}, threshold={self.threshold}, gain={self.gain}"
+        threshold, gain = self._floats.of(self.threshold, self.gain)
+        return f"{self.kind!r}, threshold={threshold}, gain={gain}"
 
     def step(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
+        if learning(self.threshold, self.gain, x):  # tensors all the way: threshold, gain learn
+            shifted = x - operand(self.threshold, x.dtype)
+            return self._fn(shifted) * operand(self.gain, x.dtype), {}
         # Skip the no-op arithmetic: each op is a full pass over the frames (and an
         # identity stage then costs nothing). Never in place on x (another stage's output):
         # the first op makes a new tensor, the others update that one.
-        # Autograd keeps relu/sigmoid/tanh outputs for the backward pass: no in place then.
-        grad = torch.is_grad_enabled() and x.requires_grad
-        if self.threshold:
-            shifted = x - self.threshold
-            y = self._fn(shifted) if grad else _IN_PLACE[self.kind](shifted)
-        else:
-            y = self._fn(x)
-        if self.gain != 1.0:
-            y = y * self.gain if grad or y is x else y.mul_(self.gain)
+        threshold, gain = self._floats.of(self.threshold, self.gain)
+        y = _IN_PLACE[self.kind](x - threshold) if threshold else self._fn(x)
+        if gain != 1.0:
+            y = y * gain if y is x else y.mul_(gain)
         return y, {}

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from streamconv.errors import ShapeError
-from streamconv.layers.base import Layer, State
+from streamconv.layers.base import Floats, Layer, State, learning, operand, scalar
 
 
 class TemporalLowPass(Layer):
@@ -42,11 +42,19 @@ class TemporalLowPass(Layer):
         if temporal_fill not in ("first", "zeros"):
             msg = f"temporal_fill must be 'first' or 'zeros', got {temporal_fill!r}"
             raise ValueError(msg)
-        self.tau, self.n, self.temporal_fill = float(tau), int(n), temporal_fill
-        self.alpha = 1.0 - math.exp(-1.0 / self.tau)
+        self.n, self.temporal_fill = int(n), temporal_fill
+        self.tau = scalar(tau)  # learnable: fit moves it, [model] weights load it
+        self._floats = Floats()
+
+    @property
+    def alpha(self) -> float:
+        """1 - exp(-1/tau), from tau's current value (the inference path's weight)."""
+        (tau,) = self._floats.of(self.tau)
+        return 1.0 - math.exp(-1.0 / tau)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, n={self.n}, temporal_fill={self.temporal_fill!r}"
+        (tau,) = self._floats.of(self.tau)
+        return f"tau={tau}, n={self.n}, temporal_fill={self.temporal_fill!r}"
 
     def _filter(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
         stages = state.get("stages") if state else None
@@ -59,28 +67,29 @@ class TemporalLowPass(Layer):
                 f"(N, C, H, W = {tuple(stages.shape[1:])}); call reset() to begin a new stream"
             )
             raise ShapeError(msg)
-        if torch.is_grad_enabled() and (x.requires_grad or stages.requires_grad):
+        if learning(self.tau, x, stages):
             return self._filter_differentiable(x, stages)
         # Owned copies, updated in place (a state handed out earlier never changes); each
         # step is one fused lerp, written straight into the output for the last stage.
         current = [stage.to(x.dtype, copy=True) for stage in stages.unbind(0)]
         out = torch.empty_like(x)
-        last = self.n - 1
+        last, alpha = self.n - 1, self.alpha
         for t in range(x.shape[2]):
             value = x[:, :, t]
             for k in range(last):
-                value = current[k].lerp_(value, self.alpha)
-            current[last] = torch.lerp(current[last], value, self.alpha, out=out[:, :, t])
+                value = current[k].lerp_(value, alpha)
+            current[last] = torch.lerp(current[last], value, alpha, out=out[:, :, t])
         return out, {"stages": torch.stack(current)}
 
     def _filter_differentiable(self, x: Tensor, stages: Tensor) -> tuple[Tensor, State]:
-        """The same lerps without writing into tensors, for training (autograd)."""
+        """The same lerps without writing into tensors, for training (autograd, tau too)."""
+        alpha = -torch.expm1(-1.0 / operand(self.tau, x.dtype))
         current = list(stages.to(x.dtype).unbind(0))
         outputs = []
         for t in range(x.shape[2]):
             value = x[:, :, t]
             for k in range(self.n):
-                current[k] = value = torch.lerp(current[k], value, self.alpha)
+                current[k] = value = torch.lerp(current[k], value, alpha)
             outputs.append(value)
         return torch.stack(outputs, dim=2), {"stages": torch.stack(current)}
 

@@ -202,9 +202,15 @@ def test_weights_for_the_built_in_layers_too(tmp_path: Path) -> None:
     plain = build_model(settings.model_copy(update={"model": settings.model.model_copy(
         update={"weights": None})}), CPU)  # fmt: skip
     kernel = torch.full_like(plain.smooth.weight, 0.01)
-    torch.save({"smooth.weight": kernel}, tmp_path / "w.pt")
+    fitted = {**plain.state_dict(), "smooth.weight": kernel, "change.tau": torch.tensor(7.5),
+              "motion.gain": torch.tensor(0.25)}  # fmt: skip
+    assert set(fitted) == {"smooth.weight", "change.tau", "motion.threshold", "motion.gain"}
+    torch.save(fitted, tmp_path / "w.pt")
     model = build_model(settings, CPU)
     assert torch.equal(model.smooth.weight, kernel)
+    # The time constants, thresholds and gains of the built-in layers are weights too.
+    assert float(model.change.tau.detach()) == 7.5
+    assert float(model.motion.gain.detach()) == 0.25
 
 
 @pytest.mark.parametrize(
@@ -240,3 +246,20 @@ def test_a_weights_file_holds_tensors_never_code(tmp_path: Path) -> None:
     wrong = load_settings("default", {"model": {"weights": str(tmp_path / "w.npy")}}, environ={})
     with pytest.raises(ConfigError, match=r"a \.safetensors or \.pt file"):
         build_model(wrong, CPU)
+
+
+def test_fit_moves_the_time_constant_and_gain_of_built_in_layers() -> None:
+    """A built-in layer's time constant, threshold and gain are parameters like a kernel:
+    `fit` recovers them (and [model] weights loads them, above)."""
+    from streamconv.layers import Nonlinearity, Sequential, TemporalLowPass
+
+    x = clip(frames=60)
+    with torch.no_grad():
+        target = Sequential(TemporalLowPass(5.0), Nonlinearity("identity", gain=3.0)).run(x)
+    learner = Sequential(TemporalLowPass(2.0), Nonlinearity("identity", gain=1.0)).double()
+    learner.make_optimizer("Adam", lr=0.05)
+    losses = learner.fit(x, target, dt=10, epochs=150)
+    assert losses[-1] < losses[0] * 1e-3
+    fitted = learner.state_dict()
+    assert float(fitted["0.tau"]) == pytest.approx(5.0, rel=0.02)
+    assert float(fitted["1.gain"]) == pytest.approx(3.0, rel=0.02)
