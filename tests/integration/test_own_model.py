@@ -11,14 +11,17 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from streamconv.client import Sender, Subscriber, collect
 from streamconv.config import load_settings
 from streamconv.weights import save
+from streamconv.wire import protocol, transport
 from streamconv.worker import Worker
 from tests.integration.conftest import WorkerProc
 
@@ -53,8 +56,6 @@ def test_a_fitted_model_is_served_exactly_as_offline(
         got = collect(sub, ["change", "norm"])
     # Offline: the same factory, the fitted weights, the whole clip in one pass.
     fitted = module(divisive_example / "model.py").build(tau=4.0, change_tau=2.0).double()
-    from safetensors.torch import load_file
-
     fitted.load_state_dict(load_file(str(divisive_example / "fitted.safetensors")))
     assert abs(float(fitted.norm.sigma.detach().abs()) - 0.05) < 1e-3  # recovered
     x = torch.from_numpy(np.stack(clip)[None, None].astype(np.float64) / 255.0)
@@ -103,4 +104,43 @@ def test_a_model_object_built_in_the_process_is_served(tmp_path: Path) -> None:
     assert isinstance(low, torch.Tensor)
     expected = 2.0 * low[0, 0].numpy()
     streamed = np.stack([frame for _, frame in got["output"]])[:, 0]
+    np.testing.assert_allclose(streamed, expected.astype(np.float32), rtol=1e-6, atol=1e-7)
+
+
+def test_a_python_model_is_checkpointed_and_restored_like_a_built_in_one(
+    divisive_example: Path, start_worker: Callable[..., WorkerProc], tmp_path: Path,
+    zmq_ctx: transport.Context,
+) -> None:  # fmt: skip
+    """Stop the worker mid-stream (a partial chunk in hand), start it again: the stream goes
+    on from its checkpoint, and the outputs equal the offline fitted model throughout."""
+    config = divisive_example / "config.toml"
+    flags = ("--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-every", "8")
+    clip, session = frames(40), protocol.new_session()
+    parts: list[tuple[dict[str, Any], np.ndarray]] = []
+    for seqs in (range(21), range(21, 40)):
+        worker = start_worker(config, *flags)
+        if seqs.start:
+            worker.wait_for_line(r"stream cam: restored from its checkpoint \(session \w+, "
+                                 r"next seq 21\)")  # fmt: skip
+        with Subscriber(worker.output, stream="cam", layers=["norm"], timeout_s=20) as sub:
+            sub.wait_ready(worker.input)
+            push = transport.push_socket(zmq_ctx, worker.input)
+            for seq in seqs:
+                transport.send(push, protocol.encode_frame("cam", session, seq, clip[seq]))
+            if seqs.start:
+                transport.send(push, protocol.encode_eos("cam", session, 40))
+                parts += [(h, f) for h, f in sub if f is not None]
+            else:
+                while len(parts) < len(seqs):
+                    header, frame = sub.recv()
+                    if frame is not None:
+                        parts.append((header, frame))
+                assert worker.stop() == 0
+    assert [h["seq"] for h, _ in parts] == list(range(40))
+    fitted = module(divisive_example / "model.py").build(tau=4.0, change_tau=2.0).double()
+    fitted.load_state_dict(load_file(str(divisive_example / "fitted.safetensors")))
+    x = torch.from_numpy(np.stack(clip)[None, None].astype(np.float64) / 255.0)
+    with torch.no_grad():
+        expected = fitted.run(x)["norm"][0, 0].numpy()
+    streamed = np.stack([f for _, f in parts])[:, 0]
     np.testing.assert_allclose(streamed, expected.astype(np.float32), rtol=1e-6, atol=1e-7)
