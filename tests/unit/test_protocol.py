@@ -216,6 +216,18 @@ def test_output_fps_round_trip() -> None:
     assert "fps" not in head
 
 
+def test_output_model_version_round_trip_and_a_bad_one_is_refused() -> None:
+    array = np.zeros((1, 1, 2), np.float32)
+    parts = protocol.encode_output("cam0", "c", SESSION, 0, 0, array, model_version="0a1b2c")
+    head, _ = protocol.decode_output(wire(parts))
+    assert head["model_version"] == "0a1b2c"
+    header = json.loads(parts[1])
+    for bad in ("XYZ", 12, "", "a" * 65):
+        header["model_version"] = bad
+        with pytest.raises(ProtocolError, match="model_version"):
+            protocol.decode_output(wire([parts[0], json.dumps(header).encode(), parts[2]]))
+
+
 def test_encode_frame_rejects_unsupported_arrays() -> None:
     with pytest.raises(ProtocolError, match="dtype int64"):
         protocol.encode_frame("cam0", SESSION, 0, np.zeros((2, 2), np.int64))
