@@ -143,6 +143,8 @@ def parser() -> argparse.ArgumentParser:
                    "from it at start (README, Crash safety)")  # fmt: skip
     w.add_argument("--checkpoint-every", type=int, help="frames per stream between checkpoints "
                    "(default 256)")  # fmt: skip
+    w.add_argument("--record", type=Path, help="keep every input frame in this archive folder "
+                   "(README, Record and replay)")  # fmt: skip
     g = w.add_argument_group("CURVE (encrypted, authenticated sockets; README, Security)")
     g.add_argument("--curve-secret", type=Path, help="the worker's secret certificate "
                    "(NAME.key_secret from `streamconv keys generate`)")  # fmt: skip
@@ -232,6 +234,33 @@ def parser() -> argparse.ArgumentParser:
                    help="WxH the time per frame is measured at")  # fmt: skip
     c.add_argument("--seed", type=int, default=0, help="of the random clip and chunkings")
 
+    p = add("replay", "send a recorded interval of a stream to a worker again, as a new "
+            "stream (lossless, with the original capture times)")  # fmt: skip
+    p.add_argument("archive", type=Path, help="the archive folder (worker --record DIR)")
+    p.add_argument("--stream", required=True, help="the recorded stream")
+    p.add_argument("--session", help="its session id or a prefix (default: the latest, or "
+                   "the one holding --from-time)")  # fmt: skip
+    p.add_argument("--from-seq", type=int, help="first recorded seq of the interval")
+    p.add_argument("--to-seq", type=int, help="last recorded seq of the interval")
+    p.add_argument("--from-time", help="the interval's start, ISO 8601 (UTC unless given)")
+    p.add_argument("--to-time", help="the interval's end, ISO 8601")
+    p.add_argument("--warmup", default="0", help="frames before the interval sent first, so "
+                   "the state is right at its start; 'auto': as far back as the --config "
+                   "model remembers")  # fmt: skip
+    p.add_argument("--as", dest="as_stream", help="the new stream id (default: ID-replay)")
+    p.add_argument("--realtime", action="store_true", help="at the recorded frame rate")
+    p.add_argument("--speed", type=float, help="at this multiple of the recorded frame rate")
+    p.add_argument("--connect", help="worker input endpoint (default: the config's)")
+    p.add_argument("--output", help="the worker's output (lossless resume; default: the "
+                   "--connect port + 1)")  # fmt: skip
+    p.add_argument("--wait", type=float, help="seconds to wait for a worker (default 30)")
+    _client_keys(p)
+
+    a = add("archive", "list what an input archive holds (streams, sessions, seqs, times, "
+            "bytes)", config=False)  # fmt: skip
+    a.add_argument("action", choices=["ls"], help="ls: list it")
+    a.add_argument("dir", type=Path, help="the archive folder (worker --record DIR)")
+
     k = add("keys", "make CURVE key pairs (zmq.auth certificates)", config=False)
     k.add_argument("action", choices=["generate"], help="generate: write NAME.key and "
                    "NAME.key_secret (mode 0600) into DIR")  # fmt: skip
@@ -281,6 +310,11 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
             capture["connect"] = connect
         if args.command == "run":
             capture.pop("output", None)
+    if args.command == "replay":
+        capture = pick(wait_s=a.get("wait"), output=a.get("output"))
+        connect = pick(endpoint=a.get("connect")) | keys
+        if connect:
+            capture["connect"] = connect
     view: dict[str, Any] = {}
     if args.command in ("view", "run"):
         view = pick(listen=a.get("listen"), full=a.get("full"))
@@ -298,7 +332,9 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
                      curve_server=a.get("curve_server"),
                      curve_clients=a.get("curve_clients"),
                      http=a.get("serve_http"))  # fmt: skip
-    tree = {"worker": worker, "capture": capture, "view": view, "proxy": proxy, "log": logs}
+    record = pick(dir=a.get("record")) if args.command == "worker" else {}
+    tree = {"worker": worker, "capture": capture, "view": view, "proxy": proxy, "log": logs,
+            "record": record}  # fmt: skip
     return {k: v for k, v in tree.items() if v}
 
 
@@ -319,6 +355,10 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         Worker(settings).run()
         return 0
+    if args.command == "replay":
+        from streamconv.archive.commands import replay
+
+        return replay(args, settings)
     if args.command == "check":
         from streamconv.worker import check
 
@@ -393,6 +433,10 @@ def _main(argv: list[str] | None) -> int:
             return presets(args.name)
         if args.command == "keys":
             return keys(args.dir, args.name)
+        if args.command == "archive":
+            from streamconv.archive.commands import ls
+
+            return ls(args.dir)
         config = getattr(args, "model_config", None) or args.config
         settings = load_settings(config, overrides(args), role=args.command)
         configure_logging(settings.log.level, settings.log.format)

@@ -304,7 +304,8 @@ class Capture:
                         break
                 if self._stop.is_set():
                     break
-                if not sender.send(frame, protocol.now_ns()) and sender.mode == "lossless":
+                taken = getattr(self.source, "capture_time", lambda: None)() or protocol.now_ns()
+                if not sender.send(frame, taken) and sender.mode == "lossless":
                     break  # stopped while waiting for room
                 offered += 1
                 bar.update(offered)

@@ -538,6 +538,30 @@ class ProxySettings(Strict):
         return f"127.0.0.1:{after.rsplit(':', 1)[1]}" if after else "off"
 
 
+class RecordSettings(Strict):
+    """[record]: the worker keeps the input frames of the streams it records (README, Record
+    and replay); off unless `dir` is set (`--record DIR`)."""
+
+    dir: Path | None = Field(default=None, description="the archive's folder; unset: off")
+    streams: list[str] = Field(
+        default_factory=lambda: ["*"], description="stream id patterns to record (fnmatch)"
+    )
+    segment_frames: int = Field(default=64, ge=1, le=4096, description="frames per segment")
+    segment_s: float = Field(
+        default=1.0, gt=0, description="a segment closes this long after its first frame"
+    )
+    level: int = Field(
+        default=1, ge=0, le=22, description="zstd level, lossless either way; 0: uncompressed"
+    )
+    ttl_s: float = Field(default=0, ge=0, description="segments older are removed; 0: kept")
+    max_stream_bytes: int = Field(
+        default=0, ge=0, description="per stream, the oldest segments beyond go; 0: no limit"
+    )
+    max_bytes: int = Field(
+        default=0, ge=0, description="in all, the oldest segments beyond go; 0: no limit"
+    )
+
+
 class ModelSettings(Strict):
     """[model]: a whole model from your own code, instead of [[layers]], and fitted weights
     for either. Paths are relative to the config file."""
@@ -572,6 +596,7 @@ class Settings(Strict):
     proxy: ProxySettings = ProxySettings()
     log: LogSettings = LogSettings()
     model: ModelSettings = ModelSettings()
+    record: RecordSettings = RecordSettings()
     layers: list[LayerSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")

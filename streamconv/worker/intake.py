@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from streamconv.config import WorkerSettings
 from streamconv.errors import Drop, ProtocolError
 from streamconv.wire import transport
 from streamconv.wire.protocol import InputMessage, decode_input, peek_stream
 from streamconv.worker.overload import thin_live
+from streamconv.worker.recorder import Recorder
 from streamconv.worker.results import Failed
 from streamconv.worker.stats import Stats
 
@@ -22,8 +24,11 @@ Taken = tuple[InputMessage, str | None]  # a message and its sender's CURVE key
 
 
 class Intake:
-    def __init__(self, pull: transport.Socket, settings: WorkerSettings, stats: Stats) -> None:
-        self.pull, self.settings, self.stats = pull, settings, stats
+    def __init__(
+        self, pull: transport.Socket, settings: WorkerSettings, stats: Stats,
+        recorder: Recorder | None = None,
+    ) -> None:  # fmt: skip
+        self.pull, self.settings, self.stats, self.recorder = pull, settings, stats, recorder
         self.curve = settings.input.curve  # read each sender's key
         self.read = 0  # messages read from the input socket
 
@@ -44,13 +49,17 @@ class Intake:
                 failed.append(got)
             else:
                 taken.append(got)
-        if not self.settings.live_drop_oldest:
-            return taken, failed
-        kept, dropped = thin_live([m for m, _ in taken], self.settings.chunk)
-        for n in dropped.values():  # the engine counts the gap as missing frames as well
-            self.stats.count("live_dropped", n)
-        keep = {id(m) for m in kept}
-        return [t for t in taken if id(t[0]) in keep], failed
+        if self.settings.live_drop_oldest:
+            kept, dropped = thin_live([m for m, _ in taken], self.settings.chunk)
+            for n in dropped.values():  # the engine counts the gap as missing frames as well
+                self.stats.count("live_dropped", n)
+            keep = {id(m) for m in kept}
+            taken = [t for t in taken if id(t[0]) in keep]
+        if self.recorder is not None:  # what the engine gets is what a replay sends again
+            now = time.monotonic()
+            for msg, _ in taken:
+                self.recorder.add(msg, now)
+        return taken, failed
 
     def _decode(self, parts: list[transport.Frame]) -> Taken | Failed:
         size = sum(len(p) for p in parts)

@@ -38,6 +38,7 @@ from streamconv.worker.engine import Engine, EngineSettings
 from streamconv.worker.keeper import Keeper
 from streamconv.worker.previews import Previews
 from streamconv.worker.publisher import Publisher
+from streamconv.worker.recorder import Recorder
 from streamconv.worker.reload import Reload
 from streamconv.worker.stats import Stats
 
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RECORDER_CLOSE_S = 10.0  # at shutdown: the most time for the recorder's last segments
 RESUME_WINDOW_S = 30.0  # after a start with checkpoints: lossless senders resend what it lacks
 
 
@@ -63,6 +65,7 @@ class Parts:
     keeper: Keeper | None = None
     refusals: transport.RefusalWatch | None = None
     reload: Reload | None = None  # new weights on SIGHUP or POST /reload
+    recorder: Recorder | None = None  # input frames into the archive ([record])
     duties: list[Duty] = field(default_factory=list)  # ticked every turn of the serve loop
 
     @property
@@ -80,7 +83,8 @@ class Parts:
                                  "budget_mb": round(a.budget_bytes / 2**20, 3),
                                  "bytes_per_pixel": a.bytes_per_pixel},
                 "curve_refused": refused,
-                "model_version": self.reload.version if self.reload else None}  # fmt: skip
+                "model_version": self.reload.version if self.reload else None,
+                "record": self.recorder.status() if self.recorder else None}  # fmt: skip
 
     def ask_reload(self) -> Future[dict[str, Any]] | None:
         """POST /reload (the HTTP thread): a reload at the serve loop's next turn."""
@@ -92,7 +96,11 @@ class Parts:
             self.reload.signalled = True
 
     def close(self, linger_ms: int) -> None:
-        """Close every socket; queued outputs get `linger_ms` to leave."""
+        """Close every socket; queued outputs get `linger_ms` to leave; the recorder writes
+        what it gathered."""
+        if self.recorder is not None and not self.recorder.close(RECORDER_CLOSE_S):
+            log.warning("recorder: not every segment was written within %.0f s",
+                        RECORDER_CLOSE_S)  # fmt: skip
         if self.refusals is not None:  # before the sockets it watches
             self.refusals.close()
         transport.close(self.publisher.sock, linger_ms)
@@ -164,6 +172,9 @@ def build(settings: Settings, stats: Stats, given: Layer | None = None) -> Parts
 
     parts.reload = Reload(model, settings.model.weights, on_version)
     parts.duties.append(parts.reload)
+    if settings.record.dir is not None:
+        parts.recorder = Recorder(settings.record, stats)
+        parts.duties.append(parts.recorder)
     if keeper is not None:
         parts.duties.append(keeper)
     for name, sock in (("input", w.input), ("output", w.output)):

@@ -86,7 +86,7 @@ class Worker:
         self.http = serve_http(w, self.health, self.stats, self._device_memory,
                                lambda: self.parts.ask_reload() if self.parts else None)  # fmt: skip
         parts = self.parts = build(self.settings, self.stats, self.model)
-        self._intake = Intake(parts.pull, w, self.stats)
+        self._intake = Intake(parts.pull, w, self.stats, parts.recorder)
         self.endpoints = parts.endpoints
         parts.duties.append(Every(EVICT_EVERY_S, self._evict))
         if self.settings.log.stats_every_s:

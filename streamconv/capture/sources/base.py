@@ -124,6 +124,11 @@ class BaseSource(ABC):
     def close(self) -> None:  # noqa: B027  (most sources hold nothing to release)
         """Release what the source holds; idempotent."""
 
+    def capture_time(self) -> int | None:
+        """When the frame yielded last was captured (ns since the epoch), where the source
+        knows (a recording); None: it is captured now."""
+        return None
+
     def __enter__(self) -> BaseSource:
         return self
 
