@@ -178,13 +178,19 @@ def parser() -> argparse.ArgumentParser:
                    "outputs were lost (a live camera)")  # fmt: skip
     s.add_argument("--input", action="append", help="with --lossless: the worker's input "
                    "endpoint, where the acks go (default: each --connect port - 1)")  # fmt: skip
-    s.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,
-                   help="hold lossless senders back while this subscriber is behind, instead "
-                   "of losing outputs (default: on with --save or --npy; live streams never "
-                   "wait; acks go to the worker's input, its output port - 1)")  # fmt: skip
+    s.add_argument(
+        "--lossless",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="hold lossless senders back while this subscriber is behind, instead "
+        "of losing outputs (default: on with --save, --npy or --record; live "
+        "streams never wait; acks go to the worker's input, output port - 1)",
+    )
     s.add_argument("--layer", action="append", help="only this layer (repeatable)")
     s.add_argument("--save", type=Path, help="write a preview .mp4 per layer into this folder")
     s.add_argument("--npy", type=Path, help="write every output frame as .npy into this folder")
+    s.add_argument("--record", type=Path, help="append every output to this Zarr store, one "
+                   "array per stream, session and layer (README, Record and replay)")  # fmt: skip
     s.add_argument("--count", type=int, help="stop after this many frames (of every layer)")
     s.add_argument("--timeout", type=float, default=0, help="stop after this many idle s; 0: "
                    "never (ends at eos when --stream is given)")  # fmt: skip
@@ -344,7 +350,8 @@ def _subscribe_settings(args: argparse.Namespace, settings: Settings) -> Subscri
     return SubscribeSettings(
         connect=settings.view.connect, more=settings.view.more, stream=args.stream,
         layers=args.layer or [], lossless=args.lossless, inputs=args.input or [],
-        save=args.save, npy=args.npy, count=args.count, timeout_s=args.timeout,
+        save=args.save, npy=args.npy, record=args.record, count=args.count,
+        timeout_s=args.timeout,
         allow_loss=args.allow_loss,
     )  # fmt: skip
 

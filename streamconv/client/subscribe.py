@@ -43,7 +43,8 @@ def subscribe(
 
 def _run(args: SubscribeSettings, stop: threading.Event, expect: set[str]) -> int:
     monitor = Monitor()
-    sinks = Sinks({"monitor": monitor, **open_sinks({"preview": args.save, "npy": args.npy})})
+    files = {"preview": args.save, "npy": args.npy, "record": args.record}
+    sinks = Sinks({"monitor": monitor, **open_sinks(files)})
     idle_s = args.timeout_s if args.timeout_s > 0 else math.inf  # 0: no limit
     counts: Counter[tuple[str, str]] = Counter()  # outputs taken, per (stream, layer)
     endpoints = parse_shards(args.endpoints)
@@ -53,7 +54,8 @@ def _run(args: SubscribeSettings, stop: threading.Event, expect: set[str]) -> in
     print(f"subscribing to {which}{layers} on {', '.join(endpoints)}", flush=True)
     first_at: float | None = None  # when the first output came
     try:
-        lossless = args.lossless if args.lossless is not None else bool(args.save or args.npy)
+        writes = bool(args.save or args.npy or args.record)
+        lossless = args.lossless if args.lossless is not None else writes
         inputs = parse_shards(args.inputs) if args.inputs else None
         with Subscriber(endpoints, stream=args.stream, layers=args.layers, lossless=lossless,
                         inputs=inputs, **args.connect.client_keys()) as sub:  # fmt: skip

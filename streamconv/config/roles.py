@@ -425,10 +425,11 @@ class SubscribeSettings(Strict):
     more: list[Url] = Field(default_factory=list, description="more worker outputs to fan in")
     stream: str | None = None
     layers: list[str] = Field(default_factory=list, description="only these layers")
-    lossless: bool | None = Field(default=None, description="None: on with save or npy")
+    lossless: bool | None = Field(default=None, description="None: on with save, npy, record")
     inputs: list[str] = Field(default_factory=list, description="lossless: where acks go")
     save: Path | None = None
     npy: Path | None = None
+    record: Path | None = Field(default=None, description="a Zarr store of every output")
     count: int | None = None
     timeout_s: float = Field(default=0, description="stop after this many idle s; 0: never")
     allow_loss: bool = False

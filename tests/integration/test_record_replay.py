@@ -181,3 +181,43 @@ def test_a_write_that_fails_is_counted_and_the_worker_goes_on(
     assert status(worker)["counts"]["record_dropped"] >= 64
     worker.wait_for_line(r"recorder: \d+ frames of stream cam not written")
     time.sleep(0.1)
+
+
+def test_subscribe_records_outputs_where_zarr_reads_them(
+    start_worker: Start, tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    """`subscribe --record out.zarr`: every output, one array per stream, session and layer,
+    equal to a subscriber's frames, written out when it ends (at the stream's eos here)."""
+    import zarr
+
+    worker = start_worker(DEFAULT)
+    store = tmp_path / "out.zarr"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamconv", "subscribe", "--connect", worker.output,
+         "--stream", "cam", "--record", str(store)],
+        cwd=REPO, env=python_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with Subscriber(worker.output, stream="cam", timeout_s=30) as sub:
+            sub.wait_ready(worker.input)
+            # The recording subscriber is lossless: it holds the sender back once it joined.
+            until(lambda: status(worker)["subscriptions"].get("cam/", 0) >= 2, "both subscribed")
+            with Sender(worker.input, stream="cam", wait_s=20) as sender:
+                for f in clip(45):
+                    assert sender.send(f)
+            mine = outputs(sub)
+            session = mine["motion"][0][0]["session"]
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 0, (out, err)
+    assert f"record: {store}" in out
+    root = zarr.open_group(str(store), mode="r")
+    for name in LAYERS:
+        group: Any = root[f"cam/{session}/{name}"]
+        frames = np.asarray(group["frames"][...])
+        assert list(np.asarray(group["seq"][...])) == list(range(45))
+        assert np.array_equal(frames, np.stack([a for _, a in mine[name]]))
+        assert group["frames"].metadata.dimension_names == ("time", "channel", "y", "x")

@@ -195,3 +195,33 @@ def test_client_imports_neither_zmq_nor_torch() -> None:
             else:
                 continue
             assert not names & banned, f"{path.name}:{node.lineno} imports {names & banned}"
+
+
+def test_the_record_sink_keys_on_seq_and_keeps_sessions_apart(tmp_path: Path) -> None:
+    """A subscriber restarted on the same store adds nothing twice; a new session of the same
+    stream goes beside the first."""
+    import zarr
+
+    from streamconv.client.sinks import RecordWriter
+
+    def header(session: str, seq: int) -> dict[str, Any]:
+        return {"stream": "cam", "session": session, "layer": "L", "seq": seq, "t_ns": seq}
+
+    frame = np.ones((1, 4, 5), np.float32)
+    first = RecordWriter(tmp_path / "o.zarr")
+    for seq in range(40):
+        first.add(header("s1", seq), frame * seq)
+    first.close()
+    again = RecordWriter(tmp_path / "o.zarr")  # restarted: sees 30..49 of the same session
+    for seq in range(30, 50):
+        again.add(header("s1", seq), frame * seq)
+    for seq in range(5):
+        again.add(header("s2", seq), -frame)
+    again.close()
+    assert again.duplicates == 10
+    root = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
+    one: Any = root["cam/s1/L"]
+    assert list(np.asarray(one["seq"][...])) == list(range(50))
+    assert np.asarray(one["frames"][...])[:, 0, 0, 0].tolist() == list(range(50))
+    two: Any = root["cam/s2/L"]
+    assert np.asarray(two["frames"][...]).shape == (5, 1, 4, 5)

@@ -15,11 +15,13 @@ from streamconv.client.sinks.base import Sink, Sinks, safe_name
 from streamconv.client.sinks.monitor import Monitor
 from streamconv.client.sinks.npy import NpyWriter
 from streamconv.client.sinks.preview import PreviewWriter
+from streamconv.client.sinks.record import RecordWriter
 
 # The sinks that write into a folder the user names, by name (subscribe: --save is preview).
 FILE_SINKS: dict[str, Callable[[Path], Sink]] = {
     "preview": PreviewWriter,
     "npy": NpyWriter,
+    "record": RecordWriter,
 }
 
 
@@ -42,6 +44,7 @@ __all__ = [
     "Monitor",
     "NpyWriter",
     "PreviewWriter",
+    "RecordWriter",
     "Sink",
     "Sinks",
     "open_sinks",
