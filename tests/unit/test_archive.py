@@ -1,0 +1,81 @@
+"""The input archive's reading side: which frames a replay sends (session, interval by seq
+or by time, warm-up) and what it refuses, on real segments written to disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamconv.archive.commands import ns
+from streamconv.archive.format import segments, write_segment
+from streamconv.capture.sources.archive import ArchiveSource, choose
+from streamconv.errors import ConfigError, SourceError
+
+T0 = ns("2026-12-06T14:00:00")
+SECOND = 1_000_000_000
+
+
+def record(root: Path, session: str, seqs: range, start_ns: int) -> None:
+    """One frame a second, in segments of 10, each frame filled with its seq."""
+    for first in range(seqs.start, seqs.stop, 10):
+        part = np.arange(first, min(first + 10, seqs.stop))
+        frames = np.stack([np.full((4, 6), q % 256, np.uint8) for q in part])
+        write_segment(root / "cam" / session, "cam", session, frames, part,
+                      start_ns + (part - seqs.start) * SECOND, 1.0, 1)  # fmt: skip
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    record(tmp_path, "a" * 32, range(0, 60), T0)  # 14:00:00 .. 14:00:59
+    record(tmp_path, "b" * 32, range(0, 30), T0 + 3600 * SECOND)  # 15:00:00 .. 15:00:29
+    return tmp_path
+
+
+def test_the_latest_session_by_default_and_a_named_one(archive: Path) -> None:
+    found = segments(archive, "cam")
+    assert choose(found, None, None, None, None, None, 0).session == "b" * 32
+    whole = choose(found, "aaa", None, None, None, None, 0)
+    assert (whole.first, whole.start, whole.end) == (0, 0, 59)
+
+
+def test_an_interval_by_time_picks_its_session_and_seqs(archive: Path) -> None:
+    found = segments(archive, "cam")
+    i = choose(found, None, None, None, ns("2026-12-06T14:00:20"), ns("2026-12-06T14:00:30.5"), 5)
+    assert i.session == "a" * 32
+    assert (i.first, i.start, i.end, i.warmup) == (15, 20, 30, 5)
+    source = ArchiveSource(archive, "cam", i)
+    got = [(int(f[0, 0]), source.capture_time()) for f in source]
+    assert [q for q, _ in got] == list(range(15, 31))
+    assert got[5][1] == ns("2026-12-06T14:00:20")  # the original capture time, kept
+    assert source.length == 16
+    assert source.fps == 1.0
+
+
+def test_the_warm_up_stops_at_the_sessions_first_frame(archive: Path) -> None:
+    i = choose(segments(archive, "cam"), "a", 3, None, None, None, 50)
+    assert (i.first, i.start, i.warmup) == (0, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "said"),
+    [
+        ({"session": "c"}, "names 0 of the recorded"),
+        ({"session": "a", "from_seq": 70}, "holds seqs 0..59: nothing in 70..59"),
+        ({"session": "a", "from_seq": 30, "to_seq": 10}, "nothing in 30..10"),
+    ],
+)
+def test_an_interval_that_is_not_there_is_refused(
+    archive: Path, kwargs: dict[str, object], said: str
+) -> None:
+    args = {"session": None, "from_seq": None, "to_seq": None, "from_t_ns": None,
+            "to_t_ns": None, "warmup": 0} | kwargs  # fmt: skip
+    with pytest.raises(SourceError, match=said):
+        choose(segments(archive, "cam"), **args)  # type: ignore[arg-type]
+
+
+def test_a_time_is_iso_8601_or_a_clear_error() -> None:
+    assert ns("2026-12-06T14:00:00+01:00") == T0 - 3600 * SECOND
+    with pytest.raises(ConfigError, match="not an ISO 8601 time"):
+        ns("yesterday")
