@@ -221,3 +221,21 @@ def test_subscribe_records_outputs_where_zarr_reads_them(
         assert list(np.asarray(group["seq"][...])) == list(range(45))
         assert np.array_equal(frames, np.stack([a for _, a in mine[name]]))
         assert group["frames"].metadata.dimension_names == ("time", "channel", "y", "x")
+
+
+def test_sigterm_writes_the_open_segments_before_the_worker_exits(
+    start_worker: Start, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    env = {"STREAMCONV_RECORD__SEGMENT_FRAMES": "16", "STREAMCONV_RECORD__SEGMENT_S": "60"}
+    worker = start_worker(DEFAULT, "--record", str(archive), env=env)
+    with Subscriber(worker.output, stream="cam", layers=["motion"], timeout_s=30) as sub:
+        sub.wait_ready(worker.input)
+        with Sender(worker.input, stream="cam", wait_s=20) as sender:
+            for f in clip(40):  # two full segments, eight frames still open
+                assert sender.send(f)
+        assert len([h for h, f in sub if f is not None]) == 40
+    assert worker.stop() == 0  # docker stop
+    kept = segments(archive, "cam")
+    assert [(s.first_seq, s.last_seq) for s in kept] == [(0, 15), (16, 31), (32, 39)]
+    assert partial(archive) == []
