@@ -77,7 +77,10 @@ def write_segment(
         group = zarr.open_group(str(tmp), mode="w")
         chunks = (min(FRAMES_PER_CHUNK, len(frames)), *frames.shape[1:])
         codecs = [ZstdCodec(level=level)] if level else None  # 0: stored as they are
-        group.create_array("frames", data=frames, chunks=chunks, compressors=codecs)
+        # Every chunk is written: by default Zarr first scans each for the fill value, to
+        # skip "empty" ones, which doubled the writer's CPU time (BENCHMARKS.md).
+        group.create_array("frames", data=frames, chunks=chunks, compressors=codecs,
+                           config={"write_empty_chunks": True})  # fmt: skip
         group.create_array("seq", data=seqs.astype(np.int64))
         group.create_array("t_ns", data=t_ns.astype(np.int64))
         group.attrs.update({"format": FORMAT, "stream": stream, "session": session,

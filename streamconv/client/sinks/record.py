@@ -67,8 +67,14 @@ class RecordWriter:
         if key not in self.root:
             group = self.root.require_group(key)
             dims = ("time", "channel", "y", "x")
-            group.create_array("frames", shape=(0, *frames.shape[1:]), dtype=frames.dtype,
-                               chunks=(FLUSH, *frames.shape[1:]), dimension_names=dims)  # fmt: skip
+            group.create_array(
+                "frames",
+                shape=(0, *frames.shape[1:]),
+                dtype=frames.dtype,
+                chunks=(FLUSH, *frames.shape[1:]),
+                dimension_names=dims,
+                config={"write_empty_chunks": True},
+            )  # no scan for "empty"
             for name in ("seq", "t_ns"):
                 group.create_array(name, shape=(0,), dtype=np.int64, chunks=(1024,),
                                    dimension_names=("time",))  # fmt: skip
