@@ -45,12 +45,17 @@ def ls(root: Path) -> int:
         print(f"{stream:<16} {session[:8]:<10} {seqs:>15} {sum(s.frames for s in mine):>7} "
               f"{when(min(s.first_t_ns for s in mine)):<24} "
               f"{when(max(s.last_t_ns for s in mine)):<24} "
-              f"{sum(s.nbytes for s in mine):>12} {len(mine):>8}")  # fmt: skip
+              f"{sum(s.nbytes for s in mine):>12} {len(mine):>8}{_lossy(mine)}")  # fmt: skip
     cut = partial(root)
     if cut:
         print(f"{len(cut)} partial segment(s), cut while open (a crash): not listed, not "
               f"replayed: {', '.join(str(p.relative_to(root)) for p in cut)}")  # fmt: skip
     return 0
+
+
+def _lossy(mine: list[Segment]) -> str:
+    codecs = sorted({s.codec for s in mine if s.lossy})
+    return f"  lossy ({', '.join(codecs)}): a replay is not exact" if codecs else ""
 
 
 def warmup_frames(text: str, settings: Settings) -> int:
@@ -97,6 +102,10 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
     recorded = next((s.fps for s in found if s.fps), None)
     fps = recorded * args.speed if args.speed and recorded else None
     source = ArchiveSource(args.archive, args.stream, interval, fps=fps)
+    lossy = _lossy([s for s in found if s.session == interval.session])
+    if lossy:
+        print(f"replay:{lossy}: the frames were kept as JPEG, so the outputs only "
+              "approximate the live ones")  # fmt: skip
     name = args.as_stream or f"{args.stream}-replay"
     capture = settings.capture.model_copy(update={
         "source": None, "stream": name, "mode": "lossless",

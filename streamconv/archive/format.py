@@ -6,7 +6,10 @@
 A segment holds consecutive frames of one session as they arrived, lossless: `frames`
 (T, H, W) or (T, H, W, C) in the dtype they came in (uint8, uint16 or float32), zstd, eight
 frames a chunk; `seq` and `t_ns` (T,) int64, the sender's seq and capture time; its
-attributes: stream, session, first and last seq and t_ns, fps (or None), and `format`. A
+attributes: stream, session, first and last seq and t_ns, frames, fps (or None), the frame
+shape, `codec` and `format`. With [record] lossy_quality (long retention), 8-bit frames are
+kept as JPEG instead (codec "jpeg qN": `jpeg` bytes end to end, `offsets` (T + 1)): smaller,
+and not exact. A
 segment is written under its `.open-` name and renamed when complete, so a listed segment is
 always whole; what a SIGKILL cuts is the open one, found and reported as partial. Readable
 with zarr alone: `zarr.open_group(path)["frames"][:]`.
@@ -14,6 +17,7 @@ with zarr alone: `zarr.open_group(path)["frames"][:]`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -43,6 +47,11 @@ class Segment:
     frames: int
     nbytes: int
     fps: float | None
+    codec: str = "zstd"  # "jpeg qN": lossy, decoded on read; a replay is then not exact
+
+    @property
+    def lossy(self) -> bool:
+        return self.codec.startswith("jpeg")
 
     def seqs(self) -> np.ndarray:
         """The segment's seq array alone (small: no frame is read)."""
@@ -51,21 +60,33 @@ class Segment:
         return np.asarray(zarr.open_array(str(self.path / "seq"), mode="r")[...])
 
     def read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(frames, seq, t_ns) of the whole segment."""
+        """(frames, seq, t_ns) of the whole segment (a lossy one decoded)."""
         import zarr
 
-        group = zarr.open_group(str(self.path), mode="r")
-        arrays = [group[name] for name in ("frames", "seq", "t_ns")]
-        frames, seqs, t_ns = (np.asarray(a[...]) for a in arrays)  # type: ignore[index]
-        return frames, seqs, t_ns
+        group: Any = zarr.open_group(str(self.path), mode="r")
+        seqs, t_ns = np.asarray(group["seq"][...]), np.asarray(group["t_ns"][...])
+        if not self.lossy:
+            return np.asarray(group["frames"][...]), seqs, t_ns
+        import cv2
+
+        data, offsets = np.asarray(group["jpeg"][...]), np.asarray(group["offsets"][...])
+        shape = tuple(read_attrs(self.path)["shape"])
+        frames = []
+        for a, b in itertools.pairwise(offsets):
+            frame = cv2.imdecode(data[a:b], cv2.IMREAD_UNCHANGED)
+            if frame is None:
+                raise ValueError(f"{self.path}: a JPEG frame does not decode")
+            frames.append(frame.reshape(shape))
+        return np.stack(frames), seqs, t_ns
 
 
 def write_segment(
     folder: Path, stream: str, session: str, frames: np.ndarray, seqs: np.ndarray,
-    t_ns: np.ndarray, fps: float | None, level: int,
+    t_ns: np.ndarray, fps: float | None, level: int, quality: int = 0,
 ) -> tuple[Path, int]:  # fmt: skip
     """Write a segment under its open name, then rename it: (its path, bytes on disk).
-    Raises OSError (a full disk, say); the open folder is then removed."""
+    `quality` 1-100: 8-bit frames as JPEG (lossy, for long retention; see `lossy`). Raises
+    OSError (a full disk, say); the open folder is then removed."""
     import zarr
     from zarr.codecs import ZstdCodec
 
@@ -75,23 +96,49 @@ def write_segment(
     folder.mkdir(parents=True, exist_ok=True)
     try:
         group = zarr.open_group(str(tmp), mode="w")
-        chunks = (min(FRAMES_PER_CHUNK, len(frames)), *frames.shape[1:])
-        codecs = [ZstdCodec(level=level)] if level else None  # 0: stored as they are
-        # Every chunk is written: by default Zarr first scans each for the fill value, to
-        # skip "empty" ones, which doubled the writer's CPU time (BENCHMARKS.md).
-        group.create_array("frames", data=frames, chunks=chunks, compressors=codecs,
-                           config={"write_empty_chunks": True})  # fmt: skip
+        codec = "zstd"
+        if quality and lossy_fits(frames):
+            codec = _write_jpeg(group, frames, quality)
+        else:
+            chunks = (min(FRAMES_PER_CHUNK, len(frames)), *frames.shape[1:])
+            codecs = [ZstdCodec(level=level)] if level else None  # 0: stored as they are
+            # Every chunk is written: by default Zarr first scans each for the fill value,
+            # to skip "empty" ones, which doubled the writer's CPU time (BENCHMARKS.md).
+            group.create_array("frames", data=frames, chunks=chunks, compressors=codecs,
+                               config={"write_empty_chunks": True})  # fmt: skip
         group.create_array("seq", data=seqs.astype(np.int64))
         group.create_array("t_ns", data=t_ns.astype(np.int64))
         group.attrs.update({"format": FORMAT, "stream": stream, "session": session,
                             "first_seq": first, "last_seq": int(seqs[-1]),
                             "first_t_ns": int(t_ns[0]), "last_t_ns": int(t_ns[-1]),
-                            "frames": len(seqs), "fps": fps})  # fmt: skip
+                            "frames": len(seqs), "fps": fps, "codec": codec,
+                            "shape": list(frames.shape[1:])})  # fmt: skip
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final, size_of(final)
+
+
+def lossy_fits(frames: np.ndarray) -> bool:
+    """JPEG takes 8-bit gray or BGR frames; others are kept lossless."""
+    return frames.dtype == np.uint8 and (frames.ndim == 3 or frames.shape[-1] in (1, 3))
+
+
+def _write_jpeg(group: Any, frames: np.ndarray, quality: int) -> str:
+    """Every frame as JPEG bytes, end to end in `jpeg`, with their `offsets` (T + 1)."""
+    import cv2
+
+    encoded = []
+    for frame in frames:
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:  # pragma: no cover - OpenCV encodes any 8-bit gray or BGR frame
+            raise ValueError("JPEG encoding failed")
+        encoded.append(buf.reshape(-1))
+    offsets = np.cumsum([0, *(len(b) for b in encoded)]).astype(np.int64)
+    group.create_array("jpeg", data=np.concatenate(encoded), chunks=(max(1, int(offsets[-1])),))
+    group.create_array("offsets", data=offsets)
+    return f"jpeg q{quality}"
 
 
 def size_of(path: Path) -> int:
@@ -122,7 +169,8 @@ def segments(root: Path, stream: str | None = None) -> list[Segment]:
                     a = read_attrs(path)
                     found.append(Segment(path, a["stream"], a["session"], a["first_seq"],
                                          a["last_seq"], a["first_t_ns"], a["last_t_ns"],
-                                         a["frames"], size_of(path), a.get("fps")))  # fmt: skip
+                                         a["frames"], size_of(path), a.get("fps"),
+                                         a.get("codec", "zstd")))  # fmt: skip
                 except (OSError, ValueError, KeyError):
                     continue  # not ours, or damaged: `partial` reports the open ones
     return sorted(found, key=lambda s: (s.stream, s.first_t_ns, s.first_seq))

@@ -554,6 +554,13 @@ class RecordSettings(Strict):
     level: int = Field(
         default=1, ge=0, le=22, description="zstd level, lossless either way; 0: uncompressed"
     )
+    lossy_quality: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="0: lossless; 1-100: 8-bit frames as JPEG of this "
+        "quality, for long retention (a replay is then not exact)",
+    )
     ttl_s: float = Field(default=0, ge=0, description="segments older are removed; 0: kept")
     max_stream_bytes: int = Field(
         default=0, ge=0, description="per stream, the oldest segments beyond go; 0: no limit"

@@ -156,7 +156,7 @@ class Recorder:
                 path, nbytes = write_segment(
                     folder, closed.stream, closed.session, np.stack(closed.frames),
                     np.asarray(closed.seqs), np.asarray(closed.t_ns), closed.fps,
-                    self.settings.level,
+                    self.settings.level, self.settings.lossy_quality,
                 )  # fmt: skip
             except (OSError, ValueError) as e:
                 self.stats.count("record_errors")

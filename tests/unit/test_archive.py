@@ -79,3 +79,36 @@ def test_a_time_is_iso_8601_or_a_clear_error() -> None:
     assert ns("2026-12-06T14:00:00+01:00") == T0 - 3600 * SECOND
     with pytest.raises(ConfigError, match="not an ISO 8601 time"):
         ns("yesterday")
+
+
+def test_a_lossy_archive_is_smaller_close_and_says_it_is_not_exact(tmp_path: Path) -> None:
+
+    rng = np.random.default_rng(0)
+    base = (np.add.outer(np.arange(48), np.arange(64)) * 2).astype(np.uint8)
+    frames = np.stack([base + rng.integers(0, 3, base.shape, dtype=np.uint8) for _ in range(8)])
+    q = np.arange(8)
+    write_segment(tmp_path / "cam" / "s", "cam", "s" * 32, frames, q, q, None, 1, quality=90)
+    write_segment(tmp_path / "exact" / "s", "exact", "s" * 32, frames, q, q, None, 1)
+    lossy, exact = segments(tmp_path, "cam")[0], segments(tmp_path, "exact")[0]
+    assert lossy.lossy
+    assert lossy.codec == "jpeg q90"
+    assert not exact.lossy
+    back, seqs, _ = lossy.read()
+    assert back.shape == frames.shape
+    assert back.dtype == np.uint8
+    assert list(seqs) == list(range(8))
+    assert np.abs(back.astype(int) - frames).max() <= 8  # close, not equal
+    assert np.array_equal(exact.read()[0], frames)  # lossless: equal
+    assert lossy.nbytes < exact.nbytes
+
+
+def test_archive_ls_marks_a_lossy_session(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamconv.archive.commands import ls
+
+    frames = np.zeros((4, 8, 8), np.uint8)
+    q = np.arange(4)
+    write_segment(tmp_path / "cam" / "s", "cam", "s" * 32, frames, q, q, None, 1, quality=50)
+    assert ls(tmp_path) == 0
+    assert "lossy (jpeg q50): a replay is not exact" in capsys.readouterr().out
