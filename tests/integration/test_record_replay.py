@@ -239,3 +239,30 @@ def test_sigterm_writes_the_open_segments_before_the_worker_exits(
     kept = segments(archive, "cam")
     assert [(s.first_seq, s.last_seq) for s in kept] == [(0, 15), (16, 31), (32, 39)]
     assert partial(archive) == []
+
+
+def test_a_live_stream_is_recorded_as_the_worker_ran_it(
+    start_worker: Start, tmp_path: Path
+) -> None:
+    """A live camera's stream: what the sender or the worker dropped is not in the archive;
+    every frame the worker ran is, with its seq."""
+    archive = tmp_path / "archive"
+    worker = start_worker(DEFAULT, "--record", str(archive))
+    frames = clip(120)
+    with Subscriber(worker.output, stream="live", layers=["motion"], timeout_s=30) as sub:
+        sub.wait_ready(worker.input)
+        queued: list[np.ndarray] = []  # a live sender's seq counts the frames it queued
+        with Sender(worker.input, stream="live", mode="live", wait_s=20, fps=60.0) as sender:
+            for f in frames:
+                if sender.send(f):
+                    queued.append(f)
+                time.sleep(1 / 120)
+        ran = [h["seq"] for h, f in sub if f is not None]
+    until(lambda: sum(s.frames for s in segments(archive, "live")) >= len(ran), "all kept")
+    kept: list[int] = []
+    for seg in segments(archive, "live"):
+        arrays, seqs, _ = seg.read()
+        kept += [int(q) for q in seqs]
+        for frame, q in zip(arrays, seqs, strict=True):
+            assert np.array_equal(frame, queued[int(q)])
+    assert kept == ran
