@@ -8,6 +8,7 @@ failure part-way closes what was already opened.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from concurrent.futures import Future
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BIND_WAIT_S = 5.0  # how long a port in use is tried again at start
+BIND_RETRY_S = 0.25
 RECORDER_CLOSE_S = 10.0  # at shutdown: the most time for the recorder's last segments
 RESUME_WINDOW_S = 30.0  # after a start with checkpoints: lossless senders resend what it lacks
 
@@ -194,13 +197,27 @@ def _sockets(
     inp = w.input
     if inp.max_message_bytes < 0:
         inp = inp.model_copy(update={"max_message_bytes": 2 * w.max_message_bytes})
-    try:
-        pull = transport.open_socket(ctx, "pull", inp, guard=guard)
-        pub = transport.open_socket(ctx, "xpub", w.output, guard=guard)
-    except transport.ZMQError as e:
-        msg = f"cannot bind worker sockets ({w.input.endpoint}, {w.output.endpoint}): {e}"
-        raise StartupError(msg) from e
-    return pull, pub
+    deadline, warned = time.monotonic() + BIND_WAIT_S, False
+    while True:
+        pull = None
+        try:
+            pull = transport.open_socket(ctx, "pull", inp, guard=guard)
+            pub = transport.open_socket(ctx, "xpub", w.output, guard=guard)
+            return pull, pub
+        except transport.ZMQError as e:
+            if pull is not None:
+                transport.close(pull, 0)
+            # A worker that just died (a supervisor's restart) can hold its port a moment
+            # longer; a port another program holds is still an error, a few seconds later.
+            if e.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+                if not warned:
+                    log.warning("%s or %s is in use; trying again for up to %.0f s",
+                                w.input.endpoint, w.output.endpoint, BIND_WAIT_S)  # fmt: skip
+                warned = True
+                time.sleep(BIND_RETRY_S)
+                continue
+            msg = f"cannot bind worker sockets ({w.input.endpoint}, {w.output.endpoint}): {e}"
+            raise StartupError(msg) from e
 
 
 def _keeper(settings: Settings, stats: Stats, engine: Engine, model: Layer,

@@ -24,7 +24,7 @@ from streamconv.client.subscriber import Subscriber
 from streamconv.wire import protocol, transport
 from tests.conftest import REPO
 from tests.helpers import DEFAULT, preset_layers
-from tests.integration.conftest import WorkerProc
+from tests.integration.conftest import WorkerProc, launch
 
 pytestmark = pytest.mark.integration
 
@@ -271,3 +271,30 @@ def test_a_taken_port_is_a_startup_error_with_the_reason_first(
     assert "cannot bind worker sockets" in done.stderr
     assert "shutting down" not in done.stderr
     assert "worker stopped" not in done.stderr
+
+
+def test_a_port_held_a_moment_after_a_crash_is_waited_for(
+    python_env: dict[str, str], free_endpoint: Callable[[], str]
+) -> None:
+    """A supervisor restarts a crashed worker at once, on the same port, which the dead one
+    may hold a moment longer: the new worker tries again for a few seconds instead of
+    exiting; a port that stays taken is still exit 3 (above)."""
+    import socket as sockets
+
+    inp, out = free_endpoint(), free_endpoint()
+    host, port = inp.removeprefix("tcp://").split(":")
+    holder = sockets.socket()
+    holder.setsockopt(sockets.SOL_SOCKET, sockets.SO_REUSEADDR, 1)
+    holder.bind((host, int(port)))
+    holder.listen()
+    cmd = [sys.executable, "-m", "streamconv", "worker", "--input", inp, "--output", out,
+           "--http", "off", "--device", "cpu"]  # fmt: skip
+    worker = launch(cmd, python_env, inp, out)
+    try:
+        worker.wait_for_line(r"is in use; trying again for up to", 60)
+        holder.close()
+        worker.wait_for_line("worker ready", 20)
+        assert worker.stop() == 0
+    finally:
+        holder.close()
+        worker.reap()
