@@ -243,7 +243,7 @@ def parser() -> argparse.ArgumentParser:
     p = add("replay", "send a recorded interval of a stream to a worker again, as a new "
             "stream (lossless, with the original capture times)")  # fmt: skip
     p.add_argument("archive", type=Path, help="the archive folder (worker --record DIR)")
-    p.add_argument("--stream", required=True, help="the recorded stream")
+    p.add_argument("--stream", help="the recorded stream (default: the archive's only one)")
     p.add_argument("--session", help="its session id or a prefix (default: the latest, or "
                    "the one holding --from-time)")  # fmt: skip
     p.add_argument("--from-seq", type=int, help="first recorded seq of the interval")

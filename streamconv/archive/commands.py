@@ -93,7 +93,15 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
     from streamconv.capture.sources.archive import ArchiveSource, choose
 
     warmup = warmup_frames(args.warmup, settings)
-    found = segments(args.archive, args.stream) if args.archive.is_dir() else []
+    if not args.archive.is_dir():
+        raise SourceError(f"no archive at {args.archive}")
+    if args.stream is None:
+        streams = sorted({s.stream for s in segments(args.archive)})
+        if len(streams) != 1:
+            held = ", ".join(streams) or "none"
+            raise ConfigError(f"{args.archive} holds streams {held}: name one with --stream")
+        args.stream = streams[0]
+    found = segments(args.archive, args.stream)
     if not found:
         raise SourceError(f"{args.archive}: no recorded segment of stream {args.stream!r}")
     interval = choose(found, args.session, args.from_seq, args.to_seq,

@@ -112,3 +112,18 @@ def test_archive_ls_marks_a_lossy_session(
     write_segment(tmp_path / "cam" / "s", "cam", "s" * 32, frames, q, q, None, 1, quality=50)
     assert ls(tmp_path) == 0
     assert "lossy (jpeg q50): a replay is not exact" in capsys.readouterr().out
+
+
+def test_replay_names_the_streams_when_it_cannot_pick_one(archive: Path) -> None:
+    import argparse
+
+    from streamconv.archive.commands import replay
+    from streamconv.config import load_settings
+
+    record(archive, "c" * 32, range(0, 5), T0)
+    (archive / "other" / ("d" * 32)).mkdir(parents=True)
+    write_segment(archive / "other" / ("d" * 32), "other", "d" * 32,
+                  np.zeros((2, 4, 6), np.uint8), np.arange(2), np.arange(2), None, 1)  # fmt: skip
+    args = argparse.Namespace(archive=archive, stream=None, warmup="0")
+    with pytest.raises(ConfigError, match="holds streams cam, other: name one with --stream"):
+        replay(args, load_settings("default", environ={}))
