@@ -19,12 +19,11 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import pipeline_procs as procs
 from machine import cpu_line
-from pipeline_runs import PipelineVariant, interleave
+from pipeline_runs import interleave, side_by_side
 
 from streamconv.config import load_settings
 
@@ -47,26 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def served(args: argparse.Namespace) -> dict[str, float]:
-    with ExitStack() as stack:
-        variants = {}
-        for name, file in VARIANTS.items():
-            ports = {"input": procs.free_endpoint(), "output": procs.free_endpoint()}
-            overrides = {"worker": {**ports, "http": "off", "device": "cpu"}}
-            settings = load_settings(CONFIGS / file, overrides)
-            variants[name] = PipelineVariant(stack, settings, name)
-        for v in variants.values():
-            v.wait_ready()
-        runs = interleave({n: (lambda v=v: v.run(args.frames)) for n, v in variants.items()},
-                          args.warmup + args.repeats, skip=args.warmup)  # fmt: skip
-    print("| variant | frames/s (median) | min-max | lost |")
-    print("|---|---:|---:|---:|")
-    med = {}
-    for name, rs in runs.items():
-        fps = [r.fps for r in rs]
-        med[name] = statistics.median(fps)
-        lost = sum(r.lost for r in rs)
-        print(f"| {name} | {med[name]:.0f} | {min(fps):.0f}-{max(fps):.0f} | {lost} |")
-    return med
+    settings = {}
+    for name, file in VARIANTS.items():
+        ports = {"input": procs.free_endpoint(), "output": procs.free_endpoint()}
+        overrides = {"worker": {**ports, "http": "off", "device": "cpu"}}
+        settings[name] = load_settings(CONFIGS / file, overrides)
+    return side_by_side(settings, args.frames, args.warmup, args.repeats)
 
 
 def start_once(preset: str, check: bool) -> float:

@@ -147,3 +147,27 @@ def imagezmq_run(n: int) -> Run:
         hub.zmq_socket.close(linger=0)
         hub.zmq_context.term()
     return out
+
+
+def side_by_side(
+    settings: dict[str, Any], frames: int, warmup: int, repeats: int, label: str = "variant"
+) -> dict[str, float]:
+    """One worker per variant (its settings), all up at once, fed `frames` in alternating
+    runs; prints frames/s medians per variant and returns them."""
+    import statistics
+
+    with ExitStack() as stack:
+        variants = {n: PipelineVariant(stack, s, n) for n, s in settings.items()}
+        for v in variants.values():
+            v.wait_ready()
+        runs = interleave({n: (lambda v=v: v.run(frames)) for n, v in variants.items()},
+                          warmup + repeats, skip=warmup)  # fmt: skip
+    print(f"| {label} | frames/s (median) | min-max | lost |")
+    print("|---|---:|---:|---:|")
+    med = {}
+    for name, rs in runs.items():
+        fps = [r.fps for r in rs]
+        med[name] = statistics.median(fps)
+        print(f"| {name} | {med[name]:.0f} | {min(fps):.0f}-{max(fps):.0f} "
+              f"| {sum(r.lost for r in rs)} |")  # fmt: skip
+    return med

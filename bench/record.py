@@ -19,13 +19,12 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pipeline_procs as procs
 from machine import cpu_line
-from pipeline_runs import PipelineVariant, interleave
+from pipeline_runs import side_by_side
 
 from streamconv.archive.format import segments, write_segment
 from streamconv.capture.sources import open_source, synthetic_frame
@@ -48,26 +47,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def throughput(args: argparse.Namespace, archive: Path) -> dict[str, float]:
-    with ExitStack() as stack:
-        variants = {}
-        for name, record in (("recording off", None), ("recording on", str(archive))):
-            ports = {"input": procs.free_endpoint(), "output": procs.free_endpoint()}
-            overrides = {"worker": {**ports, "http": "off", "device": "cpu"},
-                         "record": {"dir": record}}  # fmt: skip
-            variants[name] = PipelineVariant(stack, load_settings("default", overrides), name)
-        for v in variants.values():
-            v.wait_ready()
-        runs = interleave({n: (lambda v=v: v.run(args.frames)) for n, v in variants.items()},
-                          args.warmup + args.repeats, skip=args.warmup)  # fmt: skip
-    print("| worker, default preset | frames/s (median) | min-max | lost |")
-    print("|---|---:|---:|---:|")
-    med = {}
-    for name, rs in runs.items():
-        fps = [r.fps for r in rs]
-        med[name] = statistics.median(fps)
-        print(f"| {name} | {med[name]:.0f} | {min(fps):.0f}-{max(fps):.0f} | "
-              f"{sum(r.lost for r in rs)} |")  # fmt: skip
-    return med
+    settings = {}
+    for name, record in (("recording off", None), ("recording on", str(archive))):
+        ports = {"input": procs.free_endpoint(), "output": procs.free_endpoint()}
+        overrides = {"worker": {**ports, "http": "off", "device": "cpu"},
+                     "record": {"dir": record}}  # fmt: skip
+        settings[name] = load_settings("default", overrides)
+    return side_by_side(settings, args.frames, args.warmup, args.repeats,
+                        "worker, default preset")  # fmt: skip
 
 
 def archive_costs(folder: Path) -> None:

@@ -11,9 +11,11 @@ import json
 import random
 import re
 import socket
+import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -119,3 +121,24 @@ def table_counts(stdout: str) -> dict[str, int]:
     assert len(last) == 2, f"no table in:\n{stdout}"
     rows = re.findall(r"^(\S+/\S+)\s+(\d+)\s", last[1], flags=re.MULTILINE)
     return {name: int(frames) for name, frames in rows}
+
+
+# A worker inside the test's own process: no HTTP, the CPU, ports the OS picks.
+IN_PROCESS = {"http": "off", "device": "cpu", "input": "tcp://127.0.0.1:*",
+              "output": "tcp://127.0.0.1:*"}  # fmt: skip
+
+
+@contextmanager
+def running(worker: Any) -> Iterator[tuple[str, str]]:
+    """Run `worker` (a streamconv.worker.Worker) in a thread for the block; yields its input
+    and output as bound; stops it after, and fails if its thread does not end."""
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        assert worker.ready.wait(60), "the worker never became ready"
+        assert worker.endpoints is not None
+        yield worker.endpoints
+    finally:
+        worker.stop()
+        thread.join(15)
+    assert not thread.is_alive(), "the worker's thread did not end"

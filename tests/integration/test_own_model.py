@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +22,7 @@ from streamconv.config import load_settings
 from streamconv.weights import save
 from streamconv.wire import protocol, transport
 from streamconv.worker import Worker
+from tests.helpers import IN_PROCESS, running
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
@@ -75,30 +75,17 @@ def test_a_model_object_built_in_the_process_is_served(tmp_path: Path) -> None:
 
     own = Sequential(TemporalLowPass(3.0), Nonlinearity("identity", gain=2.0))
     save(own, tmp_path / "none.safetensors")  # no parameters: an empty state_dict loads too
-    settings = load_settings(
-        "default",
-        {"worker": {"http": "off", "device": "cpu", "dtype": "float64",
-                    "input": "tcp://127.0.0.1:*", "output": "tcp://127.0.0.1:*"},
-         "model": {"weights": str(tmp_path / "none.safetensors")}},
-        environ={},
-    )  # fmt: skip
+    worker_settings = {**IN_PROCESS, "dtype": "float64"}
+    weights = {"weights": str(tmp_path / "none.safetensors")}
+    settings = load_settings("default", {"worker": worker_settings, "model": weights}, environ={})
     worker = Worker(settings, model=own)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
-        assert worker.ready.wait(60), "the worker never became ready"
-        assert worker.endpoints is not None
-        inp, out = worker.endpoints
-        clip = frames(12)
-        with Subscriber(out, stream="own", timeout_s=15) as sub:
-            sub.wait_ready(inp)
-            with Sender(inp, stream="own", wait_s=10) as sender:
-                for f in clip:
-                    assert sender.send(f)
-            got = collect(sub, ["output"])  # one tensor out: published as "output"
-    finally:
-        worker.stop()
-        thread.join(15)
+    clip = frames(12)
+    with running(worker) as (inp, out), Subscriber(out, stream="own", timeout_s=15) as sub:
+        sub.wait_ready(inp)
+        with Sender(inp, stream="own", wait_s=10) as sender:
+            for f in clip:
+                assert sender.send(f)
+        got = collect(sub, ["output"])  # one tensor out: published as "output"
     x = torch.from_numpy(np.stack(clip)[None, None].astype(np.float64) / 255.0)
     low = TemporalLowPass(3.0).double().run(x)
     assert isinstance(low, torch.Tensor)
