@@ -143,6 +143,8 @@ def parser() -> argparse.ArgumentParser:
                    "from it at start (README, Crash safety)")  # fmt: skip
     w.add_argument("--checkpoint-every", type=int, help="frames per stream between checkpoints "
                    "(default 256)")  # fmt: skip
+    w.add_argument("--shm", action="store_true", default=None, help="also hand outputs to "
+                   "subscribers on this host through shared memory (subscribe --shm)")  # fmt: skip
     w.add_argument("--record", type=Path, help="keep every input frame in this archive folder "
                    "(README, Record and replay)")  # fmt: skip
     g = w.add_argument_group("CURVE (encrypted, authenticated sockets; README, Security)")
@@ -185,6 +187,11 @@ def parser() -> argparse.ArgumentParser:
         help="hold lossless senders back while this subscriber is behind, instead "
         "of losing outputs (default: on with --save, --npy or --record; live "
         "streams never wait; acks go to the worker's input, output port - 1)",
+    )
+    s.add_argument(
+        "--shm",
+        action="store_true",
+        help="read the outputs from the worker's shared memory (same host, worker --shm)",
     )
     s.add_argument("--layer", action="append", help="only this layer (repeatable)")
     s.add_argument("--save", type=Path, help="write a preview .mp4 per layer into this folder")
@@ -297,7 +304,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
                   http=a.get("http"))  # fmt: skip
     if args.command == "worker":
         worker |= pick(checkpoint_dir=a.get("checkpoint_dir"),
-                       checkpoint_every=a.get("checkpoint_every"))  # fmt: skip
+                       checkpoint_every=a.get("checkpoint_every"), shm=a.get("shm"))  # fmt: skip
         server = pick(curve_secret=a.get("curve_secret"), curve_clients=a.get("curve_clients"))
         for name in ("input", "output"):
             sock = pick(endpoint=a.get(name)) | server
@@ -350,7 +357,7 @@ def _subscribe_settings(args: argparse.Namespace, settings: Settings) -> Subscri
     return SubscribeSettings(
         connect=settings.view.connect, more=settings.view.more, stream=args.stream,
         layers=args.layer or [], lossless=args.lossless, inputs=args.input or [],
-        save=args.save, npy=args.npy, record=args.record, count=args.count,
+        save=args.save, npy=args.npy, record=args.record, shm=args.shm, count=args.count,
         timeout_s=args.timeout,
         allow_loss=args.allow_loss,
     )  # fmt: skip

@@ -57,8 +57,9 @@ def _run(args: SubscribeSettings, stop: threading.Event, expect: set[str]) -> in
         writes = bool(args.save or args.npy or args.record)
         lossless = args.lossless if args.lossless is not None else writes
         inputs = parse_shards(args.inputs) if args.inputs else None
+        keys = args.connect.client_keys()
         with Subscriber(endpoints, stream=args.stream, layers=args.layers, lossless=lossless,
-                        inputs=inputs, **args.connect.client_keys()) as sub:  # fmt: skip
+                        inputs=inputs, shm=args.shm, **keys) as sub:  # fmt: skip
             last_message = time.monotonic()
             last_report: float | None = None
             while not stop.is_set() and not _enough(counts, args.count, args.layers):

@@ -38,7 +38,8 @@ from streamconv.client.acks import Acker
 from streamconv.client.losses import Losses
 from streamconv.errors import AuthError, ConfigError, ProtocolError
 from streamconv.wire import protocol, transport
-from streamconv.wire.protocol import INPUT, PREVIEW_PREFIX, PROBE_STREAM
+from streamconv.wire.protocol import INPUT, PREVIEW_PREFIX, PROBE_STREAM, SHM_PREFIX
+from streamconv.wire.shm import Reader
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,15 @@ class Subscriber:
         inputs: Sequence[str] | None = None,
         previews: Previews = "none",
         strict: bool = True,
+        shm: bool = False,
     ) -> None:
         self.stream, self.layers, self.timeout_s = stream, set(layers or []), timeout_s
         self.previews, self.strict = previews, strict
+        # Same host as a worker with [worker] shm: payloads come from its shared memory.
+        self.shm = Reader() if shm else None
+        if shm and previews != "none":
+            msg = "a shared-memory subscriber takes the outputs, not previews"
+            raise ConfigError(msg)
         # Several endpoints: every shard's output (wire/shards.py), fanned in by one socket.
         outputs = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if not outputs:
@@ -82,7 +89,10 @@ class Subscriber:
         self.endpoint = ", ".join(outputs)
         self._own_ctx, self._ctx = ctx is None, transport.context() if ctx is None else ctx
         self._keys: dict[str, Any] = {"curve_secret": curve_secret, "curve_server": curve_server}
-        self._connect(outputs, _topics(stream, self.layers, previews), hwm, lossless, inputs)
+        topics = _topics(stream, self.layers, previews)
+        if shm:
+            topics = [SHM_PREFIX.encode() + t for t in topics]
+        self._connect(outputs, topics, hwm, lossless, inputs)
         self.gaps: Counter[tuple[str, str]] = Counter()
         self.losses = Losses()
         self.bad_messages = self.duplicates = 0  # duplicates: replayed outputs, skipped
@@ -155,6 +165,10 @@ class Subscriber:
                 continue
             if not self._wanted(header):
                 continue
+            if "shm" in header and header["kind"] == "output":
+                array = self._from_shm(header)
+                if array is None:
+                    continue  # overwritten before it was read: counted, seen as a gap
             if header.get("preview"):  # samples: no seq order, nothing to count or ack
                 self._track_end(header)
                 return header, array
@@ -171,9 +185,26 @@ class Subscriber:
             self._track_end(header)
             return header, array
 
+    def _from_shm(self, header: dict[str, Any]) -> np.ndarray | None:
+        assert self.shm is not None
+        dtype = protocol.OUTPUT_DTYPES[header["dtype"]]
+        try:
+            data = self.shm.get(header["shm"], dtype, tuple(header["shape"]))
+        except (OSError, ValueError):  # its ring is gone (a restarted worker): lost
+            self.shm.torn += 1
+            return None
+        return None if data is None else protocol.shm_payload(header, data)
+
+    @property
+    def torn(self) -> int:
+        """Shared-memory outputs overwritten before this subscriber read them (lost)."""
+        return self.shm.torn if self.shm is not None else 0
+
     def _wanted(self, header: dict[str, Any]) -> bool:
         if header["stream"] == PROBE_STREAM:
             return False  # control traffic (wait_ready's probes)
+        if ("shm" in header) != (self.shm is not None):
+            return False  # the other way of the same outputs
         input_preview = header["layer"] == INPUT
         if self.layers and header["layer"] not in self.layers and not input_preview:
             return False
@@ -295,6 +326,8 @@ class Subscriber:
     def close(self) -> None:
         if self.acker is not None:
             self.acker.close()
+        if self.shm is not None:
+            self.shm.close()
         if self._watch is not None:
             self._watch.close()
         transport.close(self.sock, 0)

@@ -235,6 +235,12 @@ class WorkerSettings(Strict):
         description="torch CPU threads; 0 keeps torch's default (all cores). One leaves the "
         "cores to capture and subscribers and keeps live latency low (BENCHMARKS.md)",
     )
+    shm: bool = Field(
+        default=False,
+        description="also hand outputs to subscribers on this host through shared memory "
+        "(Subscriber(shm=True), subscribe --shm): only a header crosses the socket",
+    )
+    shm_mb: int = Field(default=128, ge=1, description="the shared-memory ring's size")
     reload_http: bool = Field(
         default=False,
         description="POST /reload on the HTTP port loads [model] weights again (SIGHUP always "
@@ -430,6 +436,7 @@ class SubscribeSettings(Strict):
     save: Path | None = None
     npy: Path | None = None
     record: Path | None = Field(default=None, description="a Zarr store of every output")
+    shm: bool = Field(default=False, description="payloads from the worker's shared memory")
     count: int | None = None
     timeout_s: float = Field(default=0, description="stop after this many idle s; 0: never")
     allow_loss: bool = False

@@ -25,6 +25,8 @@ MAX_SESSION_CHARS = 128
 MAX_PEEK_BYTES = 4096  # a header read only to name who sent a message too large
 PROBE_STREAM = "_probe"  # eos on this stream asks the worker for an eos back (readiness)
 PREVIEW_PREFIX = "_preview/"  # "_preview/{stream}/{layer}/": small, rate-limited outputs
+SHM_PREFIX = "_shm/"  # "_shm/{stream}/{layer}/": outputs whose payload is in shared memory
+SHM_NAME_RE = re.compile(r"/?[A-Za-z0-9_.-]{1,64}")
 # The layer name of a stream's input preview. A layer name cannot contain a dot (config), a
 # protocol name can: no layer is ever called this.
 INPUT = ".input"
@@ -78,6 +80,24 @@ def stream_topic(stream: str) -> bytes:
 
 def preview_topic(stream: str, layer: str) -> bytes:
     return f"{PREVIEW_PREFIX}{stream}/{layer}/".encode()
+
+
+def as_shm(parts: list[Any], ref: dict[str, Any] | bool) -> list[Any]:
+    """An output message (`encode_output`'s parts) whose payload went to shared memory:
+    the same header plus `shm` (ring name, slot, generation, slot size), on the shm topic,
+    with no payload; an eos (`encode_output_eos`'s) is repeated there with `"shm": true`."""
+    header = json.loads(parts[1])
+    header["shm"] = ref
+    topic = SHM_PREFIX.encode() + bytes(parts[0])
+    return [topic, json.dumps(header).encode(), b""]
+
+
+def shm_payload(header: dict[str, Any], data: np.ndarray) -> np.ndarray:
+    """The array of an output whose bytes `data` came from shared memory (uint8: scaled
+    back to float32, as decode_output does with a payload)."""
+    if header["dtype"] == "uint8":
+        return dequantise(data, float(header["scale"]), float(header["offset"]))
+    return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +500,16 @@ def _dequantisable(scale: object, offset: object) -> bool:
     return s is not None and o is not None and 255 * abs(s) + abs(o) <= F32_MAX
 
 
+def _shm_ref(header: dict[str, Any], payload_bytes: int) -> None:
+    ref = header["shm"]
+    fields_ok = isinstance(ref, dict) and isinstance(ref.get("name"), str)
+    if not fields_ok or not SHM_NAME_RE.fullmatch(ref["name"]) or payload_bytes:
+        msg = f"field 'shm' must name a ring and come without a payload, got {_short(ref)}"
+        raise ProtocolError(msg)
+    for key in ("slot", "gen", "slot_bytes"):
+        _int_field(ref, key)
+
+
 def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
     """(header, array) from [topic, header, payload]; uint8 payloads are scaled back to float32.
 
@@ -539,6 +569,12 @@ def decode_output(parts: list[Any]) -> tuple[dict[str, Any], np.ndarray | None]:
         msg = f"field 'dtype' must be one of {sorted(OUTPUT_DTYPES)}, got {_short(dtype_name)}"
         raise ProtocolError(msg)
     shape = _shape(header.get("shape"), (3,))
+    if "shm" in header:  # the payload waits in shared memory: the receiver maps it
+        _shm_ref(header, len(parts[2]))
+        if dtype_name == "uint8" and not _dequantisable(header.get("scale"), header.get("offset")):
+            raise ProtocolError("uint8 output needs finite numbers 'scale' and 'offset'")
+        header["shape"] = list(shape)
+        return header, None
     array = _array(parts[2], shape, OUTPUT_DTYPES[dtype_name])
     if dtype_name == "uint8":
         scale, offset = header.get("scale"), header.get("offset")

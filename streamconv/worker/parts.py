@@ -28,7 +28,7 @@ from streamconv.model import (
     state_bytes_per_pixel,
 )
 from streamconv.wire import transport
-from streamconv.wire.protocol import PREVIEW_PREFIX
+from streamconv.wire.protocol import PREVIEW_PREFIX, SHM_PREFIX
 from streamconv.wire.shards import owner
 from streamconv.worker.admission import Admission
 from streamconv.worker.batcher import Batcher
@@ -107,6 +107,7 @@ class Parts:
         if self.refusals is not None:  # before the sockets it watches
             self.refusals.close()
         transport.close(self.publisher.sock, linger_ms)
+        self.publisher.close_shm()  # after the last header that names it went out
         if self.guard is not None:  # before the context: its thread holds a socket
             self.guard.stop()
         self.ctx.destroy(linger=0)
@@ -125,6 +126,8 @@ class _Wanted:
             return None
         self.publisher.take_subscriptions()
         prefixes = [PREVIEW_PREFIX] if self.publisher.previews is not None else []
+        if self.publisher.shm_bytes:
+            prefixes.append(SHM_PREFIX)
         return self.stats.subscribed_layers(stream, self.publisher.layers, prefixes)
 
 
@@ -161,11 +164,26 @@ def build(settings: Settings, stats: Stats, given: Layer | None = None) -> Parts
         ctx.destroy(linger=0)
         raise
     previews = Previews(w.preview_fps, w.preview_side) if w.preview_fps > 0 else None
-    publisher = wanted.publisher = Publisher(pub, publish, w.output_dtype, stats, previews)
+    publisher = wanted.publisher = Publisher(pub, publish, w.output_dtype, stats, previews,
+                                             w.shm_mb * 2**20 if w.shm else 0)  # fmt: skip
     refusals = transport.RefusalWatch({"input": pull, "output": pub})
     parts = Parts(engine, publisher, pull, ctx, admission, device, guard, keeper, refusals)
     parts.duties = [Every(0, lambda now: publisher.flush_previews()),
                     RefusalCount(refusals, stats)]  # fmt: skip
+    _reload_and_record(parts, settings, model)
+    if keeper is not None:
+        parts.duties.append(keeper)
+    for name, sock in (("input", w.input), ("output", w.output)):
+        if sock.curve:
+            log.info("%s: CURVE, clients allowed from %s", name, sock.curve_clients)
+        elif not sock.local():
+            log.warning("%s %s: plaintext, allowed by allow_insecure", name, sock.endpoint)
+    return parts
+
+
+def _reload_and_record(parts: Parts, settings: Settings, model: Layer) -> None:
+    """New weights on SIGHUP or POST /reload; the input archive, when [record] dir is set."""
+    publisher, keeper = parts.publisher, parts.keeper
 
     def on_version(version: str) -> None:  # new weights: outputs and checkpoints say so
         publisher.model_version = version
@@ -176,16 +194,8 @@ def build(settings: Settings, stats: Stats, given: Layer | None = None) -> Parts
     parts.reload = Reload(model, settings.model.weights, on_version)
     parts.duties.append(parts.reload)
     if settings.record.dir is not None:
-        parts.recorder = Recorder(settings.record, stats)
+        parts.recorder = Recorder(settings.record, parts.engine.stats)
         parts.duties.append(parts.recorder)
-    if keeper is not None:
-        parts.duties.append(keeper)
-    for name, sock in (("input", w.input), ("output", w.output)):
-        if sock.curve:
-            log.info("%s: CURVE, clients allowed from %s", name, sock.curve_clients)
-        elif not sock.local():
-            log.warning("%s %s: plaintext, allowed by allow_insecure", name, sock.endpoint)
-    return parts
 
 
 def _sockets(

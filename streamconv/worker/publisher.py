@@ -11,10 +11,13 @@ import time
 from typing import Any
 
 from streamconv.wire import protocol, transport
-from streamconv.wire.protocol import INPUT
+from streamconv.wire.protocol import INPUT, SHM_PREFIX
+from streamconv.wire.shm import Ring
 from streamconv.worker.previews import Previews
 from streamconv.worker.results import ChunkResult, EndResult, Result
 from streamconv.worker.stats import Stats
+
+SHM = SHM_PREFIX.encode()
 
 
 class Publisher:
@@ -27,9 +30,13 @@ class Publisher:
         output_dtype: str,
         stats: Stats,
         previews: Previews | None = None,
+        shm_bytes: int = 0,
     ) -> None:
         self.sock, self.layers, self.output_dtype = sock, layers, output_dtype
         self.stats, self.previews = stats, previews
+        # Shared memory for same-host subscribers ([worker] shm): a ring made at the first
+        # output a `_shm/` subscription asks for, sized to hold `shm_bytes` of outputs.
+        self.shm_bytes, self.ring = shm_bytes, None  # type: int, Ring | None
         # The weights' fingerprint, in every output header. A reload changes it between two
         # turns of the serve loop, after the results of every pass before it went out, so
         # each output names the weights that computed it.
@@ -62,6 +69,7 @@ class Publisher:
         # Frame-major: every layer of frame i goes out before frame i+1 (a viewer shows them
         # together).
         latencies: list[float] = []
+        shm = self.shm_bytes > 0 and any(t.startswith(SHM) for t in self.stats.subscriptions)
         for i, (seq, t_ns) in enumerate(zip(r.seqs, r.t_ns, strict=True)):
             for name, frames in r.layers.items():
                 scales, offsets = r.quant.get(name, (None, None))
@@ -81,6 +89,8 @@ class Publisher:
                     model_version=self.model_version,
                 )
                 transport.send(self.sock, parts)
+                if shm:
+                    self._send_shm(parts)
             latencies.append((time.time_ns() - t_ns) / 1e9)
         for j, name in enumerate(r.layers):
             self.stats.published(r.stream, name, len(r.seqs), latencies if j == 0 else [])
@@ -89,6 +99,28 @@ class Publisher:
         if previews is not None:
             self._preview(r, previews)
             self._preview_input(r, previews)
+
+    def _send_shm(self, parts: list[Any]) -> None:
+        """The same output for same-host subscribers: its payload into the ring, a header
+        naming the slot on the `_shm/` topic. A payload larger than the ring's slots makes a
+        new ring (the old one's name goes; mapped copies stay valid)."""
+        payload = parts[2]
+        if self.ring is None or payload.nbytes > self.ring.slot_bytes:
+            self.close_shm()
+            slot_bytes = -(-payload.nbytes // 65536) * 65536
+            self.ring = Ring(max(2, self.shm_bytes // slot_bytes), slot_bytes)
+        put = self.ring.put(payload)
+        if put is None:  # pragma: no cover - the ring was just sized for it
+            return
+        slot, gen = put
+        ref = {"name": self.ring.name, "slot": slot, "gen": gen, "slot_bytes": self.ring.slot_bytes}
+        transport.send(self.sock, protocol.as_shm(parts, ref))
+        self.stats.count("shm_published")
+
+    def close_shm(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
 
     def _preview(self, r: ChunkResult, previews: Previews) -> None:
         """Offer the chunk's newest frame of each layer as its preview."""
@@ -139,6 +171,11 @@ class Publisher:
                                                resume=r.resume, boot=self.stats.boot)  # fmt: skip
             transport.send(self.sock, parts)
         self.stats.count("eos_published", len(self.layers))
+        shm = self.shm_bytes > 0 and any(t.startswith(SHM) for t in self.stats.subscriptions)
+        if shm and r.stream != protocol.PROBE_STREAM:  # the shm subscribers' end of stream
+            for name in self.layers:
+                eos = protocol.encode_output_eos(r.stream, name, r.session, r.seq)
+                transport.send(self.sock, protocol.as_shm(eos, True))
         previews = self._previewing()
         if previews is not None and r.stream != protocol.PROBE_STREAM:
             for parts in previews.due(stream=r.stream):  # the last frames, before the end

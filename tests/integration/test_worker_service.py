@@ -298,3 +298,47 @@ def test_a_port_held_a_moment_after_a_crash_is_waited_for(
     finally:
         holder.close()
         worker.reap()
+
+
+def test_a_same_host_subscriber_reads_the_outputs_from_shared_memory(
+    start_worker: Callable[..., WorkerProc],
+) -> None:
+    """worker --shm: a shared-memory subscriber gets the same outputs, bit for bit, as one
+    over the socket (only headers crossed its socket); one that falls a whole ring behind
+    loses outputs, counted as torn and seen as gaps, never a torn frame."""
+    import threading
+
+    from streamconv.client import Sender, collect
+
+    # 16 MB: 256 slots of 64 KB, for 120 frames x 3 layers (each 12 KB) = 360 outputs.
+    worker = start_worker(DEFAULT, "--shm", env={"STREAMCONV_WORKER__SHM_MB": "16"})
+    frames = [synthetic_frame(i, 64, 48, channels=1) for i in range(120)]
+    layers = preset_layers(DEFAULT)
+    got: dict[str, Any] = {}
+    with Subscriber(worker.output, stream="cam", timeout_s=20) as plain, \
+            Subscriber(worker.output, stream="cam", timeout_s=20, shm=True) as fast, \
+            Subscriber(worker.output, stream="cam", timeout_s=20, shm=True) as late:  # fmt: skip
+        for sub in (plain, fast, late):
+            sub.wait_ready(worker.input)
+        reader = threading.Thread(target=lambda: got.update(fast=collect(fast, layers)))
+        reader.start()  # reads while the worker writes, never a ring (256) behind
+        with Sender(worker.input, stream="cam", wait_s=20) as sender:
+            for i, f in enumerate(frames):
+                assert sender.send(f)
+                if i % 16 == 15:
+                    time.sleep(0.05)
+        got_plain = collect(plain, layers)
+        reader.join(30)
+        got_late = collect(late, layers)  # only now: the ring has come round many times
+    assert fast.torn == 0
+    for name in layers:
+        assert [h["seq"] for h, _ in got["fast"][name]] == list(range(120))
+        for (_, a), (h, b) in zip(got_plain[name], got["fast"][name], strict=True):
+            assert "shm" in h
+            assert np.array_equal(a, b)
+    assert late.torn > 0
+    assert late.losses.missed() == late.torn  # every refused read is a counted loss
+    for name in layers:  # what it did get is whole and right
+        plain_by_seq = {h["seq"]: a for h, a in got_plain[name]}
+        for h, b in got_late[name]:
+            assert np.array_equal(b, plain_by_seq[h["seq"]])
