@@ -66,7 +66,7 @@ class Run:
 class PipelineVariant:
     """A worker (kept up across repeats) and this process's subscriber to its last layer."""
 
-    def __init__(self, stack: ExitStack, settings: Any, name: str) -> None:
+    def __init__(self, stack: ExitStack, settings: Any, name: str, shm: bool = False) -> None:
         self.input, self.layer = settings.worker.input.endpoint, settings.layers[-1].name
         self.worker = stack.enter_context(procs.child(procs.worker_entry, settings, name=name))
         self.sub = stack.enter_context(
@@ -75,6 +75,7 @@ class PipelineVariant:
                 stream=procs.STREAM,
                 layers=[self.layer],
                 timeout_s=RECV_TIMEOUT_S,
+                shm=shm,  # payloads from the worker's shared memory (same host)
             )
         )
 
