@@ -77,8 +77,19 @@ def rel(path: Path) -> str:
         (["capture/"], {"torch"}),
         (["worker/publisher", "worker/results", "worker/stats", "worker/metrics"], {"torch"}),
         (["client/"], {"torch"}),
+        # The shared-memory ring and the archive's format are read by clients and captures.
+        (["wire/shm", "archive/format"], {"zmq", "torch"}),
+        (["weights", "worker/check", "worker/reload", "worker/recorder"], {"zmq"}),
     ],
-    ids=["protocol", "layers+engine", "capture", "publisher", "client"],
+    ids=[
+        "protocol",
+        "layers+engine",
+        "capture",
+        "publisher",
+        "client",
+        "shm+archive",
+        "model checks",
+    ],
 )
 def test_import_rules(files: list[str], banned: set[str]) -> None:
     bad = {rel(p): sorted(imported(p) & banned) for p in modules(*files)}
