@@ -1,6 +1,7 @@
 """The input archive on disk: what a recording worker writes and a replay reads.
 
     DIR/<stream>/<session>/<first seq, 12 digits>.zarr    a closed segment: a Zarr v3 group
+    (an id that is no harmless folder name, e.g. '..', is stored as '~' + its digest)
     DIR/<stream>/<session>/.open-<first seq>.zarr         one being written (or cut by a crash)
 
 A segment holds consecutive frames of one session as they arrived, lossless: `frames`
@@ -17,6 +18,7 @@ with zarr alone: `zarr.open_group(path)["frames"][:]`.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import re
@@ -31,6 +33,7 @@ FORMAT = 1
 SEGMENT = re.compile(r"^(?P<first>\d{12})\.zarr$")
 OPEN_PREFIX = ".open-"
 FRAMES_PER_CHUNK = 8
+_SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,16 @@ def _write_jpeg(group: Any, frames: np.ndarray, quality: int) -> str:
     return f"jpeg q{quality}"
 
 
+def folder_name(value: str) -> str:
+    """A stream or session id as one directory name: the id itself when it is harmless, else
+    '~' and its digest. Both come from the network (a session may be any 128 characters, a
+    stream '..'), so neither reaches a path unchanged; the ids are in each segment's
+    attributes, which is where listing and replay read them."""
+    if _SAFE.fullmatch(value) and ".." not in value:
+        return value
+    return "~" + hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
 def size_of(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -156,8 +169,11 @@ def read_attrs(path: Path) -> dict[str, Any]:
 def segments(root: Path, stream: str | None = None) -> list[Segment]:
     """Every closed segment under `root` (of `stream`), by stream, then time."""
     found: list[Segment] = []
-    streams = [root / stream] if stream is not None else sorted(p for p in root.iterdir()
-                                                                if p.is_dir())  # fmt: skip
+    streams = (
+        [root / folder_name(stream)]
+        if stream is not None
+        else sorted(p for p in root.iterdir() if p.is_dir())
+    )
     for folder in streams:
         if not folder.is_dir():
             continue

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from streamconv.archive.format import segments, write_segment
+from streamconv.archive.format import folder_name, segments, write_segment
 from streamconv.config.roles import RecordSettings
 from streamconv.wire.protocol import InputMessage
 from streamconv.worker.stats import Stats
@@ -149,7 +149,7 @@ class Recorder:
     # -- the writer thread -----------------------------------------------------------------
     def _run(self) -> None:
         while (closed := self._queue.get()) is not None:
-            folder = self.root / closed.stream / closed.session
+            folder = self.root / folder_name(closed.stream) / folder_name(closed.session)
             with self._lock:
                 self._pending -= sum(f.nbytes for f in closed.frames)
             try:

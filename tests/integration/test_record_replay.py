@@ -266,3 +266,29 @@ def test_a_live_stream_is_recorded_as_the_worker_ran_it(
         for frame, q in zip(arrays, seqs, strict=True):
             assert np.array_equal(frame, queued[int(q)])
     assert kept == ran
+
+
+def test_ids_from_the_network_never_leave_the_archive_folder(
+    start_worker: Start, tmp_path: Path, zmq_ctx: Any
+) -> None:
+    """A stream may be called '..' and a session may be any 128 characters: the archive
+    stores such ids under digests and keeps the ids themselves in the segments."""
+    from streamconv.wire import protocol, transport
+
+    archive = tmp_path / "inside" / "archive"
+    worker = start_worker(DEFAULT, "--record", str(archive))
+    push = transport.push_socket(zmq_ctx, worker.input)
+    sessions = {"..": "../../escaped", "cam": "/tmp/absolute"}
+    with Subscriber(worker.output, timeout_s=30) as sub:
+        sub.wait_ready(worker.input)
+        for stream, session in sessions.items():
+            for seq, frame in enumerate(clip(5)):
+                transport.send(push, protocol.encode_frame(stream, session, seq, frame))
+            transport.send(push, protocol.encode_eos(stream, session, 5))
+        until(lambda: sum(s.frames for s in segments(archive)) == 10, "10 frames kept")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inside"]  # nothing beside it
+    assert not Path("/tmp/absolute").exists()
+    kept = {(s.stream, s.session) for s in segments(archive)}
+    assert kept == set(sessions.items())
+    assert all(archive in p.parents for p in archive.rglob("zarr.json"))
+    assert segments(archive, "..")[0].session == "../../escaped"
