@@ -85,8 +85,14 @@ def build_model(
     what = "given model" if given else settings.model.factory or "layers"
     log.info("model (%s): %s on %s (%s), weights version %s", what,
              " -> ".join(published(settings, model, given)), device, settings.worker.dtype,
-             weights.version(model))  # fmt: skip
+             weights.version(own(model)))  # fmt: skip
     return model
+
+
+def own(model: Layer) -> Layer:
+    """The model as its author built it (under the Named wrapper of a one-tensor model): the
+    one its weights file is keyed for."""
+    return model.inner if isinstance(model, Named) else model
 
 
 def published(settings: Settings, model: Layer, given: bool = False) -> list[str]:

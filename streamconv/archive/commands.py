@@ -115,9 +115,9 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
         print(f"replay:{lossy}: the frames were kept as JPEG, so the outputs only "
               "approximate the live ones")  # fmt: skip
     name = args.as_stream or f"{args.stream}-replay"
-    capture = settings.capture.model_copy(update={
-        "source": None, "stream": name, "mode": "lossless",
-        "realtime": bool(args.realtime or args.speed)})  # fmt: skip
+    capture = settings.capture.model_copy(update={  # the frames as recorded: no source options
+        "source": None, "stream": name, "mode": "lossless", "resize": None, "gray": False,
+        "limit": None, "loop": False, "realtime": bool(args.realtime or args.speed)})  # fmt: skip
     print(f"replay of {args.stream} session {interval.session[:8]}, recorded seqs "
           f"{interval.first}..{interval.end}, as stream {name}: its seq k is recorded seq "
           f"{interval.first} + k; the interval asked for starts at its seq {interval.warmup} "

@@ -54,7 +54,7 @@ def _run(args: SubscribeSettings, stop: threading.Event, expect: set[str]) -> in
     print(f"subscribing to {which}{layers} on {', '.join(endpoints)}", flush=True)
     first_at: float | None = None  # when the first output came
     try:
-        writes = bool(args.save or args.npy or args.record)
+        writes = bool(args.save or args.npy or args.record) and not args.shm
         lossless = args.lossless if args.lossless is not None else writes
         inputs = parse_shards(args.inputs) if args.inputs else None
         keys = args.connect.client_keys()

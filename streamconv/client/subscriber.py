@@ -74,10 +74,7 @@ class Subscriber:
         self.stream, self.layers, self.timeout_s = stream, set(layers or []), timeout_s
         self.previews, self.strict = previews, strict
         # Same host as a worker with [worker] shm: payloads come from its shared memory.
-        self.shm = Reader() if shm else None
-        if shm and previews != "none":
-            msg = "a shared-memory subscriber takes the outputs, not previews"
-            raise ConfigError(msg)
+        self.shm = _shm_reader(shm, previews, lossless)
         # Several endpoints: every shard's output (wire/shards.py), fanned in by one socket.
         outputs = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if not outputs:
@@ -384,3 +381,15 @@ def _topics(stream: str | None, layers: set[str], previews: Previews) -> list[by
     if previews == "input":  # every stream's: the layers' previews too, skipped in poll
         return [*outputs, protocol.preview_topic(stream, INPUT) if stream else prefix]
     return outputs
+
+
+def _shm_reader(shm: bool, previews: Previews, lossless: bool) -> Reader | None:
+    if not shm:
+        return None
+    if previews != "none":
+        msg = "a shared-memory subscriber takes the outputs, not previews"
+        raise ConfigError(msg)
+    if lossless:  # the ring does not wait for its readers: a slow one loses outputs
+        msg = "a shared-memory subscriber cannot be lossless (leave shm off to hold senders back)"
+        raise ConfigError(msg)
+    return Reader()

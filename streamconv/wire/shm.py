@@ -20,6 +20,7 @@ import numpy as np
 
 HEADER = 16  # bytes a slot starts with: generation, nbytes (uint64 each, native order)
 _LOCK = threading.Lock()
+MAPPED = 2  # rings a reader keeps mapped: the worker's current one and the one before
 
 
 class Ring:
@@ -74,6 +75,9 @@ class Reader:
         """The payload `ref` names, copied out; None if it was overwritten (counted)."""
         shm = self._map(ref["name"])
         stride = HEADER + ref["slot_bytes"]
+        if (ref["slot"] + 1) * stride > shm.size:  # not a slot of this ring
+            self.torn += 1
+            return None
         head = np.ndarray((2,), np.uint64, shm.buf, ref["slot"] * stride)
         gen = ref["gen"]
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -88,9 +92,12 @@ class Reader:
         return out.view(dtype).reshape(shape)
 
     def _map(self, name: str) -> shared_memory.SharedMemory:
-        shm = self._maps.get(name)
+        shm = self._maps.pop(name, None)
         if shm is None:
-            shm = self._maps[name] = _attach(name)
+            shm = _attach(name)
+        self._maps[name] = shm  # the most recently used last
+        while len(self._maps) > MAPPED:  # a restarted worker's old rings: let them go
+            self._maps.pop(next(iter(self._maps))).close()
         return shm
 
     def close(self) -> None:

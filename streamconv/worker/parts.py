@@ -23,6 +23,7 @@ from streamconv.model import (
     build_model,
     configure_torch,
     input_channels,
+    own,
     published,
     resolve_device,
     state_bytes_per_pixel,
@@ -191,7 +192,7 @@ def _reload_and_record(parts: Parts, settings: Settings, model: Layer) -> None:
             folder = keeper.writer.checkpoints
             folder.fingerprint, folder.version = fingerprint(model, settings), version
 
-    parts.reload = Reload(model, settings.model.weights, on_version)
+    parts.reload = Reload(own(model), settings.model.weights, on_version)
     parts.duties.append(parts.reload)
     if settings.record.dir is not None:
         parts.recorder = Recorder(settings.record, parts.engine.stats)

@@ -68,9 +68,13 @@ class Recorder:
         self._lock = threading.Lock()  # the pending bytes and the kept list: both threads
         self._pending = 0
         # (path, stream, bytes, written at), oldest first: what retention removes from.
-        self._kept: deque[tuple[Path, str, int, float]] = deque(
-            (s.path, s.stream, s.nbytes, s.path.stat().st_mtime) for s in segments(self.root)
-        )
+        found = segments(self.root)
+        self._kept: deque[tuple[Path, str, int, float]] = deque(sorted(
+            ((s.path, s.stream, s.nbytes, s.path.stat().st_mtime) for s in found),
+            key=lambda entry: entry[3]))  # fmt: skip
+        for s in found:  # frames resent after a restart are in the archive already
+            key = (s.stream, s.session)
+            self._last[key] = max(self._last.get(key, -1), s.last_seq)
         self._writer = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._writer.start()
         log.info("recording %s into %s (segments of %d frames or %.1f s; %d kept)",
@@ -135,8 +139,8 @@ class Recorder:
         if seg is None or not seg.frames:
             return
         nbytes = sum(f.nbytes for f in seg.frames)
-        with self._lock:
-            behind = self._pending + nbytes > PENDING_BYTES
+        with self._lock:  # one segment is always taken, however large its frames
+            behind = self._pending > 0 and self._pending + nbytes > PENDING_BYTES
             if not behind:
                 self._pending += nbytes
         if behind:  # the disk is slower than the streams: never hold the loop up
@@ -158,7 +162,7 @@ class Recorder:
                     np.asarray(closed.seqs), np.asarray(closed.t_ns), closed.fps,
                     self.settings.level, self.settings.lossy_quality,
                 )  # fmt: skip
-            except (OSError, ValueError) as e:
+            except Exception as e:  # a full disk, or anything else: counted, never the end
                 self.stats.count("record_errors")
                 self.stats.count("record_dropped", len(closed.frames))
                 log.error("recorder: %d frames of stream %s not written: %s",
@@ -174,26 +178,31 @@ class Recorder:
     def _retain(self) -> None:
         """Remove the oldest segments past the time and size limits (counted)."""
         s, now = self.settings, time.time()
-        with self._lock:
-            self._kept = self._drop_old(s, now)
+        with self._lock:  # choose under the lock; delete outside it (the loop takes it too)
+            self._kept, gone = self._drop_old(s, now)
+        for path, n in gone:
+            shutil.rmtree(path, ignore_errors=True)
+            self.stats.count("record_removed")
+            self.stats.count("record_removed_bytes", n)
 
-    def _drop_old(self, s: RecordSettings, now: float) -> deque[tuple[Path, str, int, float]]:
+    def _drop_old(
+        self, s: RecordSettings, now: float
+    ) -> tuple[deque[tuple[Path, str, int, float]], list[tuple[Path, int]]]:
         total = sum(n for _, _, n, _ in self._kept)
         per_stream: dict[str, int] = {}
         for _, stream, n, _ in self._kept:
             per_stream[stream] = per_stream.get(stream, 0) + n
         keep: deque[tuple[Path, str, int, float]] = deque()
+        gone: list[tuple[Path, int]] = []
         for entry in self._kept:  # oldest first
             path, stream, n, written = entry
             expired = bool(s.ttl_s) and now - written > s.ttl_s
             over_stream = bool(s.max_stream_bytes) and per_stream[stream] > s.max_stream_bytes
             over_all = bool(s.max_bytes) and total > s.max_bytes
             if expired or over_stream or over_all:
-                shutil.rmtree(path, ignore_errors=True)
+                gone.append((path, n))
                 total -= n
                 per_stream[stream] -= n
-                self.stats.count("record_removed")
-                self.stats.count("record_removed_bytes", n)
             else:
                 keep.append(entry)
-        return keep
+        return keep, gone

@@ -127,3 +127,41 @@ def test_replay_names_the_streams_when_it_cannot_pick_one(archive: Path) -> None
     args = argparse.Namespace(archive=archive, stream=None, warmup="0")
     with pytest.raises(ConfigError, match="holds streams cam, other: name one with --stream"):
         replay(args, load_settings("default", environ={}))
+
+
+def test_a_restarted_recorder_keeps_resent_frames_once(tmp_path: Path) -> None:
+    """After a worker restart, frames resent by a lossless capture that the archive already
+    holds are not kept again (the archive says where each session stands)."""
+    from streamconv.config.roles import RecordSettings
+    from streamconv.wire.protocol import InputMessage
+    from streamconv.worker.recorder import Recorder
+    from streamconv.worker.stats import Stats
+
+    session = "e" * 32
+    record(tmp_path, session, range(0, 10), T0)  # what the first worker kept
+    recorder = Recorder(RecordSettings(dir=tmp_path), Stats())
+    for seq in range(6, 13):  # the resend: 6..9 again, then new frames
+        frame = np.full((4, 6), seq, np.uint8)
+        recorder.add(InputMessage("frame", "cam", session, seq, T0 + seq, frame), 0.0)
+    assert recorder.close(10)
+    found = [s for s in segments(tmp_path, "cam") if s.session == session]
+    assert [(s.first_seq, s.last_seq) for s in found] == [(0, 9), (10, 12)]
+
+
+def test_one_segment_is_always_taken_however_large_its_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamconv.config.roles import RecordSettings
+    from streamconv.wire.protocol import InputMessage
+    from streamconv.worker import recorder as module
+    from streamconv.worker.stats import Stats
+
+    monkeypatch.setattr(module, "PENDING_BYTES", 100)  # smaller than one frame
+    stats = Stats()
+    recorder = module.Recorder(RecordSettings(dir=tmp_path, segment_frames=2), stats)
+    for seq in range(2):
+        frame = np.zeros((20, 20), np.uint8)
+        recorder.add(InputMessage("frame", "big", "s" * 32, seq, seq, frame), 0.0)
+    assert recorder.close(10)
+    assert sum(s.frames for s in segments(tmp_path, "big")) == 2
+    assert stats.counts["record_dropped"] == 0

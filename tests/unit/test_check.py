@@ -148,3 +148,23 @@ def test_the_worker_refuses_a_model_that_does_not_stream(
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "the model does not stream exactly, so it is not served: layer 'odd'" in done.stderr
     assert "startup_check = false" in done.stderr
+
+
+def test_a_model_that_fails_on_the_clip_is_reported_not_crashed(tmp_path: Path) -> None:
+    (tmp_path / "long.py").write_text(
+        "from streamconv.layers import Layer\n"
+        "class ShortOnly(Layer):\n"
+        "    def step(self, x, state):\n"
+        "        if x.shape[2] > 4:\n"
+        "            raise RuntimeError('at most 4 frames a chunk')\n"
+        "        return x, {}\n",
+        encoding="utf-8",
+    )
+    path = tmp_path / "m.toml"
+    path.write_text('[[layers]]\nname = "s"\ntype = "python"\nclass = "long.py:ShortOnly"\n',
+                    encoding="utf-8")  # fmt: skip
+    settings = load_settings(path, environ={})
+    report = check(build_model(settings, CPU), input_channels(settings.worker))
+    assert not report.ok
+    assert report.failures[0].prop == "one pass over a 32x32 clip"
+    assert "at most 4 frames a chunk" in report.failures[0].detail

@@ -263,3 +263,25 @@ def test_fit_moves_the_time_constant_and_gain_of_built_in_layers() -> None:
     fitted = learner.state_dict()
     assert float(fitted["0.tau"]) == pytest.approx(5.0, rel=0.02)
     assert float(fitted["1.gain"]) == pytest.approx(3.0, rel=0.02)
+
+
+def test_reload_loads_into_a_one_tensor_factory_model(tmp_path: Path) -> None:
+    """The model published as `output` is wrapped; its weights file is keyed as the author's
+    model, and a reload loads it there."""
+    from streamconv.layers import TemporalLowPass
+    from streamconv.model import own
+    from streamconv.worker.reload import Reload
+
+    text = '[model]\nfactory = "ownlayers:single"\nweights = "w.safetensors"\n'
+    path = write(tmp_path, text)
+    save(TemporalLowPass(2.0), tmp_path / "w.safetensors")
+    model = build_model(load_settings(path, environ={}), CPU)
+    versions: list[str] = []
+    reload = Reload(own(model), tmp_path / "w.safetensors", versions.append)
+    save(TemporalLowPass(5.0), tmp_path / "w.safetensors")
+    reload.signalled = True
+    reload.tick(0.0)
+    assert reload.refused == 0
+    assert reload.reloads == 1
+    assert float(own(model).tau.detach()) == 5.0
+    assert len(set(versions)) == 2

@@ -61,3 +61,18 @@ def test_a_slot_being_written_is_refused(ring: Ring) -> None:
 def test_a_payload_larger_than_a_slot_is_not_put(ring: Ring) -> None:
     assert ring.put(np.zeros((17,), np.float32)) is None  # 68 bytes > 64
     assert ring.stride == HEADER + 64
+
+
+def test_a_slot_outside_the_ring_is_refused(ring: Ring) -> None:
+    reader = Reader()
+    assert reader.get(ref(ring, 7, 2), np.dtype("<f4"), (4,)) is None
+    assert reader.torn == 1
+    reader.close()
+
+
+def test_a_shared_memory_subscriber_is_never_lossless() -> None:
+    from streamconv.client import Subscriber
+    from streamconv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot be lossless"):
+        Subscriber("tcp://127.0.0.1:1", shm=True, lossless=True, inputs=["tcp://127.0.0.1:2"])

@@ -105,10 +105,12 @@ class ArchiveSource(BaseSource):
         return self._t_ns
 
     def _read_pass(self, first: bool) -> Iterator[np.ndarray]:
-        for seg in self._segments:
+        last = -1  # a seq kept twice (an archive of an older version) is sent once
+        for seg in sorted(self._segments, key=lambda s: s.first_seq):
             frames, seqs, t_ns = seg.read()
             for frame, seq, t in zip(frames, seqs, t_ns, strict=True):
-                if self.interval.first <= seq <= self.interval.end:
+                if self.interval.first <= seq <= self.interval.end and seq > last:
+                    last = int(seq)
                     self._t_ns = int(t)
                     yield frame
 
