@@ -32,6 +32,7 @@ from streamconv.worker.stats import Stats
 
 log = logging.getLogger(__name__)
 
+RANGES = 64  # seq ranges remembered per session (resends come soon after a restart)
 PENDING_BYTES = 256 * 2**20  # frames waiting for the writer; more are dropped (counted)
 
 
@@ -63,7 +64,9 @@ class Recorder:
         self.settings, self.stats, self.root = settings, stats, settings.dir
         self.root.mkdir(parents=True, exist_ok=True)
         self._open: dict[str, Open] = {}
-        self._last: dict[tuple[str, str], int] = {}  # the last seq kept (resends are skipped)
+        # Per session, the seq ranges the archive holds: a frame sent again (a resend after a
+        # restart) is kept once, and one that arrives before an earlier resend still is kept.
+        self._have: dict[tuple[str, str], list[list[int]]] = {}
         self._queue: queue.Queue[Closed | None] = queue.Queue()
         self._lock = threading.Lock()  # the pending bytes and the kept list: both threads
         self._pending = 0
@@ -73,8 +76,7 @@ class Recorder:
             ((s.path, s.stream, s.nbytes, s.path.stat().st_mtime) for s in found),
             key=lambda entry: entry[3]))  # fmt: skip
         for s in found:  # frames resent after a restart are in the archive already
-            key = (s.stream, s.session)
-            self._last[key] = max(self._last.get(key, -1), s.last_seq)
+            self._have.setdefault((s.stream, s.session), []).append([s.first_seq, s.last_seq])
         self._writer = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._writer.start()
         log.info("recording %s into %s (segments of %d frames or %.1f s; %d kept)",
@@ -85,7 +87,8 @@ class Recorder:
         return any(fnmatch.fnmatchcase(stream, p) for p in self.settings.streams)
 
     def add(self, msg: InputMessage, now: float) -> None:
-        """A message the engine is about to take: a frame is kept, an eos closes."""
+        """A message the engine is about to take: a frame is kept, an eos closes. A segment
+        holds rising seqs of one session and one frame shape; anything else starts another."""
         if not self.wants(msg.stream):
             return
         if msg.kind != "frame" or msg.frame is None:
@@ -93,10 +96,11 @@ class Recorder:
                 self._close(msg.stream)
             return
         key = (msg.stream, msg.session)
-        if msg.seq <= self._last.get(key, -1):
+        ranges = self._have.setdefault(key, [])
+        if any(first <= msg.seq <= last for first, last in ranges):
             return  # sent again after a resume: the archive has it
         seg = self._open.get(msg.stream)
-        if seg is not None and (seg.session != msg.session or
+        if seg is not None and (seg.session != msg.session or msg.seq <= seg.seqs[-1] or
                                 seg.frames[0].shape != msg.frame.shape or
                                 seg.frames[0].dtype != msg.frame.dtype):  # fmt: skip
             self._close(msg.stream)
@@ -106,7 +110,11 @@ class Recorder:
         seg.frames.append(msg.frame)
         seg.seqs.append(msg.seq)
         seg.t_ns.append(msg.t_ns)
-        self._last[key] = msg.seq
+        if ranges and ranges[-1][1] == msg.seq - 1:
+            ranges[-1][1] = msg.seq
+        else:
+            ranges.append([msg.seq, msg.seq])
+            del ranges[:-RANGES]  # a live stream's every gap opens one: the oldest go
         if len(seg.frames) >= self.settings.segment_frames:
             self._close(msg.stream)
 

@@ -165,3 +165,25 @@ def test_one_segment_is_always_taken_however_large_its_frames(
     assert recorder.close(10)
     assert sum(s.frames for s in segments(tmp_path, "big")) == 2
     assert stats.counts["record_dropped"] == 0
+
+
+def test_frames_ahead_of_a_resend_do_not_hide_the_resent_ones(tmp_path: Path) -> None:
+    """After a restore, frames queued before the restart can arrive before the resend of
+    earlier ones: both are kept, and a replay sends them in seq order, each once."""
+    from streamconv.config.roles import RecordSettings
+    from streamconv.wire.protocol import InputMessage
+    from streamconv.worker.recorder import Recorder
+    from streamconv.worker.stats import Stats
+
+    session = "f" * 32
+    record(tmp_path, session, range(0, 10), T0)
+    recorder = Recorder(RecordSettings(dir=tmp_path, segment_frames=4), Stats())
+    for seq in [*range(15, 18), *range(8, 15)]:  # 15..17 first, then the resend from 8
+        frame = np.full((4, 6), seq, np.uint8)
+        recorder.add(InputMessage("frame", "cam", session, seq, T0 + seq, frame), 0.0)
+    assert recorder.close(10)
+    found = segments(tmp_path, "cam")
+    i = choose(found, session, None, None, None, None, 0)
+    assert (i.first, i.end) == (0, 17)
+    sent = [int(f[0, 0]) for f in ArchiveSource(tmp_path, "cam", i)]
+    assert sent == list(range(18))
