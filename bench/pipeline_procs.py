@@ -27,10 +27,19 @@ SPAWN = multiprocessing.get_context("spawn")
 log = logging.getLogger(__name__)
 
 
+_GIVEN: set[int] = set()
+
+
 def free_endpoint() -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    """A free loopback port, never one handed out before in this run (the OS may give the
+    port just closed again: a worker's input and output would then collide)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return f"tcp://127.0.0.1:{port}"
 
 
 def wait_worker_ready(worker: Any, sub: Any, inp: str, timeout_s: float = 120.0) -> None:

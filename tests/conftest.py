@@ -54,10 +54,18 @@ def free_endpoint() -> Callable[[], str]:
     has no race. This is for endpoints another process must bind.
     """
 
+    given: set[int] = set()
+
     def make() -> str:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+        # The OS may hand the port just closed out again: never the same one twice in a test
+        # (a worker's input and output on one port fail to bind, as CI once saw).
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in given:
+                given.add(port)
+                return f"tcp://127.0.0.1:{port}"
 
     return make
 
