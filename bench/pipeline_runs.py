@@ -155,7 +155,6 @@ def side_by_side(
 ) -> dict[str, float]:
     """One worker per variant (its settings), all up at once, fed `frames` in alternating
     runs; prints frames/s medians per variant and returns them."""
-    import statistics
 
     with ExitStack() as stack:
         variants = {n: PipelineVariant(stack, s, n) for n, s in settings.items()}
@@ -163,6 +162,13 @@ def side_by_side(
             v.wait_ready()
         runs = interleave({n: (lambda v=v: v.run(frames)) for n, v in variants.items()},
                           warmup + repeats, skip=warmup)  # fmt: skip
+    return fps_table(runs, label)
+
+
+def fps_table(runs: dict[str, list[Run]], label: str = "variant") -> dict[str, float]:
+    """Print frames/s medians (min-max, lost) per variant; return the medians."""
+    import statistics
+
     print(f"| {label} | frames/s (median) | min-max | lost |")
     print("|---|---:|---:|---:|")
     med = {}

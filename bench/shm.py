@@ -10,14 +10,13 @@ A benchmark, never a test: medians, with the machine printed. `--quick`: a smoke
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 import pipeline_procs as procs
 from machine import cpu_line
-from pipeline_runs import PipelineVariant, Run, interleave, relay_run
+from pipeline_runs import PipelineVariant, Run, fps_table, interleave, relay_run
 
 from streamconv.config import load_settings
 
@@ -55,14 +54,7 @@ def main(argv: list[str] | None = None) -> int:
              "relay (uint8 in, one hop)": lambda: relay_run(args.frames)},
             args.warmup + args.repeats, skip=args.warmup,
         )  # fmt: skip
-    print("| variant | frames/s (median) | min-max | lost |")
-    print("|---|---:|---:|---:|")
-    med = {}
-    for name, rs in runs.items():
-        fps = [r.fps for r in rs]
-        med[name] = statistics.median(fps)
-        print(f"| {name} | {med[name]:.0f} | {min(fps):.0f}-{max(fps):.0f} "
-              f"| {sum(r.lost for r in rs)} |")  # fmt: skip
+    med = fps_table(runs)
     frame = 640 * 480 * 4
     print(
         f"bytes copied per output frame in user space, by design: shared memory 2 x {frame} "
