@@ -63,11 +63,13 @@ def free_port_pair(after: int) -> int:
     raise SystemExit("no free pair of ports")
 
 
-def bench_frames(n: int) -> list[np.ndarray]:
-    """n gray 640x480 uint8 frames of the synthetic pattern, decoded once, before any clock."""
+def bench_frames(n: int, size: tuple[int, int, int] = (WIDTH, HEIGHT, 1)) -> list[np.ndarray]:
+    """n uint8 frames (W, H, channels: gray 640x480 by default) of the synthetic pattern,
+    made once, before any clock."""
     from streamconv.capture.sources import synthetic_frame
 
-    base = [synthetic_frame(i, WIDTH, HEIGHT, channels=1) for i in range(DISTINCT)]
+    w, h, c = size
+    base = [synthetic_frame(i, w, h, channels=c) for i in range(DISTINCT)]
     return [base[i % DISTINCT] for i in range(n)]
 
 
@@ -83,13 +85,14 @@ def worker_entry(settings: Any) -> None:
     Worker(settings).run()
 
 
-def capture_entry(endpoint: str, n: int, mode: str, fps: float | None, realtime: bool) -> None:
+def capture_entry(endpoint: str, n: int, mode: str, fps: float | None, realtime: bool,
+                  size: tuple[int, int, int] = (WIDTH, HEIGHT, 1)) -> None:  # fmt: skip
     """The reference capture client over an in-memory source: no decoding cost anywhere."""
     from streamconv.capture.role import Capture
     from streamconv.capture.sources import ArraySource
 
     _quiet()
-    source = ArraySource(bench_frames(n), fps=fps)
+    source = ArraySource(bench_frames(n, size), fps=fps)
     Capture(source, stream=STREAM, endpoint=endpoint, mode=mode, realtime=realtime).run()
 
 

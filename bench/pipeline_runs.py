@@ -83,9 +83,10 @@ class PipelineVariant:
         """Beat the PUB/SUB slow joiner (torch import and model build take seconds)."""
         procs.wait_worker_ready(self.worker, self.sub, self.input, timeout_s)
 
-    def run(self, n: int, *, live: bool = False, fps: float = 30.0) -> Run:
+    def run(self, n: int, *, live: bool = False, fps: float = 30.0,
+            size: tuple[int, int, int] = (procs.WIDTH, procs.HEIGHT, 1)) -> Run:  # fmt: skip
         mode = "live" if live else "lossless"
-        args = (self.input, n, mode, fps if live else None, live)
+        args = (self.input, n, mode, fps if live else None, live, size)
         out = Run()
         with procs.child(procs.capture_entry, *args, name="capture") as cap:
             while True:

@@ -145,6 +145,8 @@ def parser() -> argparse.ArgumentParser:
                    "(default 256)")  # fmt: skip
     w.add_argument("--shm", action="store_true", default=None, help="also hand outputs to "
                    "subscribers on this host through shared memory (subscribe --shm)")  # fmt: skip
+    w.add_argument("--pipeline", choices=("auto", "on", "off"), help="input, model and output "
+                   "on three threads at once (default auto: on for a GPU)")  # fmt: skip
     w.add_argument("--record", type=Path, help="keep every input frame in this archive folder "
                    "(README, Record and replay)")  # fmt: skip
     g = w.add_argument_group("CURVE (encrypted, authenticated sockets; README, Security)")
@@ -304,7 +306,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
                   http=a.get("http"))  # fmt: skip
     if args.command == "worker":
         worker |= pick(checkpoint_dir=a.get("checkpoint_dir"),
-                       checkpoint_every=a.get("checkpoint_every"), shm=a.get("shm"))  # fmt: skip
+                       checkpoint_every=a.get("checkpoint_every"), shm=a.get("shm"),
+                       pipeline=a.get("pipeline"))  # fmt: skip
         server = pick(curve_secret=a.get("curve_secret"), curve_clients=a.get("curve_clients"))
         for name in ("input", "output"):
             sock = pick(endpoint=a.get(name)) | server

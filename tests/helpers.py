@@ -96,6 +96,17 @@ def two_ports() -> tuple[int, int]:
     pytest.skip("no two consecutive free ports")
 
 
+def port_pairs(n: int) -> list[int]:
+    """The first ports of `n` pairs like two_ports', no port in two pairs (two calls of
+    two_ports may hand out overlapping pairs: one's p + 1 the other's p)."""
+    firsts: list[int] = []
+    while len(firsts) < n:
+        port = two_ports()[0]
+        if all(abs(port - other) > 1 for other in firsts):
+            firsts.append(port)
+    return firsts
+
+
 def offline(
     frames: Sequence[np.ndarray], config: str | Path = RETINA, color: str = "gray"
 ) -> dict[str, np.ndarray]:

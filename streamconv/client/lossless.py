@@ -38,6 +38,7 @@ class Lossless:
     ) -> None:
         self.resender, self.push, self.stream, self.stop = resender, push, stream, stop
         self.verdict: dict[str, int] = {}  # the worker's last word on dropped frames
+        self.caught_up = False  # the last resume found the worker holding every frame sent
 
     def path_works(self, endpoint: str) -> bool:
         """Whether the worker's answers reach this sender. If not, found out now, not at the
@@ -93,13 +94,15 @@ class Lossless:
     def resume(self, sent: int, wait_s: float, want_subscriber: bool, endpoint: str) -> bool:
         """The worker came back (maybe restarted): send again what it has not run. False if
         it did not say where the stream goes on (the caller may ask again later)."""
+        self.caught_up = False
         point = self.resender.resume_point(self.push, self.stop, wait_s or 30.0,
                                            want_subscriber)  # fmt: skip
         if point is None:
             log.warning("the worker at %s did not say where stream %s goes on; going on "
                         "(it may see a gap)", endpoint, self.stream)  # fmt: skip
             return False
-        if point >= sent:
+        self.caught_up = point >= sent
+        if self.caught_up:
             log.info("the worker is back and has every frame of stream %s", self.stream)
             return True
         again = self.resender.since(point)

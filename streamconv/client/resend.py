@@ -16,7 +16,6 @@ buffer.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -108,8 +107,7 @@ class Resender:
         out = []
         for s, parts in self.kept:
             if s >= seq:
-                header = json.loads(bytes(parts[0])) | {"replay": True}
-                out.append([json.dumps(header).encode(), parts[1]])
+                out.append(protocol.as_replay(parts))
         return out
 
     # -- asking the worker ----------------------------------------------------------------

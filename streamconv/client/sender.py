@@ -240,8 +240,10 @@ class Sender:
                     return False
                 since = time.monotonic()
                 continue
-            if self._link.reconnected():
-                self._resume()
+            if self._link.reconnected() and self._resume() and self._caught_up():
+                # The worker holds every frame sent: this one is where it goes on, and a
+                # restarted worker runs a restored stream's next seq only as a resend.
+                parts = protocol.as_replay(parts)
             if transport.wait_writable(self.sock, POLL_MS) and transport.send(
                 self.sock, parts, block=False
             ):
@@ -255,6 +257,9 @@ class Sender:
                     STALL_WARN_S,
                 )
         return False
+
+    def _caught_up(self) -> bool:
+        return self._lossless is not None and self._lossless.caught_up
 
     def _resume(self) -> bool:
         if self._lossless is None:

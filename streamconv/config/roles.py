@@ -235,6 +235,18 @@ class WorkerSettings(Strict):
         description="torch CPU threads; 0 keeps torch's default (all cores). One leaves the "
         "cores to capture and subscribers and keeps live latency low (BENCHMARKS.md)",
     )
+    pipeline: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="read and decode input, run the model, and publish outputs on three "
+        "threads at once: 'on'; one after the other on one thread: 'off'; 'auto': on when the "
+        "model runs on a GPU (on the CPU one thread measured faster, BENCHMARKS.md)",
+    )
+    keep_freed_mb: int = Field(
+        default=256,
+        ge=0,
+        description="freed memory malloc keeps for reuse instead of handing it back to the "
+        "OS (glibc): saves the page faults of every frame's fresh buffers; 0: glibc's default",
+    )
     shm: bool = Field(
         default=False,
         description="also hand outputs to subscribers on this host through shared memory "

@@ -163,6 +163,14 @@ def encode_frame(
     return [json.dumps(header).encode(), np.ascontiguousarray(frame, dtype=INPUT_DTYPES[dtype])]
 
 
+def as_replay(parts: list[Any]) -> list[Any]:
+    """A frame message (from encode_frame) marked `replay`: sent again after a resume, or the
+    first frame after a resume that found the worker holding every frame sent (a restarted
+    worker runs a lossless stream's restored seq only as its sender's resend)."""
+    header = json.loads(bytes(parts[0])) | {"replay": True}
+    return [json.dumps(header).encode(), *parts[1:]]
+
+
 def encode_eos(
     stream: str,
     session: str,

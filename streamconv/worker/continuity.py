@@ -1,10 +1,11 @@
 """Continuity across restarts and moves: where each stream goes on, and from which state.
 
 The engine's bookkeeping for checkpoints (snapshot, restore), for a restarted worker or a
-restored stream waiting for its lossless sender to resend (frames ahead are dropped, up to
-RESEND_WAIT), for the resume probes that ask where a stream goes on, and for a stream moved
-here from another shard (taken over from the newest checkpoint of its session in a shared
-folder). `StreamState` is one stream as the engine holds it.
+restored stream waiting for its lossless sender to resend (its frames from the restored seq
+on are dropped until the resend comes, up to RESEND_WAIT), for the resume probes that ask
+where a stream goes on, and for a stream moved here from another shard (taken over from the
+newest checkpoint of its session in a shared folder). `StreamState` is one stream as the
+engine holds it.
 """
 
 from __future__ import annotations
@@ -100,13 +101,17 @@ class Continuity:
         return True
 
     def out_of_order(self, st: StreamState, msg: InputMessage) -> bool:
-        """A frame of the stream's own session that is not the next: True to drop it.
+        """A frame of the stream's own session that is not the next, or that meets it restored
+        (no frame since): True to drop it.
 
         A resend of a frame already taken is a duplicate. After a restore from a checkpoint,
-        a lossless sender resends from the seq the worker asks for, so frames ahead of it
-        (queued before the restart) are dropped until it does, up to RESEND_WAIT frames; any
-        other sender goes on from the restored state, the gap counted. Otherwise (False) the
-        gap resets the state as usual."""
+        a lossless sender resends from the seq the worker asks for, so frames at or ahead of
+        it that are not replays (queued before the restart) are dropped until it does, up to
+        RESEND_WAIT frames: run at once, their outputs would go out before the sender asked
+        where the stream goes on, and so before any subscriber it waits for is back (PUB/SUB
+        drops what is published before a subscriber joins). Any other sender goes on from
+        the restored state, a gap counted. Otherwise (False) the frame runs, or its gap resets
+        the state as usual."""
         if msg.seq < st.next_seq and msg.replay:
             self.stats.count("duplicates")
             return True
@@ -117,10 +122,13 @@ class Continuity:
             return False
         if not st.restored or msg.seq < st.next_seq:
             return False
-        if msg.lossless and st.awaited < RESEND_WAIT:
+        resent = msg.replay and msg.seq == st.next_seq  # the resend begins
+        if msg.lossless and not resent and st.awaited < RESEND_WAIT:
             st.awaited += 1
             self.stats.count("awaiting_resend")
             return True
+        if msg.seq == st.next_seq:
+            return False
         missing = msg.seq - st.next_seq
         self.stats.missing(st.name, missing)
         log.info("stream %s: %d frames missing after the restore; going on from the "

@@ -128,7 +128,8 @@ class Engine:
             st = self.continuity.take_over(msg.stream, msg.session, now)
         if st is None and self.continuity.await_from_start(msg, now):
             return []
-        if (st is not None and st.session == msg.session and msg.seq != st.next_seq
+        if (st is not None and st.session == msg.session
+                and (msg.seq != st.next_seq or st.restored)
                 and self.continuity.out_of_order(st, msg)):  # fmt: skip
             return []
         results: list[Result] = []

@@ -33,8 +33,8 @@ class Intake:
         self.read = 0  # messages read from the input socket
 
     def take(self, stop: threading.Event) -> tuple[list[Taken], list[Failed]]:
-        """Every message waiting (up to BATCH; `stop` is checked between messages), decoded;
-        live streams thinned to their newest chunk (worker/overload.py)."""
+        """Every message waiting (up to BATCH; `stop` is checked between messages), decoded.
+        Runs on the input thread when the worker is pipelined (worker/stages.py)."""
         taken: list[Taken] = []
         failed: list[Failed] = []
         for _ in range(BATCH):
@@ -49,7 +49,17 @@ class Intake:
                 failed.append(got)
             else:
                 taken.append(got)
-        if self.settings.live_drop_oldest:
+        return taken, failed
+
+    def keep(
+        self, batches: list[tuple[list[Taken], list[Failed]]]
+    ) -> tuple[list[Taken], list[Failed]]:
+        """Batches read, as one: live streams thinned to their newest chunk over all of them
+        (worker/overload.py), what the engine gets handed to the recorder (the serve loop's
+        thread: the recorder is not the input thread's)."""
+        taken = [t for b in batches for t in b[0]]
+        failed = [f for b in batches for f in b[1]]
+        if self.settings.live_drop_oldest and taken:
             kept, dropped = thin_live([m for m, _ in taken], self.settings.chunk)
             for n in dropped.values():  # the engine counts the gap as missing frames as well
                 self.stats.count("live_dropped", n)

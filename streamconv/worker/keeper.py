@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 
 from streamconv.wire.protocol import PROBE_STREAM
 from streamconv.worker.checkpoints import Writer
@@ -31,6 +33,9 @@ class Keeper:
         self.every, self.interval_s = every, interval_s
         self._since: Counter[str] = Counter()  # frames run since the last checkpoint
         self._when: dict[str, float] = {}  # when a stream was last checkpointed
+        # Hands the writer a snapshot (or a removal) once every output delivered before it
+        # is published (the pipelined worker's outbox); at once by default.
+        self.defer: Callable[[Callable[[], None]], None] = lambda action: action()
 
     def after(self, results: list[Result]) -> None:
         for r in results:
@@ -42,7 +47,7 @@ class Keeper:
                 self._since.pop(r.stream, None)  # ended (eos or idle): its file goes too
                 self._when.pop(r.stream, None)
                 self.engine.continuity.forget(r.stream)
-                self.writer.remove(r.stream)
+                self.defer(partial(self.writer.remove, r.stream))
 
     def _ended(self, stream: str) -> bool:
         """The stream's state is gone (not a probe's answer, not a stale eos)."""
@@ -68,7 +73,7 @@ class Keeper:
     def _take(self, name: str) -> None:
         snap = self.engine.continuity.snapshot(name)
         if snap is not None:
-            self.writer.put(snap)
+            self.defer(partial(self.writer.put, snap))
             self._since[name] = 0
             self._when[name] = time.monotonic()
 

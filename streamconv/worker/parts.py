@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamconv import weights
-from streamconv.config import Settings
+from streamconv.config import Settings, WorkerSettings
 from streamconv.errors import StartupError
 from streamconv.model import (
     DTYPES,
@@ -35,13 +36,16 @@ from streamconv.worker.admission import Admission
 from streamconv.worker.batcher import Batcher
 from streamconv.worker.check import require
 from streamconv.worker.checkpoints import Checkpoints, TakeOver, Writer, fingerprint
-from streamconv.worker.duties import Duty, Every, RefusalCount
+from streamconv.worker.duties import Duty, RefusalCount
 from streamconv.worker.engine import Engine, EngineSettings
+from streamconv.worker.intake import Intake
 from streamconv.worker.keeper import Keeper
+from streamconv.worker.memory import keep_freed_memory
 from streamconv.worker.previews import Previews
 from streamconv.worker.publisher import Publisher
 from streamconv.worker.recorder import Recorder
 from streamconv.worker.reload import Reload
+from streamconv.worker.stages import Inbox, Outbox
 from streamconv.worker.stats import Stats
 
 if TYPE_CHECKING:
@@ -65,6 +69,8 @@ class Parts:
     ctx: transport.Context
     admission: Admission
     device: torch.device
+    outbox: Outbox  # publishes (on its own thread when pipelined)
+    inbox: Inbox  # reads and decodes the input (on its own thread when pipelined)
     guard: transport.Guard | None = None
     keeper: Keeper | None = None
     refusals: transport.RefusalWatch | None = None
@@ -99,9 +105,21 @@ class Parts:
         if self.reload is not None:
             self.reload.signalled = True
 
+    def finish(self, budget_s: float, cut: bool) -> None:
+        """At shutdown, after the last results: publish what waits (`cut`: nothing more),
+        then checkpoint the streams still open (a restart goes on from there)."""
+        left = self.outbox.close(0 if cut else budget_s)
+        if left:
+            log.warning("shutdown: %d batches of outputs were not published", left)
+        if self.keeper is not None:
+            self.keeper.defer = lambda action: action()  # the outbox is closed: at once
+            self.keeper.close(budget_s)
+
     def close(self, linger_ms: int) -> None:
-        """Close every socket; queued outputs get `linger_ms` to leave; the recorder writes
-        what it gathered."""
+        """Close every socket (the stage threads stopped first); queued outputs get
+        `linger_ms` to leave; the recorder writes what it gathered."""
+        self.inbox.close()  # its thread stops once the stop is set (the caller's)
+        self.outbox.close(linger_ms / 1000)
         if self.recorder is not None and not self.recorder.close(RECORDER_CLOSE_S):
             log.warning("recorder: not every segment was written within %.0f s",
                         RECORDER_CLOSE_S)  # fmt: skip
@@ -116,26 +134,40 @@ class Parts:
 
 class _Wanted:
     """The layers of a stream worth copying back and encoding: those a subscriber (or a viewer
-    of previews) asks for; subscriptions waiting on the socket are read first. The publisher
-    is built after the engine that asks."""
+    of previews) asks for; without the pipeline, subscriptions waiting on the socket are read
+    first (with it, the socket is the output thread's, which reads them as they come). The
+    publisher is built after the engine that asks."""
 
-    def __init__(self, stats: Stats) -> None:
-        self.stats, self.publisher = stats, None  # type: Stats, Publisher | None
+    def __init__(self, stats: Stats, inline: bool) -> None:
+        self.stats, self.publisher, self.inline = stats, None, inline  # type: Stats, Publisher | None, bool
 
     def __call__(self, stream: str) -> set[str] | None:
         if self.publisher is None:
             return None
-        self.publisher.take_subscriptions()
+        if self.inline:
+            self.publisher.take_subscriptions()
         prefixes = [PREVIEW_PREFIX] if self.publisher.previews is not None else []
         if self.publisher.shm_bytes:
             prefixes.append(SHM_PREFIX)
         return self.stats.subscribed_layers(stream, self.publisher.layers, prefixes)
 
 
-def build(settings: Settings, stats: Stats, given: Layer | None = None) -> Parts:
-    """Every part; the model is `given` (built in this process) or made from the settings."""
+def threaded(w: WorkerSettings, device: torch.device) -> bool:
+    """Whether the worker runs as a pipeline of threads (worker/stages.py): `pipeline` on, or
+    auto on a GPU, where the model's pass runs on the device while the host threads read and
+    publish. On the CPU the model's pass holds a core and the threads' hand-offs only cost
+    (2 cores, BENCHMARKS.md "Pipelined worker")."""
+    return w.pipeline == "on" or (w.pipeline == "auto" and device.type == "cuda")
+
+
+def build(
+    settings: Settings, stats: Stats, stop: threading.Event, given: Layer | None = None
+) -> Parts:
+    """Every part; the model is `given` (built in this process) or made from the settings;
+    `stop` set: the input stops being read."""
     w = settings.worker
     configure_torch(w)
+    keep_freed_memory(w.keep_freed_mb)
     device = resolve_device(w.device)
     model = build_model(settings, device, given)
     if w.startup_check:
@@ -147,7 +179,7 @@ def build(settings: Settings, stats: Stats, given: Layer | None = None) -> Parts
         budget_bytes=int(w.state_budget_mb * 2**20),
         bytes_per_pixel=state_bytes_per_pixel(model, w, device, DTYPES[w.dtype]),
     )
-    wanted = _Wanted(stats)
+    wanted = _Wanted(stats, inline=not threaded(w, device))
     batcher = Batcher(model, device=device, dtype=DTYPES[w.dtype], publish=publish,
                       output_dtype=w.output_dtype, max_batch=w.max_batch,
                       wanted=wanted)  # fmt: skip
@@ -168,11 +200,15 @@ def build(settings: Settings, stats: Stats, given: Layer | None = None) -> Parts
     publisher = wanted.publisher = Publisher(pub, publish, w.output_dtype, stats, previews,
                                              w.shm_mb * 2**20 if w.shm else 0)  # fmt: skip
     refusals = transport.RefusalWatch({"input": pull, "output": pub})
-    parts = Parts(engine, publisher, pull, ctx, admission, device, guard, keeper, refusals)
-    parts.duties = [Every(0, lambda now: publisher.flush_previews()),
-                    RefusalCount(refusals, stats)]  # fmt: skip
+    pipelined = threaded(w, device)
+    outbox = Outbox(publisher, pipelined)
+    inbox = Inbox(Intake(pull, w, stats), stop, pipelined)
+    parts = Parts(engine, publisher, pull, ctx, admission, device, outbox, inbox, guard, keeper,
+                  refusals)  # fmt: skip
+    parts.duties = [RefusalCount(refusals, stats)]
     _reload_and_record(parts, settings, model)
-    if keeper is not None:
+    if keeper is not None:  # a checkpoint is written once the outputs it covers are out
+        keeper.defer = outbox.then
         parts.duties.append(keeper)
     for name, sock in (("input", w.input), ("output", w.output)):
         if sock.curve:
@@ -187,7 +223,8 @@ def _reload_and_record(parts: Parts, settings: Settings, model: Layer) -> None:
     publisher, keeper = parts.publisher, parts.keeper
 
     def on_version(version: str) -> None:  # new weights: outputs and checkpoints say so
-        publisher.model_version = version
+        # The outputs of the old weights still waiting to go out keep their version.
+        parts.outbox.then(lambda: setattr(publisher, "model_version", version))
         if keeper is not None:
             folder = keeper.writer.checkpoints
             folder.fingerprint, folder.version = fingerprint(model, settings), version
@@ -195,7 +232,7 @@ def _reload_and_record(parts: Parts, settings: Settings, model: Layer) -> None:
     parts.reload = Reload(own(model), settings.model.weights, on_version)
     parts.duties.append(parts.reload)
     if settings.record.dir is not None:
-        parts.recorder = Recorder(settings.record, parts.engine.stats)
+        parts.recorder = parts.inbox.intake.recorder = Recorder(settings.record, parts.engine.stats)
         parts.duties.append(parts.recorder)
 
 

@@ -1,4 +1,5 @@
-"""The worker role: PULL frames -> decode -> engine -> publisher -> XPUB, plus HTTP health.
+"""The worker role: PULL frames -> decode -> engine -> publisher -> XPUB, plus HTTP health;
+with `pipeline` on, reading and publishing run on threads of their own (worker/stages.py).
 
     Worker(load_settings("default")).run()   # startup(), serve(), shutdown(); blocks
     # from another thread: worker.ready.wait(); worker.stop()   (see streamconv.worker)
@@ -23,17 +24,16 @@ from streamconv.errors import ShutdownCutError, StreamconvError
 from streamconv.layers import Layer
 from streamconv.model import device_memory
 from streamconv.signals import on_reload, on_stop
-from streamconv.wire import transport
 from streamconv.worker.duties import Every
 from streamconv.worker.http import Health, HttpServer, serve_http
-from streamconv.worker.intake import Intake
 from streamconv.worker.parts import Parts, build, health_info
 from streamconv.worker.results import Failed, Result
+from streamconv.worker.stages import Batch
 from streamconv.worker.stats import DropLog, Stats
 
 log = logging.getLogger(__name__)
 
-POLL_MS = 50  # how quickly a stop request is noticed when no input arrives
+POLL_S = 0.05  # how quickly a stop request is noticed when no input arrives
 EVICT_EVERY_S = 1.0  # how often idle streams are looked for
 LINGER_MS = 1500  # the most time given to deliver the outputs flushed at shutdown
 
@@ -50,7 +50,6 @@ class Worker:
         self.parts: Parts | None = None
         self.http: HttpServer | None = None
         self.endpoints: tuple[str, str] | None = None  # (input, output) as bound
-        self._intake: Intake | None = None
         self._drops = DropLog(settings.log.stats_every_s or 10.0)
         self._signals = 0
         self._in_at_stop: int | None = None  # messages read when the stop was asked for
@@ -58,7 +57,7 @@ class Worker:
     def stop(self) -> None:
         """Ask run() to finish (safe from any thread)."""
         if self._in_at_stop is None:
-            self._in_at_stop = self._intake.read if self._intake is not None else 0
+            self._in_at_stop = self.parts.inbox.intake.read if self.parts is not None else 0
         self.stop_event.set()
 
     def run(self) -> None:
@@ -67,10 +66,11 @@ class Worker:
         try:
             try:
                 self.startup()
+                self.serve()
             except BaseException:
+                self.stop_event.set()  # the input thread stops too
                 self._close()
                 raise
-            self.serve()
             self.shutdown()
         finally:
             restore()
@@ -85,55 +85,54 @@ class Worker:
         w = self.settings.worker
         self.http = serve_http(w, self.health, self.stats, self._device_memory,
                                lambda: self.parts.ask_reload() if self.parts else None)  # fmt: skip
-        parts = self.parts = build(self.settings, self.stats, self.model)
-        self._intake = Intake(parts.pull, w, self.stats, parts.recorder)
+        parts = self.parts = build(self.settings, self.stats, self.stop_event, self.model)
         self.endpoints = parts.endpoints
         parts.duties.append(Every(EVICT_EVERY_S, self._evict))
-        if self.settings.log.stats_every_s:
-            summary = Every(self.settings.log.stats_every_s, self._summary, time.monotonic())
-            parts.duties.append(summary)  # its first line after one period, not at once
-        self.health.live = parts.live
-        self.health.info = health_info(parts, self.settings)
+        if every := self.settings.log.stats_every_s:  # its first line after one period
+            line = lambda now: log.info("%s", self.stats.summary())  # noqa: E731
+            parts.duties.append(Every(every, line, time.monotonic()))
+        self.health.live, self.health.info = parts.live, health_info(parts, self.settings)
         self.health.phase = "ready"
         self.ready.set()
         log.info("worker ready on input %s output %s (layers: %s)", *self.endpoints,
                  ", ".join(parts.publisher.layers))  # fmt: skip
 
-    def _started(self) -> tuple[Parts, Intake]:
-        if self.parts is None or self._intake is None:
+    def _started(self) -> Parts:
+        if self.parts is None:
             msg = "call startup() before serve()"
             raise StreamconvError(msg)
-        return self.parts, self._intake
+        return self.parts
 
     def serve(self) -> None:
-        parts, intake = self._started()
-        engine, publisher = parts.engine, parts.publisher
+        parts = self._started()
+        engine, inbox = parts.engine, parts.inbox
+        inbox.start()
+        parts.outbox.start()
         while not self.stop_event.is_set():
             now = time.monotonic()
             self.health.beat = now
-            deadline = engine.next_deadline()
-            timeout = POLL_MS
-            if deadline is not None:
-                timeout = max(0, min(POLL_MS, int((deadline - now) * 1000) + 1))
-            ready = transport.wait_readable([parts.pull, publisher.sock], timeout)
-            if publisher.sock in ready:
-                publisher.take_subscriptions()
-            if parts.pull in ready:
-                taken, failed = intake.take(self.stop_event)
-                self.deliver(list(failed))
-                for msg, sender in taken:
-                    self.deliver(engine.submit(msg, time.monotonic(), sender))
-                self.deliver(engine.run_ready())  # the chunks this read filled, batched
+            due = engine.next_deadline()
+            timeout = POLL_S if due is None else min(POLL_S, due - now + 0.001)
+            batches = inbox.get(max(0.0, timeout))
+            if batches:
+                self._submit(batches)
             now = time.monotonic()
             self.deliver(engine.due(now))
+            parts.outbox.tick()
             for duty in parts.duties:
                 duty.tick(now)
 
-    def _summary(self, now: float) -> None:
-        log.info("%s", self.stats.summary())
+    def _submit(self, batches: list[Batch]) -> None:
+        """Read messages into the engine, then the chunks they filled, batched."""
+        engine = self._started().engine
+        taken, failed = self._started().inbox.intake.keep(batches)
+        self.deliver(list(failed))
+        for msg, sender in taken:
+            self.deliver(engine.submit(msg, time.monotonic(), sender))
+        self.deliver(engine.run_ready())
 
     def _evict(self, now: float) -> None:
-        engine = self._started()[0].engine
+        engine = self._started().engine
         self.deliver(engine.evict_idle(now, self.settings.worker.idle_timeout_s))
         self._drops.flush()
 
@@ -141,26 +140,28 @@ class Worker:
         """Outputs to the publisher; failures to the stats and the (rate-limited) log."""
         if not results:
             return
-        parts = self._started()[0]
+        parts = self._started()
         for r in results:
             if isinstance(r, Failed):
                 self.stats.drop(r.reason, r.stream, r.frames, r.session)
                 self._drops.add(r.reason, r.detail)
-        parts.publisher.publish(results)
+        parts.outbox.put(results)
         if parts.keeper is not None:
             parts.keeper.after(results)
 
     def shutdown(self) -> None:
         """Finish the chunks in hand (bounded), deliver them, close everything."""
         self.health.phase = "stopping"
-        if self.parts is not None and self._intake is not None:
-            engine, keeper = self.parts.engine, self.parts.keeper
+        if self.parts is not None:
+            engine, inbox = self.parts.engine, self.parts.inbox
             budget = self.settings.worker.shutdown_timeout_s
-            taken = self._intake.read - (self._in_at_stop or 0)
+            read = inbox.close()  # read before the stop: in hand, like the chunks
+            if read:
+                self._submit(read)
+            taken = 0 if self._in_at_stop is None else inbox.intake.read - self._in_at_stop
             log.info("shutting down: %d frames in hand in %d streams, at most %.1f s to run them "
                      "(frames taken after the signal: %d)", engine.pending_frames(),
-                     len(engine.streams), budget,
-                     taken if self._in_at_stop is not None else 0)  # fmt: skip
+                     len(engine.streams), budget, taken)  # fmt: skip
             until = time.monotonic() + budget
             results = engine.flush_all(
                 lambda: self.abort_event.is_set() or time.monotonic() >= until
@@ -169,8 +170,7 @@ class Worker:
             lost = sum(r.frames for r in results if isinstance(r, Failed))
             if lost:
                 log.warning("shutdown: %d frames were not run (counted as not_flushed)", lost)
-            if keeper is not None:  # the streams still open go on from here after a restart
-                keeper.close(budget)
+            self.parts.finish(budget, self.abort_event.is_set())
             self._drops.flush(force=True)
             log.info("%s", self.stats.summary())
         self._close()

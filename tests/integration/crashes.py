@@ -6,6 +6,8 @@ lossless subscriber that takes 0, 0.5 or 2 ms per output (the captures wait for 
 one to three kills of the worker (SIGKILL) of these kinds: at a random moment, right after a
 checkpoint was written, during a resend (soon after a restart), twice in quick succession,
 and while the captures are blocked by back-pressure (the worker stopped with SIGSTOP first).
+A schedule may also stop it cleanly ("sigterm", never drawn: chosen by a test), which must
+exit 0.
 After each kill the worker is started again with the same command. Every run must end with
 one output per frame per layer, no gap, a discontinuity only at a stream's first output,
 equal to the offline pipeline (float32, relative error < 1e-5), the subscriber reporting no
@@ -71,6 +73,7 @@ class Outcome:
     resent: int = 0  # frames the captures sent again
     duplicates: int = 0  # outputs the subscriber already had
     problems: list[str] = field(default_factory=list)
+    disorder: list[str] = field(default_factory=list)  # non-replay outputs that went back
 
     def line(self) -> str:
         return json.dumps(asdict(self))
@@ -105,6 +108,16 @@ class Worker:
         self.proc.kill()
         self.proc.wait(10)
 
+    def term(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (`docker stop`); its exit code, None if it did not exit in time."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
     def pause(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
@@ -135,6 +148,8 @@ class Collector:
         self.got = defaultdict(dict)
         self.ended: set[tuple[str, str]] = set()
         self.errors: list[str] = []
+        self.last: dict[tuple[str, str], int] = {}  # the newest non-replay seq per key
+        self.disorder: list[str] = []
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._collect, daemon=True)
 
@@ -152,9 +167,18 @@ class Collector:
                     self.errors.append(f"{key} seq {head['seq']} arrived twice, not a replay")
                 else:
                     self.got[key].setdefault(head["seq"], (head, array))
+                    self._order(key, head)
                     time.sleep(self.slow_s)
         except Exception as e:  # reported by the caller
             self.errors.append(repr(e))
+
+    def _order(self, key: tuple[str, str], head: dict[str, Any]) -> None:
+        if head.get("replay"):  # a frame resent after a restart: its output comes again
+            return
+        last = self.last.get(key, -1)
+        if head["seq"] <= last:
+            self.disorder.append(f"{key} seq {head['seq']} after {last}")
+        self.last[key] = head["seq"]
 
     def close(self, timeout_s: float) -> None:
         self.thread.join(timeout_s)
@@ -185,7 +209,9 @@ def run_schedule(schedule: Schedule, work: Path, env: dict[str, str]) -> Outcome
         for kind, wait in zip(schedule.kills, schedule.waits, strict=True):
             if all(p.poll() is not None for p in captures.values()):
                 break
-            _kill(kind, wait, worker, schedule)
+            problem = _kill(kind, wait, worker, schedule)
+            if problem:
+                out.problems.append(f"seed {schedule.seed}: {problem}")
             out.kills += 2 if kind == "double" else 1
             worker.start()
         for name, proc in captures.items():
@@ -212,6 +238,7 @@ def run_schedule(schedule: Schedule, work: Path, env: dict[str, str]) -> Outcome
             out.problems.append(f"capture {name} exited {proc.returncode}:\n{text[-2000:]}")
     out.problems += collector.errors
     out.duplicates = collector.sub.duplicates
+    out.disorder = collector.disorder
     _check(out, collector, videos, final)
     out.seconds = round(time.monotonic() - began, 1)
     if out.problems:
@@ -229,8 +256,13 @@ def _capture(video: Path, name: str, port: int, realtime: bool, env: dict[str, s
                                 stdin=subprocess.DEVNULL)  # fmt: skip
 
 
-def _kill(kind: str, wait: float, worker: Worker, schedule: Schedule) -> None:
+def _kill(kind: str, wait: float, worker: Worker, schedule: Schedule) -> str | None:
+    """Stop the worker as `kind` says (SIGKILL but for "sigterm"); what went wrong, if any."""
     duration = schedule.frames / FPS if schedule.realtime else 1.5
+    if kind == "sigterm":  # a clean stop at a random moment: exit 0, nothing lost after it
+        time.sleep(wait * duration * 0.8)
+        code = worker.term()
+        return None if code == 0 else f"SIGTERM: the worker exited {code}:\n{worker.tail()}"
     if kind == "random":
         time.sleep(wait * duration * 0.8)
     elif kind == "after_checkpoint":
@@ -249,6 +281,7 @@ def _kill(kind: str, wait: float, worker: Worker, schedule: Schedule) -> None:
         worker.pause()  # its queue fills: the captures block on back-pressure
         time.sleep(0.5)
     worker.kill()
+    return None
 
 
 def _check(out: Outcome, collector: Collector, videos: dict[str, Path],

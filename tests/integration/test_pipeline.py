@@ -75,12 +75,19 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.n
     return path, offline(decode(path))
 
 
-@pytest.mark.parametrize(("chunk", "wait_ms"), [(1, 0), (7, 5), (16, 200)])
+@pytest.mark.parametrize(
+    ("chunk", "wait_ms", "pipeline"),
+    [(1, 0, "off"), (7, 5, "off"), (16, 200, "off"), (1, 0, "on"), (7, 5, "on"), (16, 200, "on")],
+)
 def test_file_stream_equals_offline_for_any_chunking(
-    start_worker: Any, python_env: dict[str, str], clip: tuple[Path, dict], chunk: int, wait_ms: int
-) -> None:
+    start_worker: Any, python_env: dict[str, str], clip: tuple[Path, dict], chunk: int,
+    wait_ms: int, pipeline: str,
+) -> None:  # fmt: skip
+    """Every output of every layer, in order, equal to the offline pipeline, with the worker
+    on one thread and as a pipeline of three (`--pipeline on`, worker/stages.py)."""
     path, expected = clip
-    worker = start_worker(RETINA, "--chunk", str(chunk), "--max-wait-ms", str(wait_ms))
+    worker = start_worker(RETINA, "--chunk", str(chunk), "--max-wait-ms", str(wait_ms),
+                          "--pipeline", pipeline)  # fmt: skip
     with Subscriber(worker.output, stream="clip", timeout_s=30) as sub:
         sub.wait_ready(worker.input)
         proc = capture(python_env, path, worker.input, "clip")

@@ -22,7 +22,16 @@ import pytest
 from streamconv.client import Subscriber
 from streamconv.wire.shards import owner
 from tests.conftest import REPO
-from tests.helpers import RETINA, offline, preset_layers, read_video, status, two_ports, write_video
+from tests.helpers import (
+    RETINA,
+    offline,
+    port_pairs,
+    preset_layers,
+    read_video,
+    status,
+    two_ports,
+    write_video,
+)
 from tests.integration.conftest import WorkerProc, launch
 
 pytestmark = pytest.mark.integration
@@ -80,7 +89,7 @@ class Collector:
 def start_shards(
     start_worker: Callable[..., WorkerProc], n: int, *flags: str, ports: list[int] | None = None
 ) -> tuple[list[WorkerProc], list[int]]:
-    ports = ports or [two_ports()[0] for _ in range(n)]
+    ports = ports or port_pairs(n)
     workers = [
         start_worker(RETINA, "--input", f"tcp://127.0.0.1:{p}", "--output",
                      f"tcp://127.0.0.1:{p + 1}", *flags, wait=False)
@@ -124,9 +133,10 @@ def test_streams_land_on_their_owner_and_come_back_exact_through_the_proxy(
     videos = {
         s: write_video(tmp_path / f"{s}.mp4", frames, offset=11 * i) for i, s in enumerate(STREAMS)
     }
-    workers, ports = start_shards(start_worker, 3)
+    *pairs, free = port_pairs(4)
+    workers, ports = start_shards(start_worker, 3, ports=pairs)
     inputs = [f"tcp://127.0.0.1:{p}" for p in ports]
-    listen = f"tcp://127.0.0.1:{two_ports()[0]}"
+    listen = f"tcp://127.0.0.1:{free}"
     proxy = launch([sys.executable, "-m", "streamconv", "proxy", "--listen", listen, "--shards",
                     ",".join(f"tcp://127.0.0.1:{p + 1}" for p in ports)], python_env)  # fmt: skip
     try:
@@ -155,9 +165,12 @@ def test_a_shard_killed_and_restarted_resumes_its_streams_while_the_others_go_on
     videos = {
         s: write_video(tmp_path / f"{s}.mp4", frames, offset=7 * i) for i, s in enumerate(STREAMS)
     }
-    ports = [two_ports()[0] for _ in range(3)]
-    inputs = [f"tcp://127.0.0.1:{p}" for p in ports]
-    victim = owner(STREAMS[0], inputs)
+    while True:  # ports that leave some stream off the victim (1 in 243 would not)
+        ports = port_pairs(3)
+        inputs = [f"tcp://127.0.0.1:{p}" for p in ports]
+        victim = owner(STREAMS[0], inputs)
+        if any(owner(s, inputs) != victim for s in STREAMS):
+            break
     index = inputs.index(victim)
     flags = ("--checkpoint-every", "8")
 
@@ -242,7 +255,7 @@ def test_a_running_stream_moves_to_a_new_shard_and_continues_exactly(
     from streamconv.client import routing
 
     frames = 150
-    a, b = two_ports()[0], two_ports()[0]
+    a, b = port_pairs(2)
     a_in, b_in = f"tcp://127.0.0.1:{a}", f"tcp://127.0.0.1:{b}"
     stream = next(f"cam{i}" for i in range(100) if owner(f"cam{i}", [a_in, b_in]) == b_in)
     video = write_video(tmp_path / "clip.mp4", frames, offset=3)

@@ -430,6 +430,77 @@ def test_a_lossless_eos_ahead_of_a_restored_stream_waits_for_the_resend() -> Non
     assert eng.stats.counts["frames_missing"] == 0
 
 
+@pytest.mark.parametrize("lossless", [True, False], ids=["lossless", "plain"])
+def test_a_restored_stream_runs_a_lossless_senders_frames_only_once_it_resends(
+    lossless: bool,
+) -> None:
+    """Frames left in a lossless sender's queue when the worker died reach the restarted one
+    at once, before the sender asked where the stream goes on (and before the subscriber it
+    waits for is back: their outputs would go to nobody). Even the one at the restored seq
+    waits for the resend; a sender that is not lossless goes on at once (it resends nothing)."""
+    frames = clip(8)
+    first = engine(chunk=2)
+    for seq in range(4):
+        take(first, frame(seq, frames[seq]), 0.0)
+    snap = first.continuity.snapshot("a")
+    assert snap is not None
+    assert snap.next_seq == 4
+    eng = engine(chunk=2)
+    eng.continuity.restore(snap, 0.0)
+    left = [InputMessage("frame", "a", "s1", seq, seq, frames[seq], lossless=lossless)
+            for seq in (4, 5)]  # fmt: skip
+    out = [r for m in left for r in take(eng, m, 0.0)]
+    if lossless:
+        assert out == []
+        assert eng.stats.counts["awaiting_resend"] == 2
+        [answer] = take(eng, probe("a", "s1"), 0.0)
+        assert isinstance(answer, EndResult)
+        assert answer.resume is not None
+        assert answer.resume["next_seq"] == 4  # so the sender resends 4 and 5
+        out = []
+    start = 4 if lossless else 6
+    for seq in range(start, 8):  # 4 and 5 again (replays), then new frames
+        again = InputMessage("frame", "a", "s1", seq, seq, frames[seq], lossless=lossless,
+                             replay=lossless and seq < 6)  # fmt: skip
+        out += take(eng, again, 0.0)
+    assert [r.seqs for r in chunks(out)] == [[4, 5], [6, 7]]
+    assert [r.discontinuity for r in chunks(out)] == [False, False]
+    assert eng.stats.counts["frames_missing"] == 0
+    tail, whole = joined(chunks(out)), offline(frames)  # exact: it went on from the state
+    for name in NAMES:
+        assert rel_err(tail[name], whole[name][4:]) < 1e-5, name
+
+
+def test_a_restored_stream_whose_sender_sent_nothing_more_goes_on_from_its_marked_frame() -> None:
+    """The sender's resume found the worker holding every frame it sent (a clean stop
+    checkpoints all it ran): its next frame, marked `replay` (protocol.as_replay), is where
+    the stream goes on, and the new frames after it run at once: nothing waits, nothing is
+    missing."""
+    frames = clip(8)
+    first = engine(chunk=2)
+    for seq in range(4):
+        take(first, frame(seq, frames[seq]), 0.0)
+    snap = first.continuity.snapshot("a")
+    assert snap is not None
+    eng = engine(chunk=2)
+    eng.continuity.restore(snap, 0.0)
+    [answer] = take(eng, probe("a", "s1"), 0.0)
+    assert isinstance(answer, EndResult)
+    assert answer.resume is not None
+    assert answer.resume["next_seq"] == 4
+    out = []
+    for seq in range(4, 8):
+        msg = InputMessage("frame", "a", "s1", seq, seq, frames[seq], lossless=True,
+                           replay=seq == 4)  # fmt: skip
+        out += take(eng, msg, 0.0)
+    assert [r.seqs for r in chunks(out)] == [[4, 5], [6, 7]]
+    assert eng.stats.counts["awaiting_resend"] == 0
+    assert eng.stats.counts["frames_missing"] == 0
+    tail, whole = joined(chunks(out)), offline(frames)
+    for name in NAMES:
+        assert rel_err(tail[name], whole[name][4:]) < 1e-5, name
+
+
 @pytest.mark.parametrize(
     ("flags", "cause"),
     [({"lossless": True}, Reset.LOST_STATE), ({}, Reset.LOST_STATE), ({"live": True}, None),
