@@ -51,8 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1, help="rounds run first and not counted")
     p.add_argument("--transports", nargs="+", choices=TRANSPORTS, default=list(TRANSPORTS))
-    p.add_argument("--serial", action="store_true",
-                   help="also the worker on one thread ([worker] pipeline = false)")  # fmt: skip
+    p.add_argument("--pipelined", action="store_true",
+                   help="also the worker as three threads ([worker] pipeline = on)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="smoke run, about 10-20 s")
     args = p.parse_args(argv)
     if args.quick:
@@ -64,7 +64,7 @@ class StreamconvVariant:
     """A `streamconv worker` process (kept up across repeats) and this process's Subscriber."""
 
     def __init__(
-        self, stack: ExitStack, inp: str, out: str, size: Size, pipeline: bool = True
+        self, stack: ExitStack, inp: str, out: str, size: Size, pipeline: str = "auto"
     ) -> None:
         worker = {"input": inp, "output": out, "http": "off", "output_dtype": "float32",
                   "pipeline": pipeline}  # fmt: skip
@@ -149,14 +149,14 @@ def report(runs: dict[str, list[Run]], ok: dict[str, bool], transports: list[str
                 v: med[f"{fmt} ipc {v}"] / med[f"{fmt} tcp {v}"] for v in ("streamconv", "floor")
             }
             ipc.append(f"  {fmt}: streamconv {gain['streamconv']:.2f}x, floor {gain['floor']:.2f}x")
-    serial = ["pipelined / one thread (pipeline = false), same run"]
+    serial = ["pipeline = on / the default (auto: one thread on a CPU), same run"]
     for fmt in FORMATS:
         for t in transports:
-            one = f"{fmt} {t} one thread"
-            if one in med:
-                pipelined, fl = med[f"{fmt} {t} streamconv"], med[f"{fmt} {t} floor"]
-                line = f"  {fmt} {t}: {pipelined / med[one]:.2f} (one thread {med[one]:.0f} "
-                serial.append(line + f"frames/s, {med[one] / fl:.2f} of the floor)")
+            three = f"{fmt} {t} pipelined"
+            if three in med:
+                default, fl = med[f"{fmt} {t} streamconv"], med[f"{fmt} {t} floor"]
+                line = f"  {fmt} {t}: {med[three] / default:.2f} ({med[three]:.0f} frames/s, "
+                serial.append(line + f"{med[three] / fl:.2f} of the floor)")
     extra = [*(ipc if len(ipc) > 1 else []), *(serial if len(serial) > 1 else [])]
     return "\n".join([*lines, "", *verdicts, *extra])
 
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         n_of: dict[str, int] = {}
         for i, (fmt, size) in enumerate(FORMATS.items()):
             for t in args.transports:
-                for kind in ("streamconv", "floor", *(["one thread"] if args.serial else [])):
+                for kind in ("streamconv", "floor", *(["pipelined"] if args.pipelined else [])):
                     if t == "tcp":
                         inp, out = procs.free_endpoint(), procs.free_endpoint()
                     else:
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                     if kind == "floor":
                         started[f"{fmt} {t} {kind}"] = FloorVariant(stack, inp, out, size)
                     else:
-                        on = kind == "streamconv"
+                        on = "on" if kind == "pipelined" else "auto"
                         started[f"{fmt} {t} {kind}"] = StreamconvVariant(stack, inp, out, size, on)
                     n_of[f"{fmt} {t} {kind}"] = counts[fmt]
         threads = next(v.threads for v in started.values() if isinstance(v, StreamconvVariant))

@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def settings_for(preset: str, pipeline: bool, **worker: Any) -> Any:
+def settings_for(preset: str, pipeline: str, **worker: Any) -> Any:
     inp, out = procs.free_endpoint(), procs.free_endpoint()
     w = {"input": inp, "output": out, "http": "off", "device": "cpu", "pipeline": pipeline}
     return load_settings(preset, {"worker": w | worker}, environ={})
@@ -58,8 +58,9 @@ def settings_for(preset: str, pipeline: bool, **worker: Any) -> Any:
 _MODELS: dict[str, Any] = {}
 
 
-def model_fps(preset: str, n: int) -> float:
-    """frames/s of the preset's model stepping n frames from a fresh state (pool process)."""
+def model_fps(preset: str, n: int, colour: bool = False) -> float:
+    """frames/s of the preset's model stepping n frames from a fresh state (pool process);
+    `colour`: the uint8 frames' colour step (worker/pixels.py) inside the clock too."""
     import numpy as np
     import torch
 
@@ -72,14 +73,18 @@ def model_fps(preset: str, n: int) -> float:
         configure_torch(w)
         _MODELS[preset] = build_model(settings, torch.device("cpu"))
     model = _MODELS[preset]
-    frames = np.stack([frame_to_chw(f, w.color) for f in procs.bench_frames(n)])
-    chunks = [torch.from_numpy(frames[s : s + w.chunk]).transpose(0, 1)[None].to(DTYPES[w.dtype])
-              for s in range(0, n, w.chunk)]  # fmt: skip
+    raw = procs.bench_frames(n)
+
+    def chunk_at(s: int) -> Any:
+        frames = np.stack([frame_to_chw(f, w.color) for f in raw[s : s + w.chunk]])
+        return torch.from_numpy(frames).transpose(0, 1)[None].to(DTYPES[w.dtype])
+
+    chunks = [] if colour else [chunk_at(s) for s in range(0, n, w.chunk)]
     state = None
     with torch.inference_mode():
         start = time.perf_counter()
-        for chunk in chunks:
-            _out, state = model.step(chunk, state)
+        for i, s in enumerate(range(0, n, w.chunk)):
+            _out, state = model.step(chunk_at(s) if colour else chunks[i], state)
         return n / (time.perf_counter() - start)
 
 
@@ -90,31 +95,34 @@ def pct(values: list[int], q: float) -> float:
 def throughput(args: argparse.Namespace, stack: ExitStack, pool: ProcessPoolExecutor) -> None:
     variants: dict[str, Any] = {}
     for preset in args.presets:
-        for name, on in (("pipelined", True), ("one thread", False)):
+        for name, on in (("pipelined", "on"), ("one thread", "off")):
             v = PipelineVariant(stack, settings_for(preset, on), f"{preset} {name}")
             variants[f"{preset} {name}"] = v
     for v in variants.values():
         v.wait_ready()
     jobs: dict[str, Any] = {k: (lambda v=v: v.run(args.frames)) for k, v in variants.items()}
     for preset in args.presets:
-        jobs[f"{preset} model alone"] = lambda p=preset: pool.submit(
-            model_fps, p, args.frames
-        ).result()
+        for label, colour in (("model alone", False), ("model + colour step", True)):
+            jobs[f"{preset} {label}"] = lambda p=preset, c=colour: pool.submit(
+                model_fps, p, args.frames, c
+            ).result()
     runs = interleave(jobs, args.warmup + args.repeats, skip=args.warmup)
     fps = {k: [r.fps if isinstance(r, Run) else r for r in rs] for k, rs in runs.items()}
     med = {k: statistics.median(v) for k, v in fps.items()}
     lost = {k: sum(r.lost for r in rs if isinstance(r, Run)) for k, rs in runs.items()}
     print(f"\n1. frames/s, 640x480 gray, {args.frames} frames a run, medians of {args.repeats}")
-    print("| preset | model alone | pipelined | one thread | pipelined / model | "
-          "one thread / model | pipelined / one thread | lost |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| preset | model alone | model + colour step | one thread (default) | pipelined "
+          "| one thread / model | pipelined / model | pipelined / one thread | lost |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p in args.presets:
-        m, a, b = med[f"{p} model alone"], med[f"{p} pipelined"], med[f"{p} one thread"]
-        print(f"| {p} | {m:.0f} | {a:.0f} | {b:.0f} | {a / m:.2f} | {b / m:.2f} | {a / b:.2f} "
-              f"| {lost[f'{p} pipelined'] + lost[f'{p} one thread']} |")  # fmt: skip
+        m, c = med[f"{p} model alone"], med[f"{p} model + colour step"]
+        a, b = med[f"{p} pipelined"], med[f"{p} one thread"]
+        print(f"| {p} | {m:.0f} | {c:.0f} | {b:.0f} | {a:.0f} | {b / m:.2f} | {a / m:.2f} "
+              f"| {a / b:.2f} | {lost[f'{p} pipelined'] + lost[f'{p} one thread']} |")  # fmt: skip
     for p in args.presets:
-        ratio = med[f"{p} pipelined"] / med[f"{p} model alone"]
-        print(f"  {p}: end to end / model alone {ratio:.2f} >= {TARGET} "
+        best = max(med[f"{p} pipelined"], med[f"{p} one thread"])
+        ratio = best / med[f"{p} model alone"]
+        print(f"  {p}: end to end (the faster schedule) / model alone {ratio:.2f} >= {TARGET} "
               f"{'met' if ratio >= TARGET else 'MISSED'}")  # fmt: skip
     for k, v in fps.items():
         print(f"  {k}: " + " ".join(f"{x:.0f}" for x in v))
@@ -122,7 +130,7 @@ def throughput(args: argparse.Namespace, stack: ExitStack, pool: ProcessPoolExec
 
 def latency(args: argparse.Namespace, stack: ExitStack) -> None:
     variants = {name: PipelineVariant(stack, settings_for("retina", on), name)
-                for name, on in (("pipelined", True), ("one thread", False))}  # fmt: skip
+                for name, on in (("pipelined", "on"), ("one thread", "off"))}  # fmt: skip
     for v in variants.values():
         v.wait_ready()
     jobs = {k: (lambda v=v: v.run(args.live_frames, live=True, fps=30.0, size=LIVE))

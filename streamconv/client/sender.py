@@ -105,6 +105,7 @@ class Sender:
         self.close_timeout_s = close_timeout_s
         self.session = protocol.new_session()
         self.sent = 0  # frames queued, and the next frame's seq
+        self._asked_again = False  # a resume found no answer: the next frame asks again
         self.dropped = 0  # live frames not queued, for any reason
         self.dropped_no_worker = 0  # of those, offered while no worker was connected
         self.eos_sent = False
@@ -240,10 +241,16 @@ class Sender:
                     return False
                 since = time.monotonic()
                 continue
-            if self._link.reconnected() and self._resume() and self._caught_up():
-                # The worker holds every frame sent: this one is where it goes on, and a
-                # restarted worker runs a restored stream's next seq only as a resend.
-                parts = protocol.as_replay(parts)
+            if self._link.reconnected():
+                answered = self._resume()
+                # No answer: this frame goes (as before) and the next one asks once more, so a
+                # worker that answers late still gets the resend it needs.
+                again = not answered and not self._asked_again
+                self._link.resume_pending = self._asked_again = again
+                if answered and self._caught_up():
+                    # The worker holds every frame sent: this one is where it goes on, and
+                    # a restarted worker runs a restored stream's next seq only as a resend.
+                    parts = protocol.as_replay(parts)
             if transport.wait_writable(self.sock, POLL_MS) and transport.send(
                 self.sock, parts, block=False
             ):

@@ -19,6 +19,9 @@ counted in `duplicates`. To see a stream from its first output, subscribe (and `
 before its sender starts. `previews` takes the worker's previews too, or only them (a viewer;
 `streamconv view` reads through this class); `strict=False` reports a refused handshake in
 `refused` instead of raising AuthError, for a caller that keeps trying and shows why.
+`shm`: payloads from the worker's shared memory (same host, worker --shm): True asks for it,
+"auto" (the default) takes it when `wait_ready` learns the worker offers it and the endpoint
+is on this host, False never does; a lossless subscriber never reads it.
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ import numpy as np
 
 from streamconv.client.acks import Acker
 from streamconv.client.losses import Losses
+from streamconv.client.shared import Mode, Shared
 from streamconv.errors import AuthError, ConfigError, ProtocolError
 from streamconv.wire import protocol, transport
-from streamconv.wire.protocol import INPUT, PREVIEW_PREFIX, PROBE_STREAM, SHM_PREFIX
-from streamconv.wire.shm import Reader
+from streamconv.wire.protocol import INPUT, PREVIEW_PREFIX, PROBE_STREAM
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +72,14 @@ class Subscriber:
         inputs: Sequence[str] | None = None,
         previews: Previews = "none",
         strict: bool = True,
-        shm: bool = False,
+        shm: Mode = "auto",
     ) -> None:
         self.stream, self.layers, self.timeout_s = stream, set(layers or []), timeout_s
         self.previews, self.strict = previews, strict
-        # Same host as a worker with [worker] shm: payloads come from its shared memory.
-        self.shm = _shm_reader(shm, previews, lossless)
         # Several endpoints: every shard's output (wire/shards.py), fanned in by one socket.
         outputs = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        # Same host as a worker with [worker] shm: payloads from its shared memory (shared.py).
+        self.shm = Shared(shm, lossless, previews != "none", outputs)
         if not outputs:
             msg = "a subscriber needs at least one endpoint to connect to"
             raise ConfigError(msg)
@@ -86,10 +89,8 @@ class Subscriber:
         self.endpoint = ", ".join(outputs)
         self._own_ctx, self._ctx = ctx is None, transport.context() if ctx is None else ctx
         self._keys: dict[str, Any] = {"curve_secret": curve_secret, "curve_server": curve_server}
-        topics = _topics(stream, self.layers, previews)
-        if shm:
-            topics = [SHM_PREFIX.encode() + t for t in topics]
-        self._connect(outputs, topics, hwm, lossless, inputs)
+        self._topics = _topics(stream, self.layers, previews)
+        self._connect(outputs, self.shm.topics(self._topics), hwm, lossless, inputs)
         self.gaps: Counter[tuple[str, str]] = Counter()
         self.losses = Losses()
         self.bad_messages = self.duplicates = 0  # duplicates: replayed outputs, skipped
@@ -163,7 +164,7 @@ class Subscriber:
             if not self._wanted(header):
                 continue
             if "shm" in header and header["kind"] == "output":
-                array = self._from_shm(header)
+                array = self.shm.payload(header, self.sock, self._topics)
                 if array is None:
                     continue  # overwritten before it was read: counted, seen as a gap
             if header.get("preview"):  # samples: no seq order, nothing to count or ack
@@ -182,25 +183,15 @@ class Subscriber:
             self._track_end(header)
             return header, array
 
-    def _from_shm(self, header: dict[str, Any]) -> np.ndarray | None:
-        assert self.shm is not None
-        dtype = protocol.OUTPUT_DTYPES[header["dtype"]]
-        try:
-            data = self.shm.get(header["shm"], dtype, tuple(header["shape"]))
-        except (OSError, ValueError):  # its ring is gone (a restarted worker): lost
-            self.shm.torn += 1
-            return None
-        return None if data is None else protocol.shm_payload(header, data)
-
     @property
     def torn(self) -> int:
         """Shared-memory outputs overwritten before this subscriber read them (lost)."""
-        return self.shm.torn if self.shm is not None else 0
+        return self.shm.torn
 
     def _wanted(self, header: dict[str, Any]) -> bool:
         if header["stream"] == PROBE_STREAM:
             return False  # control traffic (wait_ready's probes)
-        if ("shm" in header) != (self.shm is not None):
+        if ("shm" in header) != self.shm.on:
             return False  # the other way of the same outputs
         input_preview = header["layer"] == INPUT
         if self.layers and header["layer"] not in self.layers and not input_preview:
@@ -303,6 +294,7 @@ class Subscriber:
         worker until one comes back, so everything published afterwards arrives.
         """
         probe = protocol.stream_topic(PROBE_STREAM)
+        self.shm.prepare(self.sock, self._topics)  # before the probe's topic: see shared.py
         transport.subscribe(self.sock, probe)
         push = transport.push_socket(self._ctx, input_endpoint, linger_ms=0, **self._keys)
         deadline = time.monotonic() + timeout_s
@@ -313,6 +305,7 @@ class Subscriber:
                 )
                 frames = transport.recv(self.sock, 100)
                 if frames is not None and bytes(frames[0].buffer).startswith(probe):
+                    self.shm.settle(self.sock, self._topics, frames)
                     return
             msg = f"worker at {input_endpoint} did not answer within {timeout_s} s"
             raise TimeoutError(msg)
@@ -323,8 +316,7 @@ class Subscriber:
     def close(self) -> None:
         if self.acker is not None:
             self.acker.close()
-        if self.shm is not None:
-            self.shm.close()
+        self.shm.close()
         if self._watch is not None:
             self._watch.close()
         transport.close(self.sock, 0)
@@ -381,15 +373,3 @@ def _topics(stream: str | None, layers: set[str], previews: Previews) -> list[by
     if previews == "input":  # every stream's: the layers' previews too, skipped in poll
         return [*outputs, protocol.preview_topic(stream, INPUT) if stream else prefix]
     return outputs
-
-
-def _shm_reader(shm: bool, previews: Previews, lossless: bool) -> Reader | None:
-    if not shm:
-        return None
-    if previews != "none":
-        msg = "a shared-memory subscriber takes the outputs, not previews"
-        raise ConfigError(msg)
-    if lossless:  # the ring does not wait for its readers: a slow one loses outputs
-        msg = "a shared-memory subscriber cannot be lossless (leave shm off to hold senders back)"
-        raise ConfigError(msg)
-    return Reader()

@@ -244,6 +244,7 @@ class WorkerSettings(Strict):
     keep_freed_mb: int = Field(
         default=256,
         ge=0,
+        le=2047,  # glibc takes it in a C int of bytes
         description="freed memory malloc keeps for reuse instead of handing it back to the "
         "OS (glibc): saves the page faults of every frame's fresh buffers; 0: glibc's default",
     )

@@ -467,11 +467,12 @@ def encode_output_eos(
     preview: bool = False,
     resume: dict[str, Any] | None = None,
     boot: str | None = None,
+    shm_outputs: bool = False,
 ) -> list[Any]:
     """[topic, header, b""]: no more output for this layer of this stream and session.
     `subscribed` answers a probe's `watch`; `preview` sends it on the preview topic; a probe's
-    answer carries the `resume` fields (next_seq, checkpointed, ended, credit) and the worker's
-    `boot` id."""
+    answer carries the `resume` fields (next_seq, checkpointed, ended, credit), the worker's
+    `boot` id and `shm_outputs` (it publishes outputs in shared memory too)."""
     header: dict[str, Any] = {
         "v": VERSION,
         "kind": "eos",
@@ -487,6 +488,8 @@ def encode_output_eos(
         header.update(resume)
     if boot is not None and stream == PROBE_STREAM:
         header["boot"] = boot
+    if shm_outputs and stream == PROBE_STREAM:
+        header["shm_outputs"] = True
     if preview:
         header["preview"] = True
         return [preview_topic(stream, layer), json.dumps(header).encode(), b""]

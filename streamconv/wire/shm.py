@@ -68,6 +68,7 @@ class Reader:
     def __init__(self) -> None:
         self._maps: dict[str, shared_memory.SharedMemory] = {}
         self.torn = 0  # payloads refused: the slot was reused before or while copying
+        self.mapped = 0  # rings mapped so far (0 and a failure: not this host's memory)
 
     def get(
         self, ref: dict[str, Any], dtype: np.dtype[Any], shape: tuple[int, ...]
@@ -95,6 +96,7 @@ class Reader:
         shm = self._maps.pop(name, None)
         if shm is None:
             shm = _attach(name)
+            self.mapped += 1
         self._maps[name] = shm  # the most recently used last
         while len(self._maps) > MAPPED:  # a restarted worker's old rings: let them go
             self._maps.pop(next(iter(self._maps))).close()

@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 
 from streamconv.layers import State
-from streamconv.wire.protocol import InputMessage
+from streamconv.wire.protocol import SHM_PREFIX, InputMessage
 from streamconv.worker.checkpoints import Snapshot, snapshot_state
 from streamconv.worker.credits import Credits
 from streamconv.worker.stats import Stats
 
 log = logging.getLogger(__name__)
+
+TOPICS = ("", SHM_PREFIX)  # where a subscriber of a stream's outputs may subscribe
 
 RESEND_WAIT = 128  # frames ahead dropped, after a restore, while a lossless sender resends
 ENDED_KEPT = 1024  # sessions remembered as ended by their eos (a sender asks to be sure)
@@ -105,13 +107,13 @@ class Continuity:
         (no frame since): True to drop it.
 
         A resend of a frame already taken is a duplicate. After a restore from a checkpoint,
-        a lossless sender resends from the seq the worker asks for, so frames at or ahead of
-        it that are not replays (queued before the restart) are dropped until it does, up to
-        RESEND_WAIT frames: run at once, their outputs would go out before the sender asked
-        where the stream goes on, and so before any subscriber it waits for is back (PUB/SUB
-        drops what is published before a subscriber joins). Any other sender goes on from
-        the restored state, a gap counted. Otherwise (False) the frame runs, or its gap resets
-        the state as usual."""
+        a lossless sender resends from the seq the worker asks for, so frames ahead of it that
+        are not replays (queued before the restart) are dropped until it does, up to
+        RESEND_WAIT frames; so is the one at it while no subscriber takes the stream's
+        outputs: run at once, its outputs would go out before the subscriber the sender waits
+        for is back (PUB/SUB drops what is published before a subscriber joins), and the
+        sender then resends it. Any other sender goes on from the restored state, a gap
+        counted. Otherwise (False) the frame runs, or its gap resets the state as usual."""
         if msg.seq < st.next_seq and msg.replay:
             self.stats.count("duplicates")
             return True
@@ -122,8 +124,9 @@ class Continuity:
             return False
         if not st.restored or msg.seq < st.next_seq:
             return False
-        resent = msg.replay and msg.seq == st.next_seq  # the resend begins
-        if msg.lossless and not resent and st.awaited < RESEND_WAIT:
+        # At next_seq: the resend begins (a replay), or a subscriber is there to see it run.
+        goes_on = msg.seq == st.next_seq and (msg.replay or self.stats.watched(st.name, TOPICS))
+        if msg.lossless and not goes_on and st.awaited < RESEND_WAIT:
             st.awaited += 1
             self.stats.count("awaiting_resend")
             return True

@@ -21,6 +21,7 @@ from streamconv.layers import Sequential
 from streamconv.wire.protocol import PROBE_STREAM, InputMessage
 from streamconv.worker.admission import Admission
 from streamconv.worker.batcher import Batcher, Broken, Job
+from streamconv.worker.buffers import Buffers
 from streamconv.worker.continuity import Continuity, StreamState
 from streamconv.worker.pixels import chw_shape, frame_to_chw, frame_to_raw_chw, raw_dtype
 from streamconv.worker.results import ChunkResult, EndResult, Failed, Result
@@ -68,6 +69,7 @@ class Engine:
         # Resume, restore and take-over: one component, the owner of that bookkeeping.
         self.continuity = Continuity(self.streams, self.stats, settings.max_streams)
         self._ready: dict[str, StreamState] = {}  # full chunks, run together after the read
+        self.buffers = Buffers()  # the chunks' pixel buffers, taken again once free
 
     @classmethod
     def build(
@@ -167,8 +169,9 @@ class Engine:
             results += self.run_ready()
         if st.buffer is None:
             st.since = now
-            # Fresh, never reused: outputs may alias it and are sent zero-copy.
-            st.buffer = np.empty((self.chunk, *shape), dtype=raw or np.float32)
+            # Taken again only once no output, view or unsent message refers to it (outputs
+            # may alias it and leave zero-copy): worker/buffers.py.
+            st.buffer = self.buffers.take((self.chunk, *shape), raw or np.float32)
         st.shape = shape
         if raw is not None:
             frame_to_raw_chw(frame, self.color, out=st.buffer[st.count])

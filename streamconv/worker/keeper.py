@@ -77,9 +77,11 @@ class Keeper:
             self._since[name] = 0
             self._when[name] = time.monotonic()
 
-    def close(self, timeout_s: float) -> None:
-        """Checkpoint every open stream (a restart goes on from here), then stop writing."""
-        for name in list(self.engine.streams):
+    def close(self, timeout_s: float, final: bool = True) -> None:
+        """Checkpoint every open stream (a restart goes on from here; not `final`: outputs
+        were left unpublished, so the last checkpoints, which they follow, stand), then stop
+        writing."""
+        for name in list(self.engine.streams) if final else ():
             self._take(name)
         if not self.writer.close(timeout_s):
             log.warning("checkpoints: not all written within %.1f s", timeout_s)

@@ -61,6 +61,11 @@ class StatsCollector(Collector):
         subs = GaugeMetricFamily(
             "streamconv_subscriptions", "Subscriptions per topic prefix", labels=["topic"]
         )
+        events = CounterMetricFamily(
+            "streamconv_events", "Everything the worker counts, by name, as /status's counts "
+            "(checkpoints, record_frames, record_dropped, record_errors, shm_published, ...)",
+            labels=["event"],
+        )  # fmt: skip
         with s.lock:
             for name, st in s.streams.items():
                 received.add_metric([name], st.received)
@@ -74,6 +79,8 @@ class StatsCollector(Collector):
                 resets.add_metric([str(cause)], n)
             for topic, n in s.subscriptions.items():
                 subs.add_metric([topic.decode("utf-8", "replace")], n)
+            for event, n in sorted(s.counts.items()):
+                events.add_metric([event], n)
             active = sum(st.ended is None for st in s.streams.values())
             refused = CounterMetricFamily(
                 "streamconv_curve_refused", "Client handshakes the worker's sockets refused "
@@ -89,7 +96,7 @@ class StatsCollector(Collector):
                 "streamconv_chunk_seconds", "Model time per chunk, copies included",
                 s.chunk_seconds,
             )  # fmt: skip
-        yield from (received, processed, published, missing, drops, resets, subs, refused)
+        yield from (received, processed, published, missing, drops, resets, subs, refused, events)
         yield GaugeMetricFamily("streamconv_active_streams", "Streams holding state", active)
         yield latency
         yield chunk

@@ -110,10 +110,11 @@ class Parts:
         then checkpoint the streams still open (a restart goes on from there)."""
         left = self.outbox.close(0 if cut else budget_s)
         if left:
-            log.warning("shutdown: %d batches of outputs were not published", left)
+            log.warning("shutdown: %d batches of outputs were not published; the streams' "
+                        "last checkpoints stand (a restart resends from them)", left)  # fmt: skip
         if self.keeper is not None:
             self.keeper.defer = lambda action: action()  # the outbox is closed: at once
-            self.keeper.close(budget_s)
+            self.keeper.close(budget_s, final=not left and not cut)
 
     def close(self, linger_ms: int) -> None:
         """Close every socket (the stage threads stopped first); queued outputs get

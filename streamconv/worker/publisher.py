@@ -168,7 +168,8 @@ class Publisher:
             subscribed = self.stats.has_subscriber(r.watch, self.layers)
         for name in self.layers:
             parts = protocol.encode_output_eos(r.stream, name, r.session, r.seq, subscribed,
-                                               resume=r.resume, boot=self.stats.boot)  # fmt: skip
+                                               resume=r.resume, boot=self.stats.boot,
+                                               shm_outputs=self.shm_bytes > 0)  # fmt: skip
             transport.send(self.sock, parts)
         self.stats.count("eos_published", len(self.layers))
         shm = self.shm_bytes > 0 and any(t.startswith(SHM) for t in self.stats.subscriptions)

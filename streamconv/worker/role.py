@@ -40,18 +40,14 @@ LINGER_MS = 1500  # the most time given to deliver the outputs flushed at shutdo
 
 class Worker:
     def __init__(self, settings: Settings, model: Layer | None = None) -> None:
-        self.settings = settings
-        self.model = model
-        self.stats = Stats()
-        self.health = Health()
+        self.settings, self.model, self.stats, self.health = settings, model, Stats(), Health()
         self.stop_event = threading.Event()
         self.ready = threading.Event()  # set once the model is built and the sockets bound
         self.abort_event = threading.Event()  # a second signal: skip the rest of the flush
         self.parts: Parts | None = None
         self.http: HttpServer | None = None
         self.endpoints: tuple[str, str] | None = None  # (input, output) as bound
-        self._drops = DropLog(settings.log.stats_every_s or 10.0)
-        self._signals = 0
+        self._drops, self._signals = DropLog(settings.log.stats_every_s or 10.0), 0
         self._in_at_stop: int | None = None  # messages read when the stop was asked for
 
     def stop(self) -> None:
@@ -152,29 +148,32 @@ class Worker:
     def shutdown(self) -> None:
         """Finish the chunks in hand (bounded), deliver them, close everything."""
         self.health.phase = "stopping"
-        if self.parts is not None:
-            engine, inbox = self.parts.engine, self.parts.inbox
-            budget = self.settings.worker.shutdown_timeout_s
-            read = inbox.close()  # read before the stop: in hand, like the chunks
-            if read:
-                self._submit(read)
-            taken = 0 if self._in_at_stop is None else inbox.intake.read - self._in_at_stop
-            log.info("shutting down: %d frames in hand in %d streams, at most %.1f s to run them "
-                     "(frames taken after the signal: %d)", engine.pending_frames(),
-                     len(engine.streams), budget, taken)  # fmt: skip
-            until = time.monotonic() + budget
-            results = engine.flush_all(
-                lambda: self.abort_event.is_set() or time.monotonic() >= until
-            )
-            self.deliver(results)
-            lost = sum(r.frames for r in results if isinstance(r, Failed))
-            if lost:
-                log.warning("shutdown: %d frames were not run (counted as not_flushed)", lost)
-            self.parts.finish(budget, self.abort_event.is_set())
-            self._drops.flush(force=True)
-            log.info("%s", self.stats.summary())
-        self._close()
+        try:
+            if self.parts is not None:
+                self._finish(self.parts)
+        finally:
+            self._close()
         log.info("worker stopped")
+
+    def _finish(self, parts: Parts) -> None:
+        engine, inbox = parts.engine, parts.inbox
+        budget = self.settings.worker.shutdown_timeout_s
+        read = inbox.close()  # read before the stop: in hand, like the chunks
+        if read:
+            self._submit(read)
+        taken = 0 if self._in_at_stop is None else inbox.intake.read - self._in_at_stop
+        log.info("shutting down: %d frames in hand in %d streams, at most %.1f s to run them "
+                 "(frames taken after the signal: %d)", engine.pending_frames(),
+                 len(engine.streams), budget, taken)  # fmt: skip
+        until = time.monotonic() + budget
+        results = engine.flush_all(lambda: self.abort_event.is_set() or time.monotonic() >= until)
+        self.deliver(results)
+        lost = sum(r.frames for r in results if isinstance(r, Failed))
+        if lost:
+            log.warning("shutdown: %d frames were not run (counted as not_flushed)", lost)
+        parts.finish(budget, self.abort_event.is_set())
+        self._drops.flush(force=True)
+        log.info("%s", self.stats.summary())
 
     def _close(self) -> None:
         if self.parts is not None:

@@ -157,7 +157,11 @@ class Outbox:
         self.put([], (action,))
 
     def tick(self) -> None:
-        """Inline only (the thread does this itself): subscriptions and previews due."""
+        """Inline: subscriptions and previews due (the thread does this itself); threaded:
+        a dead output thread stops the worker, even while nothing is published."""
+        if self._thread is not None and (self.error is not None or not self._thread.is_alive()):
+            msg = f"the output thread failed: {self.error!r}"
+            raise StageError(msg) from self.error
         if self._thread is None:
             self.publisher.take_subscriptions()
             self.publisher.flush_previews()

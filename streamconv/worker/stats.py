@@ -225,6 +225,14 @@ class Stats:
         with self.lock:
             return any(t.startswith(sub) for sub in self.subscriptions for t in topics)
 
+    def watched(self, stream: str, prefixes: tuple[str, ...] = ("",)) -> bool:
+        """Whether some subscription takes outputs of `stream` (a layer of it, all of it, or
+        everything), on its topics under each of `prefixes`."""
+        topics = [f"{p}{stream}/".encode() for p in prefixes]
+        with self.lock:
+            return any(t.startswith(sub) or sub.startswith(t)
+                       for sub in self.subscriptions for t in topics)  # fmt: skip
+
     def subscribed_layers(self, stream: str, layers: list[str], prefixes: list[str]) -> set[str]:
         """The layers of `stream` some subscription matches, on topics "{stream}/{layer}/"
         and each of `prefixes` before it (e.g. previews)."""

@@ -6,6 +6,7 @@ counted and the worker goes on."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from streamconv.archive.format import partial, segments
 from streamconv.capture.sources import synthetic_frame
 from streamconv.client import Sender, Subscriber
 from tests.conftest import REPO
-from tests.helpers import DEFAULT, preset_layers, status, until
+from tests.helpers import DEFAULT, get, preset_layers, status, until
 from tests.integration.conftest import WorkerProc
 
 pytestmark = pytest.mark.integration
@@ -179,6 +180,11 @@ def test_a_write_that_fails_is_counted_and_the_worker_goes_on(
     assert len(got) == 70  # served all the same
     until(lambda: status(worker)["counts"].get("record_errors", 0) >= 1, "a counted error")
     assert status(worker)["counts"]["record_dropped"] >= 64
+    metrics = get(worker, "/metrics")  # where an alert would look
+    assert 'streamconv_events_total{event="record_errors"}' in metrics
+    dropped = re.search(r'streamconv_events_total\{event="record_dropped"\} (\S+)', metrics)
+    assert dropped is not None
+    assert float(dropped.group(1)) >= 64
     worker.wait_for_line(r"recorder: \d+ frames of stream cam not written")
     time.sleep(0.1)
 

@@ -315,7 +315,7 @@ def test_a_same_host_subscriber_reads_the_outputs_from_shared_memory(
     frames = [synthetic_frame(i, 64, 48, channels=1) for i in range(120)]
     layers = preset_layers(DEFAULT)
     got: dict[str, Any] = {}
-    with Subscriber(worker.output, stream="cam", timeout_s=20) as plain, \
+    with Subscriber(worker.output, stream="cam", timeout_s=20, shm=False) as plain, \
             Subscriber(worker.output, stream="cam", timeout_s=20, shm=True) as fast, \
             Subscriber(worker.output, stream="cam", timeout_s=20, shm=True) as late:  # fmt: skip
         for sub in (plain, fast, late):
@@ -342,3 +342,38 @@ def test_a_same_host_subscriber_reads_the_outputs_from_shared_memory(
         plain_by_seq = {h["seq"]: a for h, a in got_plain[name]}
         for h, b in got_late[name]:
             assert np.array_equal(b, plain_by_seq[h["seq"]])
+
+
+@pytest.mark.parametrize("offered", [True, False], ids=["worker-shm", "worker-socket-only"])
+def test_a_same_host_subscriber_takes_shared_memory_by_itself_when_the_worker_offers_it(
+    offered: bool, start_worker: Callable[..., WorkerProc]
+) -> None:
+    """Subscriber's default (shm="auto") on a loopback endpoint: wait_ready learns from the
+    worker's probe answer whether it publishes outputs in shared memory, and reads them from
+    there if so (headers say so); with a worker that does not, it stays on the socket. Either
+    way every output arrives, equal to a socket subscriber's; a lossless subscriber never
+    switches (the ring does not wait)."""
+    from streamconv.client import Sender, collect
+
+    worker = start_worker(DEFAULT, *(["--shm"] if offered else []))
+    frames = [synthetic_frame(i, 64, 48, channels=1) for i in range(40)]
+    layers = preset_layers(DEFAULT)
+    with Subscriber(worker.output, stream="cam", timeout_s=20) as auto, \
+            Subscriber(worker.output, stream="cam", timeout_s=20, shm=False) as plain, \
+            Subscriber(worker.output, stream="cam", timeout_s=20, lossless=True,
+                       inputs=[worker.input]) as held:  # fmt: skip
+        for sub in (auto, plain, held):
+            sub.wait_ready(worker.input)
+        assert auto.shm.on is offered
+        assert not held.shm.on
+        with Sender(worker.input, stream="cam", wait_s=20) as sender:
+            for f in frames:
+                assert sender.send(f)
+        got_auto, got_plain = collect(auto, layers), collect(plain, layers)
+        collect(held, layers)
+    assert auto.torn == 0
+    for name in layers:
+        assert [h["seq"] for h, _ in got_auto[name]] == list(range(40))
+        for (h, a), (_, b) in zip(got_auto[name], got_plain[name], strict=True):
+            assert ("shm" in h) is offered
+            assert np.array_equal(a, b)

@@ -471,6 +471,30 @@ def test_a_restored_stream_runs_a_lossless_senders_frames_only_once_it_resends(
         assert rel_err(tail[name], whole[name][4:]) < 1e-5, name
 
 
+@pytest.mark.parametrize("topic", [b"a/", b"a/nl/", b"", b"_shm/a/"])
+def test_a_restored_stream_with_a_subscriber_runs_the_frame_at_its_seq_at_once(
+    topic: bytes,
+) -> None:
+    """Someone takes the stream's outputs (a layer, the stream, everything, or through shared
+    memory): the frame at the restored seq runs at once, replay or not (a sender from before
+    the `replay` mark, whose resume found nothing to resend, goes on this way)."""
+    frames = clip(6)
+    first = engine(chunk=2)
+    for seq in range(4):
+        take(first, frame(seq, frames[seq]), 0.0)
+    snap = first.continuity.snapshot("a")
+    assert snap is not None
+    eng = engine(chunk=2)
+    eng.stats.subscription(True, topic)
+    eng.continuity.restore(snap, 0.0)
+    out = []
+    for seq in (4, 5):
+        msg = InputMessage("frame", "a", "s1", seq, seq, frames[seq], lossless=True)
+        out += take(eng, msg, 0.0)
+    assert [r.seqs for r in chunks(out)] == [[4, 5]]
+    assert eng.stats.counts["awaiting_resend"] == 0
+
+
 def test_a_restored_stream_whose_sender_sent_nothing_more_goes_on_from_its_marked_frame() -> None:
     """The sender's resume found the worker holding every frame it sent (a clean stop
     checkpoints all it ran): its next frame, marked `replay` (protocol.as_replay), is where

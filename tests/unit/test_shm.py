@@ -76,3 +76,60 @@ def test_a_shared_memory_subscriber_is_never_lossless() -> None:
 
     with pytest.raises(ConfigError, match="cannot be lossless"):
         Subscriber("tcp://127.0.0.1:1", shm=True, lossless=True, inputs=["tcp://127.0.0.1:2"])
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "lossless", "previews", "auto"),
+    [
+        (["tcp://127.0.0.1:5556"], False, False, True),
+        (["ipc:///tmp/w-out"], False, False, True),
+        (["tcp://localhost:5556"], False, False, True),
+        (["tcp://10.0.0.5:5556"], False, False, False),  # another host: the socket
+        (["tcp://127.0.0.1:5556", "tcp://127.0.0.1:5566"], False, False, False),  # shards
+        (["tcp://127.0.0.1:5556"], True, False, False),  # the ring does not wait
+        (["tcp://127.0.0.1:5556"], False, True, False),  # previews: small, on the socket
+    ],
+)
+def test_auto_shared_memory_only_on_this_host_and_never_lossless(
+    endpoints: list[str], lossless: bool, previews: bool, auto: bool
+) -> None:
+    from streamconv.client.shared import Shared
+
+    shared = Shared("auto", lossless, previews, endpoints)
+    assert shared.auto is auto
+    assert not shared.on  # until the worker says it offers a ring
+
+
+def test_a_ring_that_cannot_be_mapped_sends_an_auto_subscriber_back_to_the_socket(
+    zmq_ctx: object,
+) -> None:
+    """Another container's /dev/shm: the name in the header maps nothing here. The output is
+    lost (counted in torn, so the subscriber reports it) and the next ones come by socket."""
+    from streamconv.client.shared import Shared
+    from streamconv.wire import protocol, transport
+
+    sub = transport.open_socket(
+        zmq_ctx,  # type: ignore[arg-type]
+        "sub",
+        transport.socket_settings("tcp://127.0.0.1:1", False, 8, 0),
+        topics=[b"cam/"],
+    )
+    shared = Shared("auto", False, False, ["tcp://127.0.0.1:1"])
+    shared.prepare(sub, [b"cam/"])
+    offer = protocol.encode_output_eos(protocol.PROBE_STREAM, "x", "s", 0, shm_outputs=True)
+    shared.settle(sub, [b"cam/"], [zmq_frame(p) for p in offer])
+    assert shared.on
+    assert shared.topics([b"cam/"]) == [b"_shm/cam/"]
+    gone = {"name": "sc-no-such-ring", "slot": 0, "gen": 2, "slot_bytes": 65536}
+    header = {"dtype": "float32", "shape": [1, 2, 2], "shm": gone}
+    assert shared.payload(header, sub, [b"cam/"]) is None
+    assert shared.torn == 1
+    assert not shared.on
+    assert not shared.auto  # it does not try again
+    assert shared.topics([b"cam/"]) == [b"cam/"]
+
+
+def zmq_frame(part: object) -> object:
+    import zmq
+
+    return zmq.Frame(part if isinstance(part, bytes) else bytes(part))  # type: ignore[arg-type]
