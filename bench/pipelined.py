@@ -6,7 +6,9 @@ and live latency, with the worker's three threads and with one (`pipeline = fals
    (already float32, chunked as the worker chunks them, from a fresh state) in a process of
    its own with the worker's torch threads. Target: end to end >= 0.9x the model alone.
 2. Latency (arrival - the frame's t_ns) of a live capture at 30 frames/s, 1280x720 BGR, the
-   retina preset as shipped: the pipelined worker against one thread (today's), p50 and p99.
+   retina preset as shipped: the pipelined worker, one thread, and the worker of a baseline
+   commit (`--baseline`, default 005f375, before this work: exported with `git archive` and
+   run as `python -m streamconv worker` on that tree), p50 and p99.
 
 A benchmark, never a test: variants are interleaved in rotated order, medians and ratios
 come from one run. `python bench/pipelined.py --help`; `--quick` is a smoke run.
@@ -15,8 +17,11 @@ come from one run. `python bench/pipelined.py --help`; `--quick` is a smoke run.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
@@ -24,13 +29,16 @@ from typing import Any
 
 import pipeline_procs as procs
 from machine import cpu_line
-from pipeline_runs import PipelineVariant, Run, interleave
+from pipeline_runs import RECV_TIMEOUT_S, PipelineVariant, Run, interleave
 
+from streamconv.client.subscriber import Subscriber
 from streamconv.config import load_settings
 
 PRESETS = ("default", "retina")
 TARGET = 0.9  # end to end / model alone
 LIVE = (1280, 720, 3)
+BASELINE = "005f375"  # the commit before issue 21's pipelined worker
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,6 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="rounds run first and not counted")
     p.add_argument("--presets", nargs="+", default=list(PRESETS))
     p.add_argument("--skip-latency", action="store_true")
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument(
+        "--baseline", default=BASELINE, help=f"commit for the latency (default {BASELINE})"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run, about a minute")
     args = p.parse_args(argv)
     if args.quick:
@@ -128,9 +140,51 @@ def throughput(args: argparse.Namespace, stack: ExitStack, pool: ProcessPoolExec
         print(f"  {k}: " + " ".join(f"{x:.0f}" for x in v))
 
 
+class Popened:
+    """A `streamconv worker` child of another tree, as wait_worker_ready sees a process."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.proc.poll()
+
+    def is_alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class BaselineVariant(PipelineVariant):
+    """The worker of a `git archive` export of `rev`, with this tree's capture and subscriber
+    (the protocol is the same), fed the same frames."""
+
+    def __init__(self, stack: ExitStack, rev: str, preset: str) -> None:
+        tree = stack.enter_context(tempfile.TemporaryDirectory(prefix="sc-base-"))
+        archive = subprocess.Popen(["git", "archive", rev, "streamconv", "config"], cwd=ROOT,
+                                   stdout=subprocess.PIPE)  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", tree], stdin=archive.stdout, check=True)
+        if archive.wait() != 0:
+            raise SystemExit(f"git archive {rev} failed")
+        self.input, out = procs.free_endpoint(), procs.free_endpoint()
+        self.layer = load_settings(preset, environ={}).layers[-1].name
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMCONV_")}
+        cmd = [sys.executable, "-m", "streamconv", "worker", "--config", preset, "--input",
+               self.input, "--output", out, "--http", "off", "--device", "cpu"]  # fmt: skip
+        proc = subprocess.Popen(cmd, cwd=tree, env=env | {"PYTHONPATH": tree},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        stack.callback(lambda: (proc.terminate(), proc.wait(30)))
+        self.worker = Popened(proc)
+        self.sub = stack.enter_context(
+            Subscriber(out, stream=procs.STREAM, layers=[self.layer], timeout_s=RECV_TIMEOUT_S)
+        )
+
+
 def latency(args: argparse.Namespace, stack: ExitStack) -> None:
-    variants = {name: PipelineVariant(stack, settings_for("retina", on), name)
-                for name, on in (("pipelined", "on"), ("one thread", "off"))}  # fmt: skip
+    variants: dict[str, PipelineVariant] = {
+        name: PipelineVariant(stack, settings_for("retina", on), name)
+        for name, on in (("pipelined", "on"), ("one thread", "off"))
+    }
+    variants[f"{args.baseline} (before)"] = BaselineVariant(stack, args.baseline, "retina")
     for v in variants.values():
         v.wait_ready()
     jobs = {k: (lambda v=v: v.run(args.live_frames, live=True, fps=30.0, size=LIVE))
@@ -151,10 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     print(cpu_line())
     print(f"python {sys.version.split()[0]}; worker threads: the presets' (1 torch thread)")
     with ExitStack() as stack:
-        pool = stack.enter_context(
-            ProcessPoolExecutor(1, mp_context=procs.SPAWN)  # the model alone, kept warm
-        )
-        throughput(args, stack, pool)
+        if not args.skip_throughput:
+            pool = stack.enter_context(
+                ProcessPoolExecutor(1, mp_context=procs.SPAWN)  # the model alone, kept warm
+            )
+            throughput(args, stack, pool)
     if not args.skip_latency:
         with ExitStack() as stack:
             latency(args, stack)
