@@ -70,6 +70,10 @@ class Engine:
         self.continuity = Continuity(self.streams, self.stats, settings.max_streams)
         self._ready: dict[str, StreamState] = {}  # full chunks, run together after the read
         self.buffers = Buffers()  # the chunks' pixel buffers, taken again once free
+        # Each frame the engine takes (into a chunk), and each end, in order: the input
+        # archive's ([record]), so a replay sends again exactly what ran, never a refused,
+        # duplicate or dropped frame.
+        self.on_take: Callable[[InputMessage, float], None] | None = None
 
     @classmethod
     def build(
@@ -114,6 +118,8 @@ class Engine:
     def _submit(self, msg: InputMessage, now: float, sender: str | None) -> list[Result]:
         if msg.kind == "eos":
             refused = self.admission and self.admission.end(msg.stream, sender, self.streams)
+            if not refused and self.on_take is not None:  # in order with the frames
+                self.on_take(msg, now)
             return [refused] if refused else self._end(msg, now)
         if msg.frame is None:
             why = f"frame message of stream {msg.stream!r} carries no pixels"
@@ -178,6 +184,8 @@ class Engine:
         else:
             frame_to_chw(frame, self.color, self.in_channels, out=st.buffer[st.count])
         st.count += 1
+        if self.on_take is not None:
+            self.on_take(msg, now)
         st.seqs.append(msg.seq)
         st.t_ns.append(msg.t_ns)
         st.replays.append(msg.replay)

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from streamconv.config import WorkerSettings
 from streamconv.errors import Drop, ProtocolError
 from streamconv.wire import transport
 from streamconv.wire.protocol import InputMessage, decode_input, peek_stream
 from streamconv.worker.overload import thin_live
-from streamconv.worker.recorder import Recorder
 from streamconv.worker.results import Failed
 from streamconv.worker.stats import Stats
 
@@ -24,11 +22,8 @@ Taken = tuple[InputMessage, str | None]  # a message and its sender's CURVE key
 
 
 class Intake:
-    def __init__(
-        self, pull: transport.Socket, settings: WorkerSettings, stats: Stats,
-        recorder: Recorder | None = None,
-    ) -> None:  # fmt: skip
-        self.pull, self.settings, self.stats, self.recorder = pull, settings, stats, recorder
+    def __init__(self, pull: transport.Socket, settings: WorkerSettings, stats: Stats) -> None:
+        self.pull, self.settings, self.stats = pull, settings, stats
         self.curve = settings.input.curve  # read each sender's key
         self.read = 0  # messages read from the input socket
 
@@ -55,8 +50,7 @@ class Intake:
         self, batches: list[tuple[list[Taken], list[Failed]]]
     ) -> tuple[list[Taken], list[Failed]]:
         """Batches read, as one: live streams thinned to their newest chunk over all of them
-        (worker/overload.py), what the engine gets handed to the recorder (the serve loop's
-        thread: the recorder is not the input thread's)."""
+        (worker/overload.py); the serve loop's thread."""
         taken = [t for b in batches for t in b[0]]
         failed = [f for b in batches for f in b[1]]
         if self.settings.live_drop_oldest and taken:
@@ -65,10 +59,6 @@ class Intake:
                 self.stats.count("live_dropped", n)
             keep = {id(m) for m in kept}
             taken = [t for t in taken if id(t[0]) in keep]
-        if self.recorder is not None:  # what the engine gets is what a replay sends again
-            now = time.monotonic()
-            for msg, _ in taken:
-                self.recorder.add(msg, now)
         return taken, failed
 
     def _decode(self, parts: list[transport.Frame]) -> Taken | Failed:

@@ -233,7 +233,8 @@ def _reload_and_record(parts: Parts, settings: Settings, model: Layer) -> None:
     parts.reload = Reload(own(model), settings.model.weights, on_version)
     parts.duties.append(parts.reload)
     if settings.record.dir is not None:
-        parts.recorder = parts.inbox.intake.recorder = Recorder(settings.record, parts.engine.stats)
+        parts.recorder = Recorder(settings.record, parts.engine.stats)
+        parts.engine.on_take = parts.recorder.add
         parts.duties.append(parts.recorder)
 
 

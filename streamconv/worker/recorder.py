@@ -87,7 +87,7 @@ class Recorder:
         return any(fnmatch.fnmatchcase(stream, p) for p in self.settings.streams)
 
     def add(self, msg: InputMessage, now: float) -> None:
-        """A message the engine is about to take: a frame is kept, an eos closes. A segment
+        """A frame the engine took (Engine.on_take) is kept; an eos closes. A segment
         holds rising seqs of one session and one frame shape; anything else starts another."""
         if not self.wants(msg.stream):
             return

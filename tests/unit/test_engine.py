@@ -575,3 +575,21 @@ def test_an_eos_after_a_gap_says_ended_with_what_ran() -> None:
     assert isinstance(end, EndResult)
     assert end.resume is not None
     assert (end.resume["next_seq"], end.resume["ended"]) == (3, True)
+
+
+def test_the_engine_hands_on_only_the_frames_it_takes() -> None:
+    """What the input archive keeps (Engine.on_take): every frame that entered a chunk, once;
+    never a refused one (a frame the colour step cannot take), a duplicate replay or a frame
+    held back for a resend."""
+    frames = clip(6)
+    eng = engine(chunk=2)
+    taken: list[int] = []
+    eng.on_take = lambda msg, now: taken.append(msg.seq)
+    take(eng, frame(0, frames[0]), 0.0)
+    take(eng, frame(1, np.zeros((6, 7, 2), np.uint8)), 0.0)  # 2 channels: refused
+    take(eng, frame(1, frames[1]), 0.0)
+    take(eng, InputMessage("frame", "a", "s1", 0, 0, frames[0], replay=True), 0.0)  # again
+    for seq in (2, 3):
+        take(eng, frame(seq, frames[seq]), 0.0)
+    assert taken == [0, 1, 2, 3]
+    assert eng.stats.counts["duplicates"] == 1
