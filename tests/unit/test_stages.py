@@ -135,13 +135,13 @@ def test_the_inbox_reads_on_its_thread_holds_back_and_loses_nothing_at_a_stop(
         transport.send(push, protocol.encode_frame("s", "x" * 32, seq, frame))
     time.sleep(0.3)  # all on the PULL's side: the thread finds full batches
     box.start()
-    deadline, last = time.monotonic() + TIMEOUT_S, -1
-    while intake.read != last and time.monotonic() < deadline:  # until it stops reading
-        last = intake.read
-        time.sleep(0.3)
+    deadline, held = time.monotonic() + TIMEOUT_S, (stages.INBOX + 1) * BATCH
+    while intake.read < held and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # had it gone on reading, it would have by now
     # Nothing taken by the serve loop: the thread read what the queue holds and one batch
     # more, and left the rest on the socket (back-pressure to the senders).
-    assert intake.read == (stages.INBOX + 1) * BATCH < n
+    assert intake.read == held < n
     got: list[int] = []
     deadline = time.monotonic() + TIMEOUT_S
     while len(got) < n and time.monotonic() < deadline:
