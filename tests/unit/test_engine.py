@@ -67,6 +67,22 @@ def offline(frames: np.ndarray, model: Sequential = MODEL) -> dict[str, np.ndarr
     return {name: t[0].transpose(0, 1).numpy() for name, t in out.items()}
 
 
+def restored(frames: np.ndarray, topic: bytes | None = None) -> Engine:
+    """A fresh engine holding stream "a" as a checkpoint after frames 0..3 left it (chunks
+    of 2), with a subscription to `topic` if given (before the restore)."""
+    first = engine(chunk=2)
+    for seq in range(4):
+        take(first, frame(seq, frames[seq]), 0.0)
+    snap = first.continuity.snapshot("a")
+    assert snap is not None
+    assert snap.next_seq == 4
+    eng = engine(chunk=2)
+    if topic is not None:
+        eng.stats.subscription(True, topic)
+    eng.continuity.restore(snap, 0.0)
+    return eng
+
+
 def chunks(results: list[Result], stream: str = "a") -> list[ChunkResult]:
     return [r for r in results if isinstance(r, ChunkResult) and r.stream == stream]
 
@@ -408,14 +424,7 @@ def test_a_lossless_eos_ahead_of_a_restored_stream_waits_for_the_resend() -> Non
     """After a restart the eos queued before it can arrive before the frames the sender
     resends: it is dropped (counted) until they came, then the resent eos ends the stream."""
     frames = clip(10)
-    first = engine(chunk=2)
-    for seq in range(4):
-        take(first, frame(seq, frames[seq]), 0.0)
-    snap = first.continuity.snapshot("a")
-    assert snap is not None
-    assert snap.next_seq == 4
-    eng = engine(chunk=2)
-    eng.continuity.restore(snap, 0.0)
+    eng = restored(frames)
     early = InputMessage("eos", "a", "s1", 10, 0, lossless=True)
     assert take(eng, early, 0.0) == []
     assert eng.stats.counts["awaiting_resend"] == 1
@@ -439,14 +448,7 @@ def test_a_restored_stream_runs_a_lossless_senders_frames_only_once_it_resends(
     waits for is back: their outputs would go to nobody). Even the one at the restored seq
     waits for the resend; a sender that is not lossless goes on at once (it resends nothing)."""
     frames = clip(8)
-    first = engine(chunk=2)
-    for seq in range(4):
-        take(first, frame(seq, frames[seq]), 0.0)
-    snap = first.continuity.snapshot("a")
-    assert snap is not None
-    assert snap.next_seq == 4
-    eng = engine(chunk=2)
-    eng.continuity.restore(snap, 0.0)
+    eng = restored(frames)
     left = [InputMessage("frame", "a", "s1", seq, seq, frames[seq], lossless=lossless)
             for seq in (4, 5)]  # fmt: skip
     out = [r for m in left for r in take(eng, m, 0.0)]
@@ -479,14 +481,7 @@ def test_a_restored_stream_with_a_subscriber_runs_the_frame_at_its_seq_at_once(
     memory): the frame at the restored seq runs at once, replay or not (a sender from before
     the `replay` mark, whose resume found nothing to resend, goes on this way)."""
     frames = clip(6)
-    first = engine(chunk=2)
-    for seq in range(4):
-        take(first, frame(seq, frames[seq]), 0.0)
-    snap = first.continuity.snapshot("a")
-    assert snap is not None
-    eng = engine(chunk=2)
-    eng.stats.subscription(True, topic)
-    eng.continuity.restore(snap, 0.0)
+    eng = restored(frames, topic)
     out = []
     for seq in (4, 5):
         msg = InputMessage("frame", "a", "s1", seq, seq, frames[seq], lossless=True)
@@ -501,13 +496,7 @@ def test_a_restored_stream_whose_sender_sent_nothing_more_goes_on_from_its_marke
     the stream goes on, and the new frames after it run at once: nothing waits, nothing is
     missing."""
     frames = clip(8)
-    first = engine(chunk=2)
-    for seq in range(4):
-        take(first, frame(seq, frames[seq]), 0.0)
-    snap = first.continuity.snapshot("a")
-    assert snap is not None
-    eng = engine(chunk=2)
-    eng.continuity.restore(snap, 0.0)
+    eng = restored(frames)
     [answer] = take(eng, probe("a", "s1"), 0.0)
     assert isinstance(answer, EndResult)
     assert answer.resume is not None
