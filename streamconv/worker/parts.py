@@ -109,9 +109,10 @@ class Parts:
         """At shutdown, after the last results: publish what waits (`cut`: nothing more),
         then checkpoint the streams still open (a restart goes on from there)."""
         left = self.outbox.close(0 if cut else budget_s)
-        if left:
-            log.warning("shutdown: %d batches of outputs were not published; the streams' "
-                        "last checkpoints stand (a restart resends from them)", left)  # fmt: skip
+        if left:  # counted where /status and /metrics show it
+            self.engine.stats.count("outputs_not_published", left)
+            log.warning("shutdown: %d outputs were not published (counted); the streams' last "
+                        "checkpoints stand (a restart resends from them)", left)  # fmt: skip
         if self.keeper is not None:
             self.keeper.defer = lambda action: action()  # the outbox is closed: at once
             self.keeper.close(budget_s, final=not left and not cut)

@@ -29,7 +29,7 @@ class ChunkResult:
     compute_s: float = 0.0  # time in the model, copies in and out included
     replays: list[bool] = field(default_factory=list)  # per frame: resent after a resume
     # The chunk's newest input frame (C, H, W) after the colour step, in the chunk buffer's
-    # dtype: a view into that buffer (fresh per chunk, never reused), so it costs no copy.
+    # dtype: a view into that buffer (reused only once nothing refers to it), so it costs no copy.
     input_frame: np.ndarray | None = None
 
 

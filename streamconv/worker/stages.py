@@ -28,7 +28,7 @@ from streamconv.errors import StreamconvError
 from streamconv.wire import transport
 from streamconv.worker.intake import Intake, Taken
 from streamconv.worker.publisher import Publisher
-from streamconv.worker.results import Failed, Result
+from streamconv.worker.results import ChunkResult, Failed, Result
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ class Outbox:
         self._queue: queue.Queue[Any] | None = queue.Queue(OUTBOX) if threaded else None
         self._thread: threading.Thread | None = None
         self._cut = False  # the shutdown ran out of time: stop after the item in hand
+        self._unsent: Any = None  # what the thread took off the queue after the cut
         self.error: BaseException | None = None
 
     @property
@@ -167,7 +168,7 @@ class Outbox:
             self.publisher.flush_previews()
 
     def close(self, timeout_s: float) -> int:
-        """Publish what waits (within `timeout_s`) and stop the thread; the result lists
+        """Publish what waits (within `timeout_s`) and stop the thread; the output frames
         left unpublished (0 when all went out)."""
         if self._thread is None or self._queue is None:
             return 0
@@ -178,13 +179,16 @@ class Outbox:
         if thread.is_alive():
             self._cut = True
             thread.join(POLL_S * 20)
-        left = 0
+        left, items = 0, [self._unsent] if self._unsent is not None else []
         while True:
             try:
-                item = self._queue.get_nowait()
+                items.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-            left += item is not _END and bool(item[0])
+        for item in items:
+            if item is not _END:
+                left += sum(len(r.seqs) * len(r.layers) for r in item[0]
+                            if isinstance(r, ChunkResult))  # fmt: skip
         return left
 
     def _publish(self, results: list[Result], then: tuple[Action, ...]) -> None:
@@ -203,7 +207,10 @@ class Outbox:
                     item = self._queue.get(timeout=POLL_S)
                 except queue.Empty:
                     item = None
-                if item is _END or self._cut:
+                if item is _END:
+                    return
+                if self._cut:  # taken off the queue but not sent: close() counts it
+                    self._unsent = item
                     return
                 pub.take_subscriptions()
                 if item is not None:

@@ -17,7 +17,7 @@ from streamconv.config import WorkerSettings
 from streamconv.wire import protocol, transport
 from streamconv.worker import stages
 from streamconv.worker.intake import BATCH, Intake
-from streamconv.worker.results import EndResult
+from streamconv.worker.results import ChunkResult, EndResult
 from streamconv.worker.stats import Stats
 
 TIMEOUT_S = 10.0
@@ -31,8 +31,10 @@ class FakePublisher:
         self.threads: set[str] = set()
         self.gate, self.fail_at = gate, fail_at
         self.subscription_reads = 0
+        self.entered = threading.Event()  # publish was called (and may wait at the gate)
 
     def publish(self, results: list[Any]) -> None:
+        self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(TIMEOUT_S)
         if len(self.published) == self.fail_at:
@@ -98,6 +100,23 @@ def test_a_full_outbox_holds_the_serve_loop_until_the_output_thread_goes_on() ->
     assert done.wait(TIMEOUT_S)
     assert box.close(TIMEOUT_S) == 0
     assert [r.seq for r in pub.published] == list(range(stages.OUTBOX + 3))
+
+
+def test_outputs_left_when_the_time_is_up_are_counted_as_frames() -> None:
+    """A cut shutdown (close with no time) counts every output frame it did not publish: the
+    lists still queued and the one the thread took off the queue after the cut."""
+    gate = threading.Event()
+    pub = FakePublisher(gate)
+    box = stages.Outbox(pub, threaded=True)  # type: ignore[arg-type]
+    box.start()
+    planes = {"a": np.zeros((2, 1, 2, 2)), "b": np.zeros((2, 1, 2, 2))}
+    chunk = ChunkResult("s", "x", seqs=[0, 1], t_ns=[0, 0], discontinuity=False, layers=planes)
+    for _ in range(3):
+        box.put([chunk])
+    assert pub.entered.wait(TIMEOUT_S)  # the first list is in the publisher's hands
+    threading.Timer(0.3, gate.set).start()  # it finishes, then takes the second: cut
+    assert box.close(0.0) == 8  # 2 lists x 2 frames x 2 layers
+    assert len(pub.published) == 1
 
 
 def test_a_dead_output_thread_stops_the_worker_with_the_reason() -> None:
