@@ -129,10 +129,6 @@ class Outbox:
         self._unsent: Any = None  # what the thread took off the queue after the cut
         self.error: BaseException | None = None
 
-    @property
-    def threaded(self) -> bool:
-        return self._queue is not None
-
     def start(self) -> None:
         if self._queue is not None and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="worker-output", daemon=True)
